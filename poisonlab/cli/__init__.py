@@ -1,0 +1,1 @@
+"""The ``poisonlab`` command line: one module per command group."""

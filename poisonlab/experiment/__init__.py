@@ -1,0 +1,1 @@
+"""Experiments: typed configs, the run folder, and the runners that chain the pipeline stages."""

@@ -1,0 +1,109 @@
+"""Small image classifiers: the BadNets MNIST CNN (Gu et al. 2017) and a faster small CNN; saved as safetensors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from poisonlab.core import ImageSet, PoisonlabError
+from poisonlab.registry import Registry
+
+Shape = tuple[int, int, int]
+MODELS: Registry[Callable[[Shape, int], nn.Module]] = Registry("model")
+
+
+class Normalize(nn.Module):
+    """Per-channel standardisation inside the model, so the model itself takes images in [0, 1]."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(1, channels, 1, 1))
+        self.register_buffer("std", torch.ones(1, channels, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+
+def _flat_size(features: nn.Module, shape: Shape) -> int:
+    with torch.no_grad():
+        return int(features(torch.zeros(1, *shape)).numel())
+
+
+@MODELS.register("badnets-cnn", "BadNets MNIST CNN: 2 conv (16, 32 5x5) + 2 FC (512, C)")
+def badnets_cnn(shape: Shape, num_classes: int) -> nn.Module:
+    """The network of Gu et al.'s MNIST experiments; 'same' padding for images under 16 px."""
+    pad = 0 if min(shape[1:]) >= 16 else 2
+    features = nn.Sequential(
+        Normalize(shape[0]),
+        nn.Conv2d(shape[0], 16, 5, padding=pad), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 5, padding=pad), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(),
+    )
+    return nn.Sequential(
+        *features, nn.Linear(_flat_size(features, shape), 512), nn.ReLU(), nn.Linear(512, num_classes)
+    )
+
+
+@MODELS.register("small-cnn", "fast small CNN: 2 conv (16, 32 3x3) + 2 FC (128, C)")
+def small_cnn(shape: Shape, num_classes: int) -> nn.Module:
+    """A smaller, faster net for tests and many-class sweeps."""
+    features = nn.Sequential(
+        Normalize(shape[0]),
+        nn.Conv2d(shape[0], 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(),
+    )
+    return nn.Sequential(
+        *features, nn.Linear(_flat_size(features, shape), 128), nn.ReLU(), nn.Linear(128, num_classes)
+    )
+
+
+def build_model(name: str, data: ImageSet, seed: int) -> nn.Module:
+    """A freshly initialised ``name`` for ``data``'s image shape and classes, its normaliser fitted to ``data``.
+
+    Initialisation depends only on ``seed``, so two models built with one seed start identical.
+    """
+    factory = MODELS.get(name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = factory(data.shape, data.num_classes)
+    for module in model.modules():
+        if isinstance(module, Normalize):
+            module.mean.copy_(data.x.mean(dim=(0, 2, 3)).view_as(module.mean))
+            module.std.copy_(data.x.std(dim=(0, 2, 3)).clamp_min(1e-3).view_as(module.std))
+    return model
+
+
+def save_model(model: nn.Module, path: Path) -> None:
+    """Write the weights as safetensors, atomically (a crash leaves the old file or none)."""
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    tmp.replace(path)
+
+
+def load_model(name: str, shape: Shape, num_classes: int, path: Path) -> nn.Module:
+    """Rebuild ``name`` and load its weights from a safetensors file; one-line errors on mismatch."""
+    model = MODELS.get(name)(shape, num_classes)
+    try:
+        state = load_file(str(path))
+    except FileNotFoundError:
+        raise PoisonlabError(f"{path}: no such weights file") from None
+    except (SafetensorError, OSError) as e:
+        raise PoisonlabError(f"{path}: not a readable safetensors file ({e})") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        detail = (
+            f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
+            else f"{wrong[0]} is {tuple(state[wrong[0]].shape)}, expected {tuple(expected[wrong[0]].shape)}"
+        )
+        raise PoisonlabError(f"{path}: weights do not fit {name} for input {shape} and {num_classes} classes ({detail})")
+    model.load_state_dict(state)
+    return model.eval()

@@ -1,0 +1,53 @@
+"""Figures people look at instead of reading tables: triggered examples with predictions, the trigger gallery."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from poisonlab.experiment.rundir import atomic_write_bytes  # noqa: E402
+
+
+def save_figure(fig: Figure, path: Path) -> None:
+    """Render ``fig`` as PNG and write it atomically."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _show(ax: plt.Axes, img: Tensor) -> None:
+    img = img.detach().cpu()
+    if img.shape[0] == 1:
+        ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
+    else:
+        ax.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy())
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def image_grid(rows: Sequence[tuple[str, Tensor, Sequence[str]]], title: str = "") -> Figure:
+    """One row per (row label, images (N, C, H, W), per-image captions)."""
+    ncols = max(len(imgs) for _, imgs, _ in rows)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(1.5 * ncols, 1.75 * len(rows)), squeeze=False)
+    for r, (label, imgs, captions) in enumerate(rows):
+        for c in range(ncols):
+            ax = axes[r][c]
+            if c < len(imgs):
+                _show(ax, imgs[c])
+                ax.set_title(captions[c], fontsize=8)
+            else:
+                ax.axis("off")
+        axes[r][0].set_ylabel(label, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
