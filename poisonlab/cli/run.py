@@ -9,10 +9,29 @@ import typer
 from rich.table import Table
 
 from poisonlab.cli.common import console, one_line_errors, print_json
+from poisonlab.experiment import config as experiment_config
 from poisonlab.experiment.badnets import BadnetsConfig, run_badnets
 from poisonlab.experiment.rundir import make_run_dir
+from poisonlab.experiment.runner import run_experiment
 
-app = typer.Typer(help="Run an experiment end to end and write a run folder.", no_args_is_help=True)
+CONFIG_COMMAND = "config"
+
+
+class ExperimentOrConfigGroup(typer.core.TyperGroup):
+    """Routes ``poisonlab run PATH.toml ...`` to the config command; any other name to its experiment."""
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> tuple[str | None, Any, list[str]]:
+        if args and args[0].lower().endswith(".toml"):
+            return CONFIG_COMMAND, self.commands[CONFIG_COMMAND], args
+        return super().resolve_command(ctx, args)
+
+
+app = typer.Typer(
+    cls=ExperimentOrConfigGroup,
+    help="Run an experiment end to end and write a run folder: `poisonlab run EXPERIMENT [OPTIONS]` "
+    "or `poisonlab run CONFIG.toml` (see examples/).",
+    no_args_is_help=True,
+)
 
 
 def _pct(v: float) -> str:
@@ -65,4 +84,43 @@ def badnets(
         print_json({"run_dir": str(run_dir), **body})
         return
     console.print(badnets_table(body))
+    console.print(f"run folder: {run_dir}  ({body['timings']['total_seconds']:.1f} s)")
+
+
+def experiment_table(body: dict[str, Any]) -> Table:
+    """CA and ASR of the clean and the backdoored model, and of each deployed variant, for a config run."""
+    m, cfg = body["metrics"], body["config"]
+    attack = ", ".join(f"{k}={v}" for k, v in cfg["attack"].items() if k != "name")
+    table = Table(title=f"{cfg['attack']['name']} ({attack}) on {cfg['dataset']}, seed {cfg['seed']}: "
+                        f"{m['poisoned_samples']} poisoned of {m['train_size']} ({_pct(m['poisoned_fraction'])})")
+    for col in ("model", "deployment", "clean accuracy", "attack success rate"):
+        table.add_column(col, justify="right" if col not in ("model", "deployment") else "left")
+    for name in ("clean", "backdoored"):
+        table.add_row(name, "float", _pct(m[name]["clean_accuracy"]), _pct(m[name]["attack_success_rate"]))
+        for spec, variants in m.get("deployments", {}).items():
+            v = variants[name]
+            table.add_row(name, spec, _pct(v["clean_accuracy"]), _pct(v["attack_success_rate"]))
+    table.caption = f"{m['asr_definition']} ({m['clean']['asr_images']} images)."
+    return table
+
+
+@app.command(CONFIG_COMMAND, hidden=True)
+@one_line_errors
+def config(
+    path: Annotated[Path, typer.Argument(help="experiment config (TOML), e.g. examples/badnets-mnist.toml")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="run folder (default runs/NAME-TIMESTAMP)")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print report.json instead of the table")] = False,
+    quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+) -> None:
+    """Run the experiment a TOML config describes; its resolved config.toml in the run folder re-runs it exactly.
+
+    Example: poisonlab run examples/badnets-mnist.toml
+    """
+    cfg = experiment_config.load(path)
+    run_dir = make_run_dir(out, cfg.name)
+    body = run_experiment(cfg, run_dir, progress=not (quiet or json_out))
+    if json_out:
+        print_json({"run_dir": str(run_dir), **body})
+        return
+    console.print(experiment_table(body))
     console.print(f"run folder: {run_dir}  ({body['timings']['total_seconds']:.1f} s)")
