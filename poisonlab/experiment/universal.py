@@ -1,0 +1,275 @@
+"""The universal-backdoor experiment (Schneider, Lukas, Kerschbaum 2023, arXiv 2312.00157).
+
+The attacker trains a surrogate on data of their own, derives LDA class codes from its latent
+space, and poisons the victim's training set at several budgets; the baseline does the same with
+random codes. Every model is trained with one recipe and seed; a clean model gives the reference
+clean accuracy. A transferability run poisons half of the classes and measures ASR on the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from matplotlib import pyplot as plt
+from matplotlib.figure import Figure
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from poisonlab.attacks.badnets import poison_count
+from poisonlab.attacks.surrogate import EfficientNetLite0, Embedder, penultimate, sample_per_class, train_surrogate
+from poisonlab.attacks.universal import SampledTargets, UniversalBackdoor, code_stats, lda_codes, random_codes
+from poisonlab.core import ImageSet, Poisoned, PoisonlabError
+from poisonlab.data import DATASETS, load_dataset
+from poisonlab.data.mnist import load_mnist
+from poisonlab.data.numbers import compose_numbers, parse_numbers_spec
+from poisonlab.experiment.rundir import atomic_write_json, report
+from poisonlab.metrics import ASR_DEFINITION, accuracy
+from poisonlab.models import MODELS, build_model, save_model
+from poisonlab.report.figures import image_grid, save_figure
+from poisonlab.training import Recipe, predict, train
+
+Surrogate = Literal["cnn", "efficientnet"]
+Split = Literal["random", "contiguous"]
+
+
+@dataclass(frozen=True)
+class UniversalConfig:
+    """Everything that determines a universal-backdoor run; saved resolved in the run folder."""
+
+    dataset: str = "mnist-numbers:2"
+    model: str = "small-cnn"
+    surrogate: Surrogate = "cnn"
+    surrogate_per_class: int = 50
+    surrogate_epochs: int = 3
+    bits: int = 24
+    trigger: Literal["blend", "patch"] = "blend"
+    alpha: float = 0.25
+    cell: int = 2
+    rates: tuple[float, ...] = (0.0025, 0.005, 0.01)
+    baseline: bool = True
+    transfer_rate: float | None = 0.005
+    transfer_split: Split = "random"
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 3e-3
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Fail on a bad name or value before any data is loaded or any model trained."""
+        DATASETS.get(self.dataset.partition(":")[0])
+        MODELS.get(self.model)
+        if self.surrogate not in ("cnn", "efficientnet"):
+            raise PoisonlabError(f"surrogate {self.surrogate!r}: expected cnn or efficientnet")
+        if self.transfer_split not in ("random", "contiguous"):
+            raise PoisonlabError(f"transfer split {self.transfer_split!r}: expected random or contiguous")
+        if not self.rates:
+            raise PoisonlabError("universal rates: expected at least one poison rate")
+        for rate in (*self.rates, *([self.transfer_rate] if self.transfer_rate is not None else [])):
+            UniversalBackdoor(codes=torch.zeros(1, 1), rate=rate, trigger=self.trigger, alpha=self.alpha)
+        if self.surrogate_per_class < 2 or self.surrogate_epochs < 1:
+            raise PoisonlabError("surrogate: expected at least 2 images per class and 1 epoch")
+        self.recipe()
+
+    def recipe(self) -> Recipe:
+        return Recipe(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
+
+
+def attacker_data(cfg: UniversalConfig, train_set: ImageSet) -> tuple[ImageSet, str]:
+    """The attacker's own labelled images and how they were obtained.
+
+    For ``mnist-numbers`` a separate seeded draw of numbers (other compositions of MNIST training
+    digits, never the victim's images); otherwise a per-class sample of the training set.
+    """
+    name, _, arg = cfg.dataset.partition(":")
+    if name == "mnist-numbers":
+        k, _, _ = parse_numbers_spec(arg or None)
+        digits, _ = load_mnist()
+        data, _ = compose_numbers(digits, k, cfg.surrogate_per_class, cfg.seed + 1000, "attacker's numbers")
+        return data, f"separate draw of {cfg.surrogate_per_class} numbers per class (seed {cfg.seed + 1000})"
+    idx = sample_per_class(train_set.y, cfg.surrogate_per_class, torch.Generator().manual_seed(cfg.seed + 1000))
+    return train_set.subset(idx), f"{cfg.surrogate_per_class} training images per class"
+
+
+def per_target_asr(pred: Tensor, target: Tensor, true: Tensor, num_classes: int) -> Tensor:
+    """ASR per target class (NaN for a target no eligible image drew)."""
+    eligible = (true != target).float()
+    hits = torch.zeros(num_classes).index_add_(0, target, ((pred == target).float() * eligible))
+    total = torch.zeros(num_classes).index_add_(0, target, eligible)
+    return torch.where(total > 0, hits / total.clamp_min(1), torch.full_like(total, float("nan")))
+
+
+def universal_metrics(model: nn.Module, test: ImageSet, poisoned: Poisoned, choices: Tensor | None = None,
+                      seed: int = 0) -> dict[str, Any]:
+    """CA, mean ASR over target classes and its distribution; targets drawn from ``choices`` (default all)."""
+    target_map = SampledTargets(test.num_classes, seed, None if choices is None else tuple(choices.tolist()))
+    triggered = dataclasses.replace(poisoned, target_map=target_map).triggered(test)
+    pred = predict(model, triggered.x)
+    asr = per_target_asr(pred, triggered.y, test.y, test.num_classes)
+    seen = asr[~asr.isnan()]
+    q = torch.quantile(seen, torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0])).tolist()
+    return {
+        "clean_accuracy": accuracy(predict(model, test.x), test.y),
+        "mean_asr": float(seen.mean()),
+        "per_target_asr_quantiles": dict(zip(("min", "p10", "median", "p90", "max"), q, strict=True)),
+        "targets_evaluated": len(seen),
+        "asr_images": int((triggered.y != test.y).sum()),
+    }
+
+
+def _surrogate_embedder(cfg: UniversalConfig, own: ImageSet, test: ImageSet, progress: bool) -> tuple[Embedder, dict]:
+    if cfg.surrogate == "efficientnet":
+        return EfficientNetLite0(size=112), {"surrogate": "EfficientNet-Lite0 (ImageNet, offline), 112 px input"}
+    net = train_surrogate(own, cfg.model, Recipe(epochs=cfg.surrogate_epochs, batch_size=cfg.batch_size, lr=cfg.lr),
+                          cfg.seed + 1, progress)
+    info = {"surrogate": f"{cfg.model} trained by the attacker", "surrogate_test_accuracy":
+            accuracy(predict(net, test.x), test.y)}
+    return penultimate(net), info
+
+
+def _split(cfg: UniversalConfig, num_classes: int) -> tuple[Tensor, Tensor]:
+    if cfg.transfer_split == "contiguous":
+        classes = torch.arange(num_classes)
+    else:
+        classes = torch.randperm(num_classes, generator=torch.Generator().manual_seed(cfg.seed + 2))
+    half = num_classes // 2
+    return classes[:half].sort().values, classes[half:].sort().values
+
+
+def asr_figure(rows: list[dict[str, Any]], cfg: UniversalConfig, num_classes: int) -> Figure:
+    """Mean ASR against poison budget, universal vs random-code baseline."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for codes, style in (("lda", "o-"), ("random", "s--")):
+        pts = [(r["rate"] * 100, r["mean_asr"] * 100) for r in rows if r["codes"] == codes]
+        if pts:
+            label = "universal (LDA codes)" if codes == "lda" else "multi-target BadNets (random codes)"
+            ax.plot(*zip(*pts, strict=True), style, label=label)
+    ax.set_xlabel("poisoned share of the training set (%)")
+    ax.set_ylabel(f"mean ASR over {num_classes} targets (%)")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{cfg.dataset}, {cfg.model}, {cfg.bits}-bit {cfg.trigger} grid, {cfg.epochs} epochs", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def examples_figure(test: ImageSet, poisoned: Poisoned, model: nn.Module, rate: float, n: int = 8) -> Figure:
+    """Test images stamped with a random target's code, captioned with the target, its code (hex) and the prediction."""
+    picks = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:n]
+    sub = test.subset(picks)
+    triggered = poisoned.triggered(sub)
+    pred = predict(model, triggered.x)
+    codes = poisoned.trigger.codes  # type: ignore[attr-defined]
+    names = test.classes
+
+    def hexcode(k: int) -> str:
+        return f"{int(''.join(str(int(b)) for b in codes[k].tolist()), 2):x}"
+
+    return image_grid(
+        [("clean", sub.x, [f"true {names[int(k)]}" for k in sub.y]),
+         ("triggered", triggered.x, [f"->{names[int(t)]} #{hexcode(int(t))}\npred {names[int(p)]}"
+                                     for t, p in zip(triggered.y, pred, strict=True)])],
+        title=f"class-code triggers (target, code in hex), universal model's prediction at {100 * rate:g}% poison",
+    )
+
+
+def run_universal(cfg: UniversalConfig, out: Path, progress: bool = True,
+                  log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Surrogate, codes, clean model, universal and baseline at every rate, transferability; write ``out``."""
+    cfg.validate()
+    say = log or (lambda _: None)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    train_set, test = load_dataset(cfg.dataset, cfg.seed)
+    num_classes = train_set.num_classes
+    own, own_source = attacker_data(cfg, train_set)
+    timings["data_seconds"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    embed, surrogate_info = _surrogate_embedder(cfg, own, test, progress)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    sample = own.subset(sample_per_class(own.y, min(cfg.surrogate_per_class, 20), gen))
+    lda = lda_codes(embed(sample.x), sample.y, num_classes, cfg.bits)
+    rnd = random_codes(num_classes, cfg.bits, torch.Generator().manual_seed(cfg.seed + 3))
+    codes = {"lda": lda, "random": rnd}
+    timings["surrogate_and_codes_seconds"] = time.perf_counter() - t
+    say(f"codes ready ({timings['surrogate_and_codes_seconds']:.0f} s): {code_stats(lda)}")
+
+    def fit(data: ImageSet, what: str) -> nn.Module:
+        return train(build_model(cfg.model, data, cfg.seed), data, cfg.recipe(), cfg.seed, progress=progress,
+                     description=what)
+
+    t = time.perf_counter()
+    clean = fit(train_set, "clean model")
+    clean_ca = accuracy(predict(clean, test.x), test.y)
+    timings["train_clean_seconds"] = time.perf_counter() - t
+    say(f"clean model CA {100 * clean_ca:.2f}%")
+
+    def attack(kind: str, rate: float, classes: Tensor | None = None) -> tuple[Poisoned, nn.Module]:
+        atk = UniversalBackdoor(codes=codes[kind], trigger=cfg.trigger, alpha=cfg.alpha, cell=cfg.cell, rate=rate,
+                                classes=None if classes is None else classes.tolist(), target_seed=cfg.seed)
+        poisoned = atk.poison(train_set, torch.Generator().manual_seed(cfg.seed))
+        return poisoned, fit(poisoned.data, f"{kind} codes, {100 * rate:g}%")
+
+    rows: list[dict[str, Any]] = []
+    example: tuple[Poisoned, nn.Module, float] | None = None
+    for rate in cfg.rates:
+        for kind in ("lda", "random") if cfg.baseline else ("lda",):
+            t = time.perf_counter()
+            poisoned, model = attack(kind, rate)
+            m = universal_metrics(model, test, poisoned, seed=cfg.seed)
+            rows.append({"codes": kind, "rate": rate, "poisoned_samples": len(poisoned.indices),
+                         "per_class": len(poisoned.indices) / num_classes, **m,
+                         "seconds": time.perf_counter() - t})
+            say(f"{kind:6s} {100 * rate:g}%: mean ASR {100 * m['mean_asr']:.1f}%, CA {100 * m['clean_accuracy']:.2f}%")
+            if kind == "lda" and (example is None or rate >= example[2]):
+                example = (poisoned, model, rate)
+
+    transfer: list[dict[str, Any]] = []
+    if cfg.transfer_rate is not None:
+        poisoned_half, other_half = _split(cfg, num_classes)
+        for kind in ("lda", "random") if cfg.baseline else ("lda",):
+            t = time.perf_counter()
+            poisoned, model = attack(kind, cfg.transfer_rate, poisoned_half)
+            seen = universal_metrics(model, test, poisoned, poisoned_half, cfg.seed)
+            unseen = universal_metrics(model, test, poisoned, other_half, cfg.seed)
+            transfer.append({"codes": kind, "rate": cfg.transfer_rate, "split": cfg.transfer_split,
+                             "poisoned_samples": len(poisoned.indices), "asr_poisoned_classes": seen["mean_asr"],
+                             "asr_unpoisoned_classes": unseen["mean_asr"], "clean_accuracy": seen["clean_accuracy"],
+                             "seconds": time.perf_counter() - t})
+            say(f"transfer {kind:6s}: ASR {100 * seen['mean_asr']:.1f}% on poisoned classes, "
+                f"{100 * unseen['mean_asr']:.1f}% on never-poisoned classes")
+
+    assert example is not None
+    save_figure(asr_figure(rows, cfg, num_classes), out / "asr_vs_budget.png")
+    save_figure(examples_figure(test, *example), out / "examples.png")
+    save_model(example[1], out / "universal.safetensors")
+    save_file({"lda_codes": lda, "random_codes": rnd}, str(out / "codes.safetensors"))
+    atomic_write_json(out / "config.json", {"experiment": "universal", **dataclasses.asdict(cfg)})
+    timings["total_seconds"] = time.perf_counter() - t0
+    metrics = {
+        "clean_accuracy": clean_ca,
+        "budgets": rows,
+        "transfer": transfer,
+        "codes": {"lda": code_stats(lda), "random": code_stats(rnd)},
+        "attacker_data": own_source,
+        **surrogate_info,
+        "num_classes": num_classes,
+        "train_size": len(train_set),
+        "test_size": len(test),
+        "poison_counts": {str(r): poison_count(len(train_set), r) for r in cfg.rates},
+        "asr_definition": ASR_DEFINITION,
+        "target_sampling": "one target per test image, drawn uniformly from the other classes with a fixed seed; "
+                           "mean ASR averages the per-target ASR over the targets drawn",
+    }
+    body = report("universal", dataclasses.asdict(cfg), metrics, timings=timings,
+                  files=["asr_vs_budget.png", "examples.png", "universal.safetensors", "codes.safetensors",
+                         "config.json"])
+    atomic_write_json(out / "report.json", body)
+    return body

@@ -1,0 +1,191 @@
+"""Universal backdoors: codes, triggers, budget split, dataset composer, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from poisonlab.attacks import ATTACKS
+from poisonlab.attacks.surrogate import sample_per_class
+from poisonlab.attacks.universal import (
+    MultiTargetBadNets,
+    SampledTargets,
+    UniversalBackdoor,
+    code_stats,
+    lda_codes,
+    random_codes,
+    split_budget,
+)
+from poisonlab.cli.app import app
+from poisonlab.core import ImageSet, PoisonlabError
+from poisonlab.data.numbers import class_digits, compose_numbers, parse_numbers_spec
+from poisonlab.experiment.universal import per_target_asr
+from poisonlab.triggers.encoding import BlendGrid, PatchGrid, grid_shape
+
+
+def toy_latent(num_classes: int = 16, per_class: int = 30, dim: int = 6, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Embeddings around class centres placed at the corners of a 4-d hypercube (+ noise dims)."""
+    gen = torch.Generator().manual_seed(seed)
+    corners = torch.tensor([[(k >> j) & 1 for j in range(4)] for k in range(num_classes)], dtype=torch.float32)
+    centres = torch.cat([corners * 4.0, torch.zeros(num_classes, dim - 4)], 1)
+    y = torch.arange(num_classes).repeat_interleave(per_class)
+    return centres[y] + 0.3 * torch.randn(len(y), dim, generator=gen), y, corners
+
+
+def test_lda_codes_recover_the_latent_structure() -> None:
+    emb, y, corners = toy_latent()
+    codes = lda_codes(emb, y, 16, 4)
+    stats = code_stats(codes)
+    assert stats["distinct_codes"] == 16 and stats["colliding_classes"] == 0
+    # LDA axes are the hypercube axes up to rotation/sign; Hamming distances between classes must follow
+    # the latent distances: neighbours (1 bit apart in the cube) stay closer than opposite corners.
+    cube = (corners[:, None] != corners[None]).sum(-1)
+    code = (codes[:, None] != codes[None]).sum(-1)
+    assert code[cube == 1].float().mean() < code[cube == 4].float().mean()
+
+
+def test_code_stats_counts_collisions_and_distances() -> None:
+    codes = torch.tensor([[0, 0, 0], [0, 0, 0], [1, 1, 1], [1, 0, 0]])
+    stats = code_stats(codes)
+    assert stats["distinct_codes"] == 3 and stats["colliding_classes"] == 2 and stats["min_hamming"] == 0
+    assert stats["mean_hamming"] == pytest.approx((0 + 3 + 1 + 3 + 1 + 2) / 6)
+
+
+def test_lda_codes_reject_too_many_bits() -> None:
+    emb, y, _ = toy_latent()
+    with pytest.raises(PoisonlabError, match="bits"):
+        lda_codes(emb, y, 16, 16)
+
+
+@pytest.mark.parametrize("trigger_cls", [BlendGrid, PatchGrid])
+def test_trigger_encoding_round_trip(trigger_cls: type) -> None:
+    codes = random_codes(50, 24, torch.Generator().manual_seed(1))
+    trigger = trigger_cls(codes)
+    x = torch.rand(50, 1, 28, 56, generator=torch.Generator().manual_seed(2))
+    target = torch.randperm(50, generator=torch.Generator().manual_seed(3))
+    stamped = trigger(x, target)
+    assert stamped.shape == x.shape and stamped.min() >= 0 and stamped.max() <= 1
+    assert torch.equal(trigger.decode(stamped, x), codes[target])
+    assert not torch.equal(trigger(x, target), trigger(x, (target + 1) % 50))
+
+
+def test_blend_grid_covers_the_image_and_respects_alpha() -> None:
+    codes = torch.tensor([[1] * 24])
+    x = torch.zeros(1, 1, 28, 56)
+    stamped = BlendGrid(codes, alpha=0.25)(x, torch.tensor([0]))
+    assert torch.allclose(stamped, torch.full_like(x, 0.25))
+    assert grid_shape(24, 28, 56) == (3, 8) and grid_shape(24, 28, 84) == (3, 8)
+
+
+def test_encoding_trigger_needs_targets() -> None:
+    with pytest.raises(PoisonlabError, match="target"):
+        BlendGrid(torch.ones(2, 3))(torch.zeros(1, 1, 8, 8), None)
+    with pytest.raises(PoisonlabError, match="0 or 1"):
+        PatchGrid(torch.full((2, 3), 2))
+
+
+@pytest.mark.parametrize(("total", "n_classes"), [(250, 100), (37, 10), (7, 20), (1, 5)])
+def test_split_budget_is_exact(total: int, n_classes: int) -> None:
+    classes = torch.arange(0, 2 * n_classes, 2)  # every other class of 2 * n_classes
+    counts = split_budget(total, classes, 2 * n_classes, torch.Generator().manual_seed(0))
+    assert int(counts.sum()) == total
+    assert int(counts[1::2].sum()) == 0
+    assert int(counts[classes].max() - counts[classes].min()) <= 1
+
+
+def test_universal_poison_is_exact_and_deterministic() -> None:
+    data = ImageSet(torch.rand(400, 1, 8, 8), torch.arange(400) % 8, tuple("abcdefgh"))
+    codes = random_codes(8, 6, torch.Generator().manual_seed(0))
+    attack = UniversalBackdoor(codes=codes, count=60, classes=[0, 1, 2, 3])
+    a = attack.poison(data, torch.Generator().manual_seed(5))
+    b = attack.poison(data, torch.Generator().manual_seed(5))
+    assert torch.equal(a.indices, b.indices) and torch.equal(a.data.x, b.data.x)
+    idx = a.indices
+    assert len(idx) == 60 and len(idx.unique()) == 60
+    assert (a.data.y[idx] != data.y[idx]).all()
+    assert torch.bincount(a.data.y[idx], minlength=8).tolist() == [15, 15, 15, 15, 0, 0, 0, 0]
+    untouched = torch.ones(400, dtype=torch.bool)
+    untouched[idx] = False
+    assert torch.equal(a.data.x[untouched], data.x[untouched]) and torch.equal(a.data.y[untouched], data.y[untouched])
+    assert torch.equal(a.trigger.decode(a.data.x[idx], data.x[idx]), codes[a.data.y[idx]])  # type: ignore[attr-defined]
+
+
+def test_sampled_targets_are_seeded_and_never_the_true_class() -> None:
+    y = torch.arange(1000) % 100
+    t = SampledTargets(100, seed=3)(y)
+    assert torch.equal(t, SampledTargets(100, seed=3)(y)) and (t != y).all()
+    assert len(t.unique()) > 90
+    sub = SampledTargets(100, seed=3, choices=(5, 7))(y)
+    assert set(sub.tolist()) == {5, 7}
+
+
+def test_per_target_asr() -> None:
+    pred = torch.tensor([1, 1, 0, 2, 2])
+    target = torch.tensor([1, 1, 1, 2, 2])
+    true = torch.tensor([0, 2, 1, 0, 2])
+    asr = per_target_asr(pred, target, true, 3)
+    assert asr[1] == pytest.approx(1.0) and asr[2] == pytest.approx(1.0) and asr[0].isnan()
+
+
+def test_compose_numbers_sizes_balance_and_digits() -> None:
+    gen = torch.Generator().manual_seed(0)
+    digits = ImageSet(torch.rand(200, 1, 28, 28, generator=gen), torch.arange(200) % 10, tuple("0123456789"))
+    numbers, parts = compose_numbers(digits, 2, 3, seed=1)
+    assert numbers.x.shape == (300, 1, 28, 56) and numbers.num_classes == 100
+    assert torch.bincount(numbers.y).tolist() == [3] * 100
+    assert numbers.classes[37] == "37" and class_digits(3)[905].tolist() == [9, 0, 5]
+    # every half of every image is the digit image it claims to be, of the right digit
+    assert torch.equal(numbers.x[:, :, :, 28:], digits.x[torch.from_numpy(parts[:, 1])])
+    assert (digits.y[torch.from_numpy(parts[:, 0])] == numbers.y // 10).all()
+    again, _ = compose_numbers(digits, 2, 3, seed=1)
+    assert torch.equal(again.x, numbers.x)
+
+
+def test_numbers_spec_parsing() -> None:
+    assert parse_numbers_spec("3") == (3, 100, 10)
+    assert parse_numbers_spec("2,train=40,test=5") == (2, 40, 5)
+    with pytest.raises(PoisonlabError, match="mnist-numbers"):
+        parse_numbers_spec("5")
+    with pytest.raises(PoisonlabError, match="option"):
+        parse_numbers_spec("2,trian=4")
+
+
+def test_sample_per_class() -> None:
+    y = torch.arange(100) % 7
+    idx = sample_per_class(y, 3, torch.Generator().manual_seed(0))
+    assert torch.bincount(y[idx]).tolist() == [3] * 7
+
+
+def test_attacks_registered() -> None:
+    assert isinstance(ATTACKS.get("universal")(count=10, codes=torch.ones(4, 2)), UniversalBackdoor)
+    assert isinstance(ATTACKS.get("multi-target-badnets")(), MultiTargetBadNets)
+
+
+@pytest.mark.slow
+def test_mnist_numbers_train_and_test_share_no_digit_image() -> None:
+    from poisonlab.data.mnist import load_mnist
+
+    train_digits, test_digits = load_mnist()
+    train, train_parts = compose_numbers(train_digits, 3, 2, seed=0)
+    test, test_parts = compose_numbers(test_digits, 3, 1, seed=1)
+    assert train.x.shape == (2000, 1, 28, 84) and test.x.shape == (1000, 1, 28, 84)
+    # parts index different pools; check by pixels that no test digit image occurs in train
+    train_imgs = {train_digits.x[i].numpy().tobytes() for i in train_parts.flatten()}
+    assert not any(test_digits.x[i].numpy().tobytes() in train_imgs for i in test_parts.flatten())
+
+
+def test_cli_universal_end_to_end(tmp_path: object) -> None:
+    out = tmp_path / "run"  # type: ignore[operator]
+    result = CliRunner().invoke(app, [
+        "run", "universal", "--dataset", "synthetic", "--bits", "2", "--rates", "0.02", "--transfer-rate", "0",
+        "--epochs", "1", "--out", str(out), "--json",
+    ])
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.output)
+    assert body["kind"] == "universal" and len(body["metrics"]["budgets"]) == 2
+    assert (out / "asr_vs_budget.png").is_file() and (out / "examples.png").is_file()
+    bad = CliRunner().invoke(app, ["run", "universal", "--dataset", "synthetic", "--bits", "9", "--out", str(out / "x")])
+    assert bad.exit_code == 2 and "bits" in bad.output
