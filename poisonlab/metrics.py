@@ -17,7 +17,7 @@ ASR_DEFINITION = (
 
 def accuracy(pred: Tensor, y: Tensor) -> float:
     """Share of predictions equal to the labels."""
-    return float((pred == y).float().mean()) if len(y) else float("nan")
+    return int((pred == y).sum()) / len(y) if len(y) else float("nan")
 
 
 def attack_success_rate(pred: Tensor, target: Tensor, true: Tensor) -> float:

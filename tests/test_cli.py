@@ -1,0 +1,71 @@
+import json
+
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from poisonlab.cli.app import app
+from poisonlab.models import load_model
+
+runner = CliRunner()
+FAST = ["--dataset", "synthetic", "--model", "small-cnn", "--epochs", "2", "--target", "1", "--rate", "0.05", "--quiet"]
+
+
+def test_list_shows_every_kind():
+    result = runner.invoke(app, ["list", "--json"])
+    assert result.exit_code == 0
+    listed = json.loads(result.output)
+    assert "mnist" in listed["datasets"] and "badnets" in listed["attacks"]
+    assert {"patch", "checkerboard", "pixel", "blend"} <= set(listed["triggers"]) and "badnets-cnn" in listed["models"]
+
+
+def test_run_badnets_prints_the_table_and_writes_the_run_folder(tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", "badnets", *FAST, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "clean accuracy" in result.output and "ASR = share of triggered test images" in result.output
+    assert sorted(p.name for p in out.iterdir()) == [
+        "backdoored.safetensors", "clean.safetensors", "config.json", "examples.png", "poisoned_indices.safetensors",
+        "report.json",
+    ]
+    report = json.loads((out / "report.json").read_text())
+    assert report["schema"] == "poisonlab.report/1" and report["config"]["rate"] == 0.05
+    assert report["metrics"]["poisoned_samples"] == 100 and len(load_file(out / "poisoned_indices.safetensors")["indices"]) == 100
+    assert 0 <= report["metrics"]["backdoored"]["attack_success_rate"] <= 1
+    assert (out / "examples.png").read_bytes()[:4] == b"\x89PNG"
+    model = load_model("small-cnn", (1, 12, 12), 4, out / "backdoored.safetensors")
+    assert model(torch.zeros(2, 1, 12, 12)).shape == (2, 4)
+    assert json.loads((out / "config.json").read_text())["experiment"] == "badnets"
+
+    again = runner.invoke(app, ["run", "badnets", *FAST, "--out", str(out)])
+    assert again.exit_code == 2 and "already holds a report.json" in again.output
+
+
+def test_run_badnets_json_is_machine_readable(tmp_path):
+    result = runner.invoke(app, ["run", "badnets", *FAST, "--mode", "all-to-all", "--json", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.output)
+    assert body["kind"] == "badnets" and body["config"]["mode"] == "all-to-all" and body["run_dir"].endswith("r")
+
+
+def test_bad_input_fails_fast_with_one_line(tmp_path):
+    cases = [
+        (["--dataset", "cifar"], "unknown dataset 'cifar'"),
+        (["--rate", "1.5"], "poison rate 1.5"),
+        (["--trigger", "patch:position=middle"], "trigger position 'middle'"),
+        (["--model", "resnet"], "unknown model 'resnet'"),
+        (["--mode", "some"], "all-to-one or all-to-all"),
+        (["--dataset", f"npz:{tmp_path / 'none.npz'}"], "no such file"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, ["run", "badnets", *FAST, *args, "--out", str(tmp_path / "x")])
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "x" / "report.json").exists()
+
+
+def test_triggers_figure(tmp_path):
+    out = tmp_path / "t.png"
+    result = runner.invoke(app, ["triggers", "--dataset", "digits", "--trigger", "patch:size=2", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes()[:4] == b"\x89PNG"
