@@ -14,11 +14,12 @@ from poisonlab.registry import Registry
 def registries() -> dict[str, Registry]:  # type: ignore[type-arg]
     """Every registry, keyed by the plural shown to users."""
     from poisonlab.attacks import ATTACKS
+    from poisonlab.compress import DEPLOYMENTS
     from poisonlab.data import DATASETS
     from poisonlab.models import MODELS
     from poisonlab.triggers import TRIGGERS
 
-    return {"datasets": DATASETS, "attacks": ATTACKS, "triggers": TRIGGERS, "models": MODELS}
+    return {"datasets": DATASETS, "attacks": ATTACKS, "triggers": TRIGGERS, "models": MODELS, "deployments": DEPLOYMENTS}
 
 
 def list_components(
