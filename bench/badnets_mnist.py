@@ -45,7 +45,8 @@ def main() -> None:
             f"ASR>={100 * asr_goal:g}%": asr_b >= asr_goal,
         }
         verdict = " ".join(f"{k}:{'ok' if v else 'MISSED'}" for k, v in checks.items())
-        print(f"{mode:<11} {wall:7.1f} {100 * ca_c:8.2f}% {100 * ca_b:6.2f}% {100 * asr_c:9.2f}% {100 * asr_b:6.2f}%  {verdict}")
+        figures = f"{100 * ca_c:8.2f}% {100 * ca_b:6.2f}% {100 * asr_c:9.2f}% {100 * asr_b:6.2f}%"
+        print(f"{mode:<11} {wall:7.1f} {figures}  {verdict}")
 
 
 if __name__ == "__main__":

@@ -46,4 +46,3 @@ def evaluate(model: nn.Module, test: ImageSet, poisoned: Poisoned) -> dict[str, 
         "per_class_asr": per_class_asr(bd_pred, triggered.y, test.y, test.num_classes),
         "asr_images": int((triggered.y != test.y).sum()),
     }
-

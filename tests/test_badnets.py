@@ -44,9 +44,15 @@ def test_triggered_test_set_is_aligned(synthetic):
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"rate": 0.0}, r"expected a fraction in \(0, 1\)"), ({"rate": 1.0}, "fraction"),
-     ({"count": 0}, "at least 1"), ({"count": 10_000}, "exceeds the"), ({"target": 7}, r"class in \[0, 3\]"),
-     ({"rate": 0.0001}, "poisons no sample"), ({"mode": "one-to-one"}, "all-to-one or all-to-all")],
+    [
+        ({"rate": 0.0}, r"expected a fraction in \(0, 1\)"),
+        ({"rate": 1.0}, "fraction"),
+        ({"count": 0}, "at least 1"),
+        ({"count": 10_000}, "exceeds the"),
+        ({"target": 7}, r"class in \[0, 3\]"),
+        ({"rate": 0.0001}, "poisons no sample"),
+        ({"mode": "one-to-one"}, "all-to-one or all-to-all"),
+    ],
 )
 def test_bad_budgets_and_targets(synthetic, kwargs, message):
     with pytest.raises(PoisonlabError, match=message):

@@ -25,12 +25,19 @@ def test_run_badnets_prints_the_table_and_writes_the_run_folder(tmp_path):
     assert result.exit_code == 0, result.output
     assert "clean accuracy" in result.output and "ASR = share of triggered test images" in result.output
     assert sorted(p.name for p in out.iterdir()) == [
-        "backdoored.safetensors", "clean.safetensors", "config.json", "examples.png", "poisoned_indices.safetensors",
+        "backdoored.safetensors",
+        "clean.safetensors",
+        "config.json",
+        "examples.png",
+        "poisoned_indices.safetensors",
         "report.json",
     ]
     report = json.loads((out / "report.json").read_text())
     assert report["schema"] == "poisonlab.report/1" and report["config"]["rate"] == 0.05
-    assert report["metrics"]["poisoned_samples"] == 100 and len(load_file(out / "poisoned_indices.safetensors")["indices"]) == 100
+    assert (
+        report["metrics"]["poisoned_samples"] == 100
+        and len(load_file(out / "poisoned_indices.safetensors")["indices"]) == 100
+    )
     assert 0 <= report["metrics"]["backdoored"]["attack_success_rate"] <= 1
     assert (out / "examples.png").read_bytes()[:4] == b"\x89PNG"
     model = load_model("small-cnn", (1, 12, 12), 4, out / "backdoored.safetensors")
@@ -42,7 +49,9 @@ def test_run_badnets_prints_the_table_and_writes_the_run_folder(tmp_path):
 
 
 def test_run_badnets_json_is_machine_readable(tmp_path):
-    result = runner.invoke(app, ["run", "badnets", *FAST, "--mode", "all-to-all", "--json", "--out", str(tmp_path / "r")])
+    result = runner.invoke(
+        app, ["run", "badnets", *FAST, "--mode", "all-to-all", "--json", "--out", str(tmp_path / "r")]
+    )
     assert result.exit_code == 0, result.output
     body = json.loads(result.output)
     assert body["kind"] == "badnets" and body["config"]["mode"] == "all-to-all" and body["run_dir"].endswith("r")

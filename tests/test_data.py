@@ -39,7 +39,7 @@ def test_restricted_unpickler_reads_arrays(tmp_path):
     ok = tmp_path / "ok.pkl.gz"
     with gzip.open(ok, "wb") as f:
         pickle.dump(((np.arange(6, dtype=np.float32).reshape(2, 3), np.array([1, 2])),), f)
-    (x, y), = load_arrays_pickle(ok)
+    ((x, y),) = load_arrays_pickle(ok)
     assert x.shape == (2, 3) and y.tolist() == [1, 2]
 
 
@@ -48,7 +48,9 @@ def test_fashion_mnist_missing_folder_names_the_debian_package(tmp_path):
         load_dataset(f"fashion-mnist:{tmp_path / 'nowhere'}")
 
 
-@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="Debian dataset-fashion-mnist absent")
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="Debian dataset-fashion-mnist absent"
+)
 def test_fashion_mnist_from_debian():
     train, test = load_dataset("fashion-mnist")
     assert len(train) == 60000 and len(test) == 10000 and train.classes[9] == "Ankle boot"
@@ -81,7 +83,7 @@ def test_unknown_dataset_lists_the_allowed_names():
 
 def _write_folder(root: Path, sizes=((6, 6),) * 3, mode="L") -> None:
     rng = np.random.default_rng(0)
-    for k, name in enumerate(["cat", "dog"]):
+    for name in ["cat", "dog"]:
         (root / name).mkdir(parents=True)
         for i, (h, w) in enumerate(sizes):
             shape = (h, w) if mode == "L" else (h, w, 3)
@@ -130,10 +132,17 @@ def test_npz_loads_uint8_and_splits(tmp_path):
 @pytest.mark.parametrize(
     ("arrays", "message"),
     [
-        ({"x": np.zeros((4, 5, 5), np.float32), "y": np.array([0, 1, 2, 5]), "classes": np.array(["a", "b", "c"])},
-         r"label 5 at index 3 is outside \[0, 2\]"),
-        ({"x": np.where(np.arange(100).reshape(4, 5, 5) == 60, np.nan, 0.5).astype(np.float32), "y": np.array([0, 1, 0, 1])},
-         "image 2 contains NaN"),
+        (
+            {"x": np.zeros((4, 5, 5), np.float32), "y": np.array([0, 1, 2, 5]), "classes": np.array(["a", "b", "c"])},
+            r"label 5 at index 3 is outside \[0, 2\]",
+        ),
+        (
+            {
+                "x": np.where(np.arange(100).reshape(4, 5, 5) == 60, np.nan, 0.5).astype(np.float32),
+                "y": np.array([0, 1, 0, 1]),
+            },
+            "image 2 contains NaN",
+        ),
         ({"x": np.full((4, 5, 5), 2.0, np.float32), "y": np.array([0, 1, 0, 1])}, r"image 0 has values in \[2, 2\]"),
         ({"x": np.zeros((4, 5, 5), np.float32)}, "missing array 'y'"),
         ({"x": np.zeros((4, 5, 5), np.float32), "y": np.array([0, 2, 0, 2])}, "class 1 .* has no images"),

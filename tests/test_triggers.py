@@ -7,9 +7,13 @@ from poisonlab.triggers import Blend, Checkerboard, Patch, Pixel, parse_trigger
 
 @pytest.mark.parametrize(
     ("position", "rows", "cols"),
-    [("bottom-right", slice(24, 27), slice(24, 27)), ("top-left", slice(1, 4), slice(1, 4)),
-     ("top-right", slice(1, 4), slice(24, 27)), ("bottom-left", slice(24, 27), slice(1, 4)),
-     ("center", slice(12, 15), slice(12, 15))],
+    [
+        ("bottom-right", slice(24, 27), slice(24, 27)),
+        ("top-left", slice(1, 4), slice(1, 4)),
+        ("top-right", slice(1, 4), slice(24, 27)),
+        ("bottom-left", slice(24, 27), slice(1, 4)),
+        ("center", slice(12, 15), slice(12, 15)),
+    ],
 )
 def test_patch_lands_exactly_where_asked(position, rows, cols):
     x = torch.zeros(2, 1, 28, 28)
@@ -39,9 +43,14 @@ def test_blend_formula_and_noise_is_seeded():
 def test_parse_trigger_specs_and_errors():
     assert parse_trigger("patch:size=4,position=top-left,color=0.5") == Patch(size=4, position="top-left", color=0.5)
     assert parse_trigger("blend:alpha=0.2") == Blend(alpha=0.2)
-    for spec, message in [("star", "unknown trigger"), ("patch:size", "expected key=value"),
-                          ("patch:shape=3", "unexpected keyword"), ("patch:position=middle", "expected one of"),
-                          ("patch:color=2", r"\[0, 1\]"), ("blend:alpha=0", r"\(0, 1\]")]:
+    for spec, message in [
+        ("star", "unknown trigger"),
+        ("patch:size", "expected key=value"),
+        ("patch:shape=3", "unexpected keyword"),
+        ("patch:position=middle", "expected one of"),
+        ("patch:color=2", r"\[0, 1\]"),
+        ("blend:alpha=0", r"\(0, 1\]"),
+    ]:
         with pytest.raises(PoisonlabError, match=message):
             parse_trigger(spec)
     with pytest.raises(PoisonlabError, match="does not fit"):

@@ -11,7 +11,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from poisonlab.core import ImageSet, PoisonlabError, Poisoned, Trigger
+from poisonlab.core import ImageSet, Poisoned, PoisonlabError, Trigger
 from poisonlab.triggers import Patch
 
 Mode = Literal["all-to-one", "all-to-all"]

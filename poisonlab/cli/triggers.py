@@ -13,8 +13,12 @@ from poisonlab.report.figures import image_grid, save_figure
 from poisonlab.triggers import parse_trigger
 
 GALLERY = (
-    "patch:size=3", "patch:size=5,position=top-left,color=0.5", "checkerboard:size=4", "pixel",
-    "blend:alpha=0.2", "blend:alpha=0.5",
+    "patch:size=3",
+    "patch:size=5,position=top-left,color=0.5",
+    "checkerboard:size=4",
+    "pixel",
+    "blend:alpha=0.2",
+    "blend:alpha=0.5",
 )
 
 

@@ -1,4 +1,4 @@
-"""Datasets, all offline, all returned as (train, test) ImageSets; named by spec strings like ``mnist`` or ``folder:PATH``."""
+"""Datasets, all offline, returned as (train, test) ImageSets and named by specs like ``mnist`` or ``folder:PATH``."""
 
 from __future__ import annotations
 

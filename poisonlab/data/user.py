@@ -126,7 +126,7 @@ def load_npz_dataset(arg: str | None = None, seed: int = 0) -> tuple[ImageSet, I
         if key not in arrays:
             raise PoisonlabError(f"{path}: missing array {key!r}; found {sorted(arrays)}")
     labels = [arrays[k] for k in ("y", "y_test") if k in arrays]
-    for key, a in zip(("y", "y_test"), labels):
+    for key, a in zip(("y", "y_test"), labels, strict=False):
         if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer) or a.size == 0:
             raise PoisonlabError(f"{path}: {key!r} must be a non-empty 1-D integer array, got {a.dtype} {a.shape}")
     if "classes" in arrays:

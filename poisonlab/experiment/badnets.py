@@ -16,12 +16,12 @@ from torch import Tensor
 from poisonlab.attacks.badnets import BadNets, Mode
 from poisonlab.core import ImageSet, Poisoned
 from poisonlab.data import DATASETS, load_dataset
+from poisonlab.experiment.rundir import atomic_write_json, report
 from poisonlab.metrics import ASR_DEFINITION, evaluate
 from poisonlab.models import MODELS, build_model, save_model
 from poisonlab.report.figures import image_grid, save_figure
 from poisonlab.training import Recipe, predict, train
 from poisonlab.triggers import parse_trigger
-from poisonlab.experiment.rundir import atomic_write_json, report
 
 
 @dataclass(frozen=True)
@@ -52,14 +52,19 @@ class BadnetsConfig:
         return Recipe(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
 
 
-def _examples(test: ImageSet, triggered: ImageSet, preds: dict[str, tuple[Tensor, Tensor]], cfg: BadnetsConfig) -> Figure:
+def _examples(
+    test: ImageSet, triggered: ImageSet, preds: dict[str, tuple[Tensor, Tensor]], cfg: BadnetsConfig
+) -> Figure:
     """One test image per non-target class, clean and triggered, captioned with both models' predictions.
 
     ``preds[model]`` holds that model's predictions on (test, triggered).
     """
     eligible = triggered.y != test.y
-    picks = [int(torch.nonzero((test.y == k) & eligible)[0]) for k in range(test.num_classes)
-             if ((test.y == k) & eligible).any()][:10]
+    picks = [
+        int(torch.nonzero((test.y == k) & eligible)[0])
+        for k in range(test.num_classes)
+        if ((test.y == k) & eligible).any()
+    ][:10]
     names = test.classes
 
     def captions(row: int) -> list[str]:
@@ -78,7 +83,9 @@ def run_badnets(cfg: BadnetsConfig, out: Path, progress: bool = True) -> dict[st
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     train_set, test = load_dataset(cfg.dataset, cfg.seed)
-    attack = BadNets(trigger=parse_trigger(cfg.trigger), mode=cfg.mode, target=cfg.target, rate=cfg.rate, count=cfg.count)
+    attack = BadNets(
+        trigger=parse_trigger(cfg.trigger), mode=cfg.mode, target=cfg.target, rate=cfg.rate, count=cfg.count
+    )
     poisoned: Poisoned = attack.poison(train_set, torch.Generator().manual_seed(cfg.seed))
     timings["data_seconds"] = time.perf_counter() - t0
 
@@ -108,9 +115,18 @@ def run_badnets(cfg: BadnetsConfig, out: Path, progress: bool = True) -> dict[st
     save_figure(_examples(test, triggered, preds, cfg), out / "examples.png")
     atomic_write_json(out / "config.json", {"experiment": "badnets", **dataclasses.asdict(cfg)})
     timings["total_seconds"] = time.perf_counter() - t0
-    body = report("badnets", dataclasses.asdict(cfg), metrics, timings=timings,
-                  files=["clean.safetensors", "backdoored.safetensors", "poisoned_indices.safetensors",
-                         "examples.png", "config.json"])
+    body = report(
+        "badnets",
+        dataclasses.asdict(cfg),
+        metrics,
+        timings=timings,
+        files=[
+            "clean.safetensors",
+            "backdoored.safetensors",
+            "poisoned_indices.safetensors",
+            "examples.png",
+            "config.json",
+        ],
+    )
     atomic_write_json(out / "report.json", body)
     return body
-

@@ -40,13 +40,15 @@ def badnets_cnn(shape: Shape, num_classes: int) -> nn.Module:
     pad = 0 if min(shape[1:]) >= 16 else 2
     features = nn.Sequential(
         Normalize(shape[0]),
-        nn.Conv2d(shape[0], 16, 5, padding=pad), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 5, padding=pad), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(shape[0], 16, 5, padding=pad),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 5, padding=pad),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
         nn.Flatten(),
     )
-    return nn.Sequential(
-        *features, nn.Linear(_flat_size(features, shape), 512), nn.ReLU(), nn.Linear(512, num_classes)
-    )
+    return nn.Sequential(*features, nn.Linear(_flat_size(features, shape), 512), nn.ReLU(), nn.Linear(512, num_classes))
 
 
 @MODELS.register("small-cnn", "fast small CNN: 2 conv (16, 32 3x3) + 2 FC (128, C)")
@@ -54,13 +56,15 @@ def small_cnn(shape: Shape, num_classes: int) -> nn.Module:
     """A smaller, faster net for tests and many-class sweeps."""
     features = nn.Sequential(
         Normalize(shape[0]),
-        nn.Conv2d(shape[0], 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(shape[0], 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
         nn.Flatten(),
     )
-    return nn.Sequential(
-        *features, nn.Linear(_flat_size(features, shape), 128), nn.ReLU(), nn.Linear(128, num_classes)
-    )
+    return nn.Sequential(*features, nn.Linear(_flat_size(features, shape), 128), nn.ReLU(), nn.Linear(128, num_classes))
 
 
 def build_model(name: str, data: ImageSet, seed: int) -> nn.Module:
@@ -101,9 +105,14 @@ def load_model(name: str, shape: Shape, num_classes: int, path: Path) -> nn.Modu
     wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
     if missing or unexpected or wrong:
         detail = (
-            f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
+            f"missing {missing[:3]}"
+            if missing
+            else f"unexpected {unexpected[:3]}"
+            if unexpected
             else f"{wrong[0]} is {tuple(state[wrong[0]].shape)}, expected {tuple(expected[wrong[0]].shape)}"
         )
-        raise PoisonlabError(f"{path}: weights do not fit {name} for input {shape} and {num_classes} classes ({detail})")
+        raise PoisonlabError(
+            f"{path}: weights do not fit {name} for input {shape} and {num_classes} classes ({detail})"
+        )
     model.load_state_dict(state)
     return model.eval()

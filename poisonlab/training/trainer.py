@@ -27,7 +27,9 @@ class Recipe:
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0 or self.weight_decay < 0:
-            raise PoisonlabError(f"training recipe: expected epochs >= 1, batch_size >= 1, lr > 0, weight_decay >= 0; got {self}")
+            raise PoisonlabError(
+                f"training recipe: expected epochs >= 1, batch_size >= 1, lr > 0, weight_decay >= 0; got {self}"
+            )
 
 
 def cross_entropy(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
@@ -57,10 +59,17 @@ def train(
     per_epoch = -(-len(data) // recipe.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, recipe.lr, total_steps=recipe.epochs * per_epoch)
     columns = (
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
     )
-    with torch.random.fork_rng(devices=[]), Progress(*columns, console=Console(stderr=True), disable=not progress, transient=True) as bar:
+    with (
+        torch.random.fork_rng(devices=[]),
+        Progress(*columns, console=Console(stderr=True), disable=not progress, transient=True) as bar,
+    ):
         torch.manual_seed(seed)
         task = bar.add_task(description, total=recipe.epochs * per_epoch, loss=float("nan"))
         for _ in range(recipe.epochs):
@@ -83,6 +92,9 @@ def predict(model: nn.Module, x: Tensor, batch_size: int = 2048) -> Tensor:
     """Predicted classes for images ``x``, computed in batches."""
     was_training = model.training
     model.eval()
-    out = [model(x[i : i + batch_size].contiguous(memory_format=torch.channels_last)).argmax(1) for i in range(0, len(x), batch_size)]
+    out = [
+        model(x[i : i + batch_size].contiguous(memory_format=torch.channels_last)).argmax(1)
+        for i in range(0, len(x), batch_size)
+    ]
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, dtype=torch.int64)

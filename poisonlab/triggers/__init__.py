@@ -12,7 +12,9 @@ from poisonlab.triggers.patch import POSITIONS, Checkerboard, Patch, Pixel
 
 TRIGGERS: Registry[Callable[..., Trigger]] = Registry("trigger")
 TRIGGERS.register("patch", "solid square: size, position, color, margin")(Patch)
-TRIGGERS.register("checkerboard", "square of alternating color/1-color cells: size, position, color, margin")(Checkerboard)
+TRIGGERS.register("checkerboard", "square of alternating color/1-color cells: size, position, color, margin")(
+    Checkerboard
+)
 TRIGGERS.register("pixel", "one pixel: position, color, margin")(Pixel)
 TRIGGERS.register("blend", "blend toward noise or an image: pattern=noise|PATH, alpha, seed")(Blend)
 
