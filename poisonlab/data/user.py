@@ -57,7 +57,7 @@ def load_image_folder(root: Path) -> ImageSet:
         except (UnidentifiedImageError, OSError) as e:
             raise PoisonlabError(f"{path}: not a readable image ({e})") from None
     mode = "L" if gray else "RGB"
-    images = []
+    images: list[np.ndarray] = []
     for path, _ in files:
         img = read_image(path, mode)
         if images and img.shape != images[0].shape:

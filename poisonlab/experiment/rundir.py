@@ -41,7 +41,7 @@ def make_run_dir(out: Path | None, kind: str, root: Path = Path("runs")) -> Path
 
 def environment() -> dict[str, Any]:
     """Versions and machine facts that a reader needs to reproduce a figure."""
-    versions = {}
+    versions: dict[str, str | None] = {}
     for pkg in ("poisonlab", "torch", "numpy", "scipy", "scikit-learn", "opencv-python-headless", "pillow"):
         try:
             versions[pkg] = metadata.version(pkg)

@@ -20,6 +20,9 @@ MODELS: Registry[Callable[[Shape, int], nn.Module]] = Registry("model")
 class Normalize(nn.Module):
     """Per-channel standardisation inside the model, so the model itself takes images in [0, 1]."""
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(1, channels, 1, 1))

@@ -54,7 +54,7 @@ def train(
     """
     gen = torch.Generator().manual_seed(seed)
     x = data.x.contiguous(memory_format=torch.channels_last)
-    model.to(memory_format=torch.channels_last).train()
+    model.to(memory_format=torch.channels_last).train()  # type: ignore[call-overload]
     opt = torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     per_epoch = -(-len(data) // recipe.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, recipe.lr, total_steps=recipe.epochs * per_epoch)
