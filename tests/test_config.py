@@ -1,0 +1,165 @@
+"""Typed experiment configs: validation before training, `poisonlab run CONFIG.toml`, bit-exact re-runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from poisonlab.cli.app import app
+from poisonlab.core import PoisonlabError
+from poisonlab.data import make_synthetic
+from poisonlab.experiment import config as cfgmod
+from poisonlab.experiment.runner import run_experiment
+
+runner = CliRunner()
+
+
+def tiny_npz(path: Path, n_train: int = 240, n_test: int = 80) -> Path:
+    """A small seeded synthetic dataset as an npz, so a run trains in well under a second."""
+    full = make_synthetic(n_train + n_test, num_classes=4, size=12, seed=0)
+    x, y = full.x.numpy(), full.y.numpy()
+    np.savez(path, x=x[:n_train], y=y[:n_train], x_test=x[n_train:], y_test=y[n_train:])
+    return path
+
+
+def tiny_config(data: Path, **attack: object) -> dict:
+    return {
+        "name": "tiny",
+        "dataset": f"npz:{data}",
+        "model": "small-cnn",
+        "seed": 3,
+        "training": {"epochs": 2, "batch_size": 32, "lr": 0.01},
+        "attack": {"name": "badnets", "target": 1, "rate": 0.1, "trigger": "patch:size=3", **attack},
+    }
+
+
+def write_toml(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+GOOD = """
+dataset = "synthetic"
+[attack]
+name = "badnets"
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('model = "small-cnn"\n[attack]\nname = "badnets"\n', r"dataset: missing; expected one of: .*mnist"),
+        ('dataset = "imagenet"\n[attack]\nname = "badnets"\n', r"dataset: unknown dataset 'imagenet'; expected one of"),
+        ('dataset = "synthetic"\n[attack]\nname = "badnetz"\n',
+         r"attack\.name: unknown attack 'badnetz'; expected one of: .*badnets"),
+        (GOOD + 'rate = "ten percent"\n', r"attack\.rate: expected a number, got 'ten percent' \(str\)"),
+        (GOOD + "rate = 1.5\n", r"attack\.rate: 1\.5; expected a poison fraction in \(0, 1\)"),
+        (GOOD + "rate = 0.0\n", r"attack\.rate: 0\.0; expected a poison fraction in \(0, 1\)"),
+        (GOOD + "target = 2.5\n", r"attack\.target: expected an integer, got 2\.5"),
+        (GOOD + "target = true\n", r"attack\.target: expected an integer, got True"),
+        (GOOD + 'mode = "one-to-one"\n',
+         r"attack\.mode: 'one-to-one' is not allowed; expected 'all-to-one' or 'all-to-all'"),
+        (GOOD + "ratee = 0.1\n", r"attack\.ratee: unknown key; expected one of: count, mode, rate, target, trigger"),
+        (GOOD + 'trigger = "star:size=3"\n', r"attack\.trigger: unknown trigger 'star'"),
+        ('dataset = "synthetic"\n[attack]\nrate = 0.1\n', r"attack\.name: missing; expected one of"),
+        ('dataset = "synthetic"\n', r"attack: missing \[attack\] table"),
+        ('dataset = "synthetic"\nseeds = [1]\n' + GOOD.split("\n", 2)[2],
+         r"seeds: unknown key; expected one of: .*seed"),
+        ('dataset = "synthetic"\nmodel = "resnet-1000"\n[attack]\nname = "badnets"\n',
+         r"model: unknown model 'resnet-1000'"),
+        ('dataset = "synthetic"\n[training]\nepochs = 0\n[attack]\nname = "badnets"\n',
+         r"training\.epochs: 0; expected"),
+        ('dataset = "synthetic"\n[training]\nepoch = 2\n[attack]\nname = "badnets"\n',
+         r"training\.epoch: unknown key; expected one of: batch_size, epochs"),
+        ('dataset = "synthetic"\nseed = -1\n[attack]\nname = "badnets"\n', r"seed: -1; expected an integer >= 0"),
+        ('dataset = 7\n[attack]\nname = "badnets"\n', r"dataset: expected a string, got 7 \(int\)"),
+        (GOOD + "rate = [0.1, 0.2]\n", r"attack\.rate: a list makes a sweep; run it with `poisonlab sweep"),
+        ('dataset = "synthetic"\n[attack\nname = 1', r"not valid TOML"),
+    ],
+)
+def test_bad_config_fails_before_training_naming_the_field(tmp_path, monkeypatch, text, message):
+    import poisonlab.experiment.runner as runner_mod
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started on a bad config")
+
+    monkeypatch.setattr(runner_mod, "run_badnets", no_training)
+    monkeypatch.setattr(runner_mod, "_train_pair", no_training)
+    path = write_toml(tmp_path / "bad.toml", text)
+    with pytest.raises(PoisonlabError, match=message):
+        cfgmod.load(path)
+    result = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert "bad.toml" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_defaults_are_filled_and_resolved_config_round_trips(tmp_path):
+    cfg = cfgmod.load(write_toml(tmp_path / "c.toml", GOOD + "rate = 0.05\n"))
+    assert cfg.model == "badnets-cnn" and cfg.seed == 0 and cfg.training.epochs == 2
+    assert dict(cfg.attack.params) == {"mode": "all-to-one", "target": 8, "rate": 0.05, "count": None}
+    assert "count" not in cfg.to_toml()  # TOML has no null: None defaults are left out and filled in again
+    again = cfgmod.load(write_toml(tmp_path / "again.toml", cfg.to_toml()))
+    assert again == cfg
+
+
+def test_integer_rate_is_accepted_as_a_number_but_bools_are_not_numbers(tmp_path):
+    with pytest.raises(PoisonlabError, match=r"attack\.rate: expected a number, got True"):
+        cfgmod.resolve({"dataset": "synthetic", "attack": {"name": "badnets", "rate": True}})
+    cfg = cfgmod.resolve({"dataset": "synthetic", "training": {"weight_decay": 0}, "attack": {"name": "badnets"}})
+    assert isinstance(cfg.training.weight_decay, float)
+
+
+def test_config_run_and_its_saved_config_reproduce_bit_for_bit(tmp_path):
+    """The resolved config.toml in a run folder re-runs to the same weights and metrics (same seed, same machine)."""
+    data = tiny_npz(tmp_path / "tiny.npz")
+    first = tmp_path / "first"
+    first.mkdir()
+    body = run_experiment(cfgmod.resolve(tiny_config(data)), first, progress=False)
+    assert body["schema"] == "poisonlab.report/1" and body["kind"] == "experiment"
+    assert body["metrics"]["poisoned_samples"] == 24  # 10% of 240
+    assert body["metrics"]["backdoored"]["attack_success_rate"] > body["metrics"]["clean"]["attack_success_rate"]
+
+    result = runner.invoke(app, ["run", str(first / "config.toml"), "--out", str(tmp_path / "second"), "--json"])
+    assert result.exit_code == 0, result.output
+    second = json.loads(result.output)
+    assert second["metrics"] == body["metrics"] and second["config"] == body["config"]
+    for name in ("clean", "backdoored"):
+        a = load_file(str(first / f"{name}.safetensors"))
+        b = load_file(str(tmp_path / "second" / f"{name}.safetensors"))
+        assert all(a[k].equal(b[k]) for k in a)
+
+
+def test_a_different_seed_changes_the_run(tmp_path):
+    data = tiny_npz(tmp_path / "tiny.npz")
+    bodies = []
+    for seed in (3, 4):
+        out = tmp_path / f"s{seed}"
+        out.mkdir()
+        bodies.append(run_experiment(cfgmod.resolve({**tiny_config(data), "seed": seed}), out, progress=False))
+    a = load_file(str(tmp_path / "s3" / "backdoored.safetensors"))
+    b = load_file(str(tmp_path / "s4" / "backdoored.safetensors"))
+    assert not all(a[k].equal(b[k]) for k in a)
+
+
+def test_run_badnets_command_is_still_routed_and_toml_goes_to_the_config_command(tmp_path):
+    result = runner.invoke(app, ["run", "--help"])
+    assert result.exit_code == 0 and "badnets" in result.output and "CONFIG.toml" in result.output
+    assert runner.invoke(app, ["run", "badnets", "--help"]).exit_code == 0
+    missing = runner.invoke(app, ["run", str(tmp_path / "nope.toml")])
+    assert missing.exit_code == 2 and "no such config file" in missing.output
+    assert runner.invoke(app, ["run", "no-such-experiment"]).exit_code != 0
+
+
+def test_example_configs_all_validate():
+    examples = sorted(Path(__file__).parents[1].glob("examples/*.toml"))
+    assert examples
+    for path in examples:
+        from poisonlab.experiment.sweep import plan
+
+        assert plan(path).cells
