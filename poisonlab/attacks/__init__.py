@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from poisonlab.attacks.backgradient import BackGradientPoisoning
 from poisonlab.attacks.badnets import AllToAll, AllToOne, BadNets
 from poisonlab.attacks.universal import MultiTargetBadNets, UniversalBackdoor
 from poisonlab.core import DataAttack
@@ -11,6 +12,7 @@ from poisonlab.registry import Registry
 
 ATTACKS: Registry[Callable[..., DataAttack]] = Registry("attack")
 ATTACKS.register("badnets", "patch-trigger backdoor, all-to-one or all-to-all (Gu et al. 2017)")(BadNets)
+ATTACKS.register("backgradient", "optimised points via back-gradient (Munoz-Gonzalez 2017)")(BackGradientPoisoning)
 ATTACKS.register("universal", "any class a target: LDA class-code triggers (Schneider et al. 2023)")(UniversalBackdoor)
 ATTACKS.register("multi-target-badnets", "universal baseline: random class codes, same grid")(MultiTargetBadNets)
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from poisonlab.cli import listing, run, run_universal, triggers
+from poisonlab.cli import listing, run, run_backgradient, run_universal, triggers
 from poisonlab.cli import sweep as sweep_cli
+from poisonlab.cli import runs as runs_cli
 
 app = typer.Typer(
     help="poisonlab: mount data-poisoning and backdoor attacks on image classifiers, measure them, and defend.",
@@ -13,10 +14,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 run.app.command("universal")(run_universal.universal)
+run.app.command("backgradient")(run_backgradient.backgradient)
 app.add_typer(run.app, name="run")
 app.command("list")(listing.list_components)
 app.command("triggers")(triggers.triggers)
 app.command("sweep")(sweep_cli.sweep)
+app.command("runs")(runs_cli.runs)
+app.command("compare")(runs_cli.compare)
 
 
 def main() -> None:

@@ -1,0 +1,91 @@
+"""``poisonlab run backgradient``: back-gradient poisoning (Muñoz-González et al. 2017, arXiv 1708.08689)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+import typer
+from rich.table import Table
+
+from poisonlab.cli.common import console, one_line_errors, print_json
+from poisonlab.core import PoisonlabError
+from poisonlab.experiment.backgradient import BackgradientConfig, run_backgradient
+from poisonlab.experiment.rundir import make_run_dir
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.2f}%"
+
+
+def _fractions(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(f) for f in text.split(",") if f.strip())
+    except ValueError:
+        raise PoisonlabError(f"fractions {text!r}: expected comma-separated numbers like 0.02,0.04") from None
+
+
+def curve_table(body: dict[str, Any]) -> Table:
+    """Error of the victim against poison fraction, optimised points beside their label-flipped starts."""
+    m, cfg = body["metrics"], body["config"]
+    key = m["error_metric"]
+    what = f"error on class {cfg['source']}" if cfg["goal"] == "targeted" else "test error"
+    table = Table(title=f"back-gradient {cfg['goal']} poisoning, {cfg['dataset']} {cfg['learner']}: {what}")
+    for col in ("fraction", "points", "back-gradient", "label flip"):
+        table.add_column(col, justify="right")
+    for row in m["curve"]:
+        table.add_row(_pct(row["fraction"]), str(row["count"]), _pct(row["backgradient"][key]),
+                      _pct(row["label_flip"][key]))
+    for name, t in m["transfer"].items():
+        if "skipped" not in t:
+            table.add_row(f"-> {name}", str(t["count"]), f"{_pct(t['clean'][key])} -> {_pct(t['backgradient'][key])}",
+                          _pct(t["label_flip"][key]))
+    return table
+
+
+@one_line_errors
+def backgradient(
+    dataset: Annotated[str, typer.Option(help="mnist, breast-cancer, digits, synthetic, ...")] = "mnist",
+    learner: Annotated[str, typer.Option(help="surrogate learner: adaline, logreg, mlp or cnn")] = "logreg",
+    goal: Annotated[str, typer.Option(help="availability (generic) or targeted (specific)")] = "availability",
+    source: Annotated[int, typer.Option(help="targeted: the class to be misread")] = 8,
+    target: Annotated[int, typer.Option(help="targeted: the class it should be read as")] = 3,
+    fractions: Annotated[str, typer.Option(help="comma-separated poison fractions of the training set")] = (
+        "0.01,0.02,0.03,0.04,0.05,0.06"),
+    train_size: Annotated[int, typer.Option(help="training points (the paper: 1000)")] = 1000,
+    val_size: Annotated[int, typer.Option(help="attacker's validation points")] = 1000,
+    test_size: Annotated[int, typer.Option(help="test points")] = 8000,
+    steps: Annotated[int, typer.Option(help="descent steps differentiated through (T)")] = 20,
+    warm_start: Annotated[int, typer.Option(help="clean descent steps before the T differentiated ones")] = 100,
+    lr: Annotated[float, typer.Option(help="descent step size of the learner")] = 0.3,
+    iterations: Annotated[int, typer.Option(help="gradient steps per poisoning point per pass")] = 2,
+    passes: Annotated[int, typer.Option(help="passes over the poisoning points")] = 1,
+    transfer: Annotated[str, typer.Option(help="comma-separated learners to transfer the poison to")] = "mlp,cnn",
+    seed: Annotated[int, typer.Option(help="seed for the split, starting points and weights")] = 0,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="run folder (default runs/backgradient-TIME)")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print report.json instead of the table")] = False,
+    quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+) -> None:
+    """Optimise poisoning points by back-gradient descent; print the victim's error against poison fraction.
+
+    Example: poisonlab run backgradient --learner logreg --goal targeted --fractions 0.01,0.02,0.04
+    """
+    cfg = BackgradientConfig(
+        dataset=dataset, learner=learner, goal=goal, source=source, target=target,  # type: ignore[arg-type]
+        train_size=train_size, val_size=val_size, test_size=test_size, fractions=_fractions(fractions),
+        steps=steps, warm_start=warm_start, lr=lr, iterations=iterations, passes=passes,
+        transfer=tuple(t for t in transfer.split(",") if t), seed=seed)
+    cfg.validate()
+    run_dir = make_run_dir(out, "backgradient")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small per-step tensors: one thread is faster than two fighting for a loaded CPU
+    try:
+        body = run_backgradient(cfg, run_dir, progress=not (quiet or json_out))
+    finally:
+        torch.set_num_threads(threads)
+    if json_out:
+        print_json({"run_dir": str(run_dir), **body})
+        return
+    console.print(curve_table(body))
+    console.print(f"run folder: {run_dir}  ({body['timings']['total_seconds']:.1f} s)")
