@@ -1,0 +1,90 @@
+"""``poisonlab runs`` and ``poisonlab compare``: list, filter and compare run folders through the SQLite index."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from poisonlab.cli.common import console, one_line_errors, print_json
+from poisonlab.core import PoisonlabError
+from poisonlab.experiment.index import compare as compare_runs
+from poisonlab.experiment.index import list_runs, load_run
+
+RootOption = Annotated[Path, typer.Option("--root", help="results folder holding run folders (and index.sqlite)")]
+
+
+def _pct(v: Any) -> str:
+    return f"{100 * v:.2f}" if isinstance(v, int | float) else "-"
+
+
+def _where(items: list[str]) -> dict[str, str]:
+    where = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise PoisonlabError(f"--where {item!r}: expected FIELD=VALUE, e.g. attack=badnets or attack.target=8")
+        where[key.strip()] = value.strip()
+    return where
+
+
+@one_line_errors
+def runs(
+    where: Annotated[list[str] | None, typer.Option("--where", "-w", help="FIELD=VALUE filter (repeatable)")] = None,
+    root: RootOption = Path("runs"),
+    json_out: Annotated[bool, typer.Option("--json", help="print the rows as JSON")] = False,
+) -> None:
+    """List every run under the results folder, optionally filtered; CA and ASR are the backdoored model's.
+
+    Fields: kind, name, dataset, model, attack, seed, rate, or a dotted config path.
+
+    Example: poisonlab runs --where attack=badnets --where rate=0.01
+    """
+    rows = list_runs(root, _where(where or []))
+    if json_out:
+        print_json(rows)
+        return
+    table = Table(title=f"{len(rows)} runs under {root}")
+    for col in ("run", "kind", "dataset", "attack", "rate", "seed", "CA %", "ASR %", "clean CA %", "created"):
+        table.add_column(col, justify="right" if col.endswith("%") or col in ("rate", "seed") else "left")
+    for r in rows:
+        table.add_row(r["run"], r["kind"] or "-", r["dataset"] or "-", r["attack"] or "-",
+                      "-" if r["rate"] is None else f"{r['rate']:g}", "-" if r["seed"] is None else str(r["seed"]),
+                      _pct(r["ca"]), _pct(r["asr"]), _pct(r["clean_ca"]), r["created"] or "-")
+    console.print(table)
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return "-" if v is None else str(v)
+
+
+@one_line_errors
+def compare(
+    run_refs: Annotated[list[str], typer.Argument(help="run folders, report.json files, or paths under --root")],
+    root: RootOption = Path("runs"),
+    json_out: Annotated[bool, typer.Option("--json", help="print the comparison as JSON")] = False,
+) -> None:
+    """Print runs side by side: the config fields that differ, then every metric.
+
+    Example: poisonlab compare runs/sweep-x/cells/rate=0.01_seed=0 runs/sweep-x/cells/rate=0.1_seed=0
+    """
+    if len(run_refs) < 2:
+        raise PoisonlabError("compare: expected at least two runs")
+    result = compare_runs([load_run(ref, root) for ref in run_refs])
+    if json_out:
+        print_json(result)
+        return
+    table = Table(title="runs side by side")
+    table.add_column("field")
+    for i, label in enumerate(result["runs"]):
+        table.add_column(f"[{i + 1}] {Path(label).name}", justify="right")
+    for section in ("config", "metrics"):
+        for key, values in result[section].items():
+            table.add_row(f"{section}.{key}", *map(_cell, values))
+    console.print(table)
+    for i, label in enumerate(result["runs"]):
+        console.print(f"[{i + 1}] {label}", highlight=False)
