@@ -7,6 +7,8 @@ import typer
 from poisonlab.cli import listing, run, run_backgradient, run_universal, triggers
 from poisonlab.cli import sweep as sweep_cli
 from poisonlab.cli import runs as runs_cli
+from poisonlab.cli import report as report_cli
+from poisonlab.cli import deploy_check, run_compression
 
 app = typer.Typer(
     help="poisonlab: mount data-poisoning and backdoor attacks on image classifiers, measure them, and defend.",
@@ -15,12 +17,15 @@ app = typer.Typer(
 )
 run.app.command("universal")(run_universal.universal)
 run.app.command("backgradient")(run_backgradient.backgradient)
+run.app.command("compression-artifact")(run_compression.compression_artifact)
 app.add_typer(run.app, name="run")
 app.command("list")(listing.list_components)
 app.command("triggers")(triggers.triggers)
 app.command("sweep")(sweep_cli.sweep)
 app.command("runs")(runs_cli.runs)
 app.command("compare")(runs_cli.compare)
+app.command("report")(report_cli.report)
+app.command("deploy-check")(deploy_check.deploy_check_command)
 
 
 def main() -> None:
