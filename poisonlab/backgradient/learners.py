@@ -78,9 +78,25 @@ class Learner:
         """Class scores (N, num_classes) of images ``x`` shaped (N, C, H, W)."""
         if tuple(x.shape[1:]) != self.in_shape:
             raise PoisonlabError(f"inputs: expected (N, {', '.join(map(str, self.in_shape))}), got {tuple(x.shape)}")
-        if self.center is not None:
-            x = x - self.center.to(x.dtype)
         return self.forward(self.unflatten(w), x)
+
+    def affine(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        """First layer (x - center) W^T + b, computed as x W^T + (b - center W^T) so no centred copy of x is kept."""
+        out = x.flatten(1) @ weight.T + bias
+        if self.center is not None:
+            out = out - self.center.to(x.dtype).flatten() @ weight.T
+        return out
+
+    def convolve(self, x: Tensor, weight: Tensor, bias: Tensor, stride: int) -> Tensor:
+        """First layer conv(x - center) = conv(x) - conv(center), for the same reason as ``affine``."""
+        out = F.conv2d(x, weight, bias, stride=stride)
+        if self.center is not None:
+            out = out - F.conv2d(self.center.to(x.dtype)[None], weight, stride=stride)
+        return out
+
+    def penalty(self, w: Tensor) -> Tensor:
+        """(weight_decay / 2) * ||w||^2."""
+        return 0.5 * self.weight_decay * (w * w).sum()
 
     def sample_losses(self, scores: Tensor, y: Tensor) -> Tensor:
         """Per-sample loss of the scores against labels (cross-entropy unless overridden)."""
@@ -88,7 +104,7 @@ class Learner:
 
     def loss(self, w: Tensor, x: Tensor, y: Tensor) -> Tensor:
         """Mean training loss plus (weight_decay / 2) * ||w||^2: the inner objective."""
-        return self.sample_losses(self.logits(w, x), y).mean() + 0.5 * self.weight_decay * (w * w).sum()
+        return self.sample_losses(self.logits(w, x), y).mean() + self.penalty(w)
 
     def predict(self, w: Tensor, x: Tensor) -> Tensor:
         """Predicted labels."""
@@ -112,7 +128,7 @@ class LogisticRegression(Learner):
         return [("W", (self.num_classes, _flat_dim(self.in_shape))), ("b", (self.num_classes,))]
 
     def forward(self, p: dict[str, Tensor], x: Tensor) -> Tensor:
-        return x.flatten(1) @ p["W"].T + p["b"]
+        return self.affine(x, p["W"], p["b"])
 
 
 @dataclass(frozen=True)
@@ -136,7 +152,7 @@ class MLP(Learner):
                 ("b2", (self.num_classes,))]
 
     def forward(self, p: dict[str, Tensor], x: Tensor) -> Tensor:
-        return torch.tanh(x.flatten(1) @ p["W1"].T + p["b1"]) @ p["W2"].T + p["b2"]
+        return torch.tanh(self.affine(x, p["W1"], p["b1"])) @ p["W2"].T + p["b2"]
 
 
 @dataclass(frozen=True)
@@ -160,7 +176,7 @@ class SmallCNN(Learner):
                 ("W", (self.num_classes, self.channels * oh * ow)), ("b", (self.num_classes,))]
 
     def forward(self, p: dict[str, Tensor], x: Tensor) -> Tensor:
-        h = torch.tanh(F.conv2d(x, p["Wc"], p["bc"], stride=self.stride))
+        h = torch.tanh(self.convolve(x, p["Wc"], p["bc"], self.stride))
         return h.flatten(1) @ p["W"].T + p["b"]
 
 

@@ -12,28 +12,45 @@ from torch import Tensor
 class _Held:
     """A tensor saved for backward; tells its meter when the graph that holds it is freed."""
 
-    __slots__ = ("meter", "nbytes", "tensor")
+    __slots__ = ("key", "meter", "tensor")
 
     def __init__(self, tensor: Tensor, meter: SavedTensorMeter) -> None:
-        self.tensor, self.meter, self.nbytes = tensor, meter, tensor.numel() * tensor.element_size()
-        meter.live += self.nbytes
-        meter.peak = max(meter.peak, meter.live)
+        self.tensor, self.meter = tensor, meter
+        storage = tensor.untyped_storage()
+        self.key = storage.data_ptr()
+        meter.hold(self.key, storage.nbytes())
 
     def __del__(self) -> None:
-        self.meter.live -= self.nbytes
+        self.meter.release(self.key)
 
 
 class SavedTensorMeter:
     """Context manager: ``peak`` bytes of tensors saved for backward by graphs built inside it, alive at once.
 
-    Each save is counted (a tensor saved by two operations counts twice), so this measures what the
-    autograd graphs hold on to, independently of the allocator and of the process's other memory.
+    Counts distinct storages (a tensor saved by many operations, or a view of the training images, counts
+    once), so this measures what the autograd graphs hold on to, independently of the allocator.
     """
 
     def __init__(self) -> None:
         self.live = 0
         self.peak = 0
+        self._refs: dict[int, tuple[int, int]] = {}
         self._hooks: Any = None
+
+    def hold(self, key: int, nbytes: int) -> None:
+        size, count = self._refs.get(key, (nbytes, 0))
+        if count == 0:
+            self.live += size
+            self.peak = max(self.peak, self.live)
+        self._refs[key] = (size, count + 1)
+
+    def release(self, key: int) -> None:
+        size, count = self._refs[key]
+        if count == 1:
+            del self._refs[key]
+            self.live -= size
+        else:
+            self._refs[key] = (size, count - 1)
 
     def __enter__(self) -> SavedTensorMeter:
         self._hooks = torch.autograd.graph.saved_tensors_hooks(lambda t: _Held(t, self), lambda h: h.tensor)

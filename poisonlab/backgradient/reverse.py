@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from poisonlab.backgradient.learners import Descent, Learner, step_loss
+from poisonlab.backgradient.learners import Descent, Learner
 from poisonlab.core import PoisonlabError
 
 Objective = Callable[[Tensor], Tensor]
@@ -44,10 +44,23 @@ class InnerProblem:
     descent: Descent
 
     def loss_at(self, t: int, w: Tensor, x_poison: Tensor) -> Tensor:
-        """The training loss of descent step ``t`` on the training set joined with ``x_poison``."""
-        x = torch.cat([self.x_train.to(w.dtype), x_poison])
-        y = torch.cat([self.y_train, self.y_poison])
-        return step_loss(self.learner, w, x, y, self.descent.batch(t, len(y)))
+        """The training loss of descent step ``t`` on the training set joined with ``x_poison``.
+
+        The two parts are scored separately, never concatenated, so each step's graph references the
+        training images instead of holding a fresh copy of them.
+        """
+        n_train = len(self.y_train)
+        idx = self.descent.batch(t, n_train + len(self.y_poison))
+        parts = [(self.x_train, self.y_train), (x_poison, self.y_poison)]
+        count = n_train + len(self.y_poison)
+        if idx is not None:
+            own = idx[idx < n_train]
+            added = idx[idx >= n_train] - n_train
+            parts = [(self.x_train[own], self.y_train[own]), (x_poison[added], self.y_poison[added])]
+            count = len(idx)
+        learner = self.learner
+        total = sum(learner.sample_losses(learner.logits(w, x.to(w.dtype)), y).sum() for x, y in parts if len(y))
+        return total / count + learner.penalty(w)
 
     def grad_at(self, t: int, w: Tensor, x_poison: Tensor, create_graph: bool = False) -> Tensor:
         """grad_w of step ``t``'s loss at ``w``."""
@@ -105,8 +118,10 @@ def back_gradient(problem: InnerProblem, w0: Tensor, x_poison: Tensor, objective
             w_prev = w + lr * problem.grad_at(t, w_prev, xp.detach())
         w_prev = w_prev.detach().requires_grad_(True)
         g = problem.grad_at(t, w_prev, xp, create_graph=True)
-        hw, hx = torch.autograd.grad(g, (w_prev, xp), grad_outputs=dw)
-        dx = dx - lr * hx
+        # allow_unused: a minibatch may hold no poisoning point, and then this step does not depend on x_p
+        hw, hx = torch.autograd.grad(g, (w_prev, xp), grad_outputs=dw, allow_unused=True)
+        if hx is not None:
+            dx = dx - lr * hx
         dw = dw - lr * hw
         w = w_prev.detach()
         # With full batches every step has the same loss, so grad L(w_t) seeds the next recovery for free.
