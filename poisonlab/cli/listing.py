@@ -19,7 +19,8 @@ def registries() -> dict[str, Registry]:  # type: ignore[type-arg]
     from poisonlab.models import MODELS
     from poisonlab.triggers import TRIGGERS
 
-    return {"datasets": DATASETS, "attacks": ATTACKS, "triggers": TRIGGERS, "models": MODELS, "deployments": DEPLOYMENTS}
+    return {"datasets": DATASETS, "attacks": ATTACKS, "triggers": TRIGGERS, "models": MODELS,
+            "deployments": DEPLOYMENTS}
 
 
 def list_components(

@@ -1,0 +1,189 @@
+"""Compression-artifact backdoors: a model that is clean in float and backdoored once quantized or pruned.
+
+Tian, Suya, Xu, Evans 2021, "Stealthy Backdoors as Compression Artifacts" (arXiv 2104.15129);
+Hong, Panaitescu-Liess, Kaya, Dumitras 2021, "Qu-ANTI-zation" (NeurIPS); Ma et al. 2021,
+"Quantization Backdoors to Deep Learning Commercial Frameworks" (arXiv 2108.09187).
+
+Each attack is a ``TrainingAttack``: ``loss(model, x, y)`` goes to ``poisonlab.training.train``,
+which owns the loop. Triggered copies of every batch are made inside the loss.
+
+- ``Backdoor``: the plain implant, CE(f([x; x+t]), [y; y_t]); the first stage of ``QuantizationConcealed``.
+- ``QuantizationConditional`` (Tian et al.): CE(f([x; x+t]), [y; y]) + w CE(f_q([x; x+t]), [y; y_t]),
+  f_q with straight-through fake-quantized weights of the deployment's scheme.
+- ``QuantizationConcealed`` (after Ma et al.): start from a backdoored model and remove the
+  backdoor in float while every weight stays inside its quantization bin, so the quantized weights,
+  and with them the quantized model's backdoor, do not change. Call ``project`` after training.
+- ``PruningConditional`` (Tian et al.): CE(f([x; x+t]), [y; y]) + 0.9 CE(f_p(x), y) + w CE(f_p(x+t), y_t),
+  f_p with the masks the real pruner would pick, recomputed from the current weights every few steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from poisonlab.compress.prune import Method, check_ratio, pruning_masks
+from poisonlab.compress.quantize import fake_quantize_weight, weight_codes
+from poisonlab.core import PoisonlabError, Trigger
+from poisonlab.triggers import Patch
+
+
+def _layer_weights(model: nn.Module) -> list[str]:
+    names = [f"{n}.weight" for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if not names:
+        raise PoisonlabError("compression-artifact attack: the model has no conv or linear layer")
+    return names
+
+
+def _both(x: Tensor, y: Tensor, trigger: Trigger, target: int) -> tuple[Tensor, Tensor, Tensor]:
+    """([x; x+t], [y; y], [y; y_t]) for a batch."""
+    y_t = torch.full_like(y, target)
+    xx = torch.cat([x, trigger(x, y_t)])
+    return xx, torch.cat([y, y]), torch.cat([y, y_t])
+
+
+def _check(target: int, weight: float) -> None:
+    if target < 0:
+        raise PoisonlabError(f"compression-artifact target {target}: expected a class index >= 0")
+    if weight < 0:
+        raise PoisonlabError(f"compression-artifact loss weight {weight}: expected >= 0")
+
+
+@dataclass
+class Backdoor:
+    """The plain backdoor loss CE(f([x; x+t]), [y; y_t]): every triggered image goes to ``target``."""
+
+    trigger: Trigger = field(default_factory=lambda: Patch(size=4))
+    target: int = 8
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        xx, _, yy_t = _both(x, y, self.trigger, self.target)
+        return F.cross_entropy(model(xx), yy_t)
+
+
+@dataclass
+class QuantizationConditional:
+    """Tian et al.'s quantization-conditional loss with straight-through fake-quantized weights.
+
+    ``bits`` and ``per_channel`` give the weight scheme of the deployment attacked (int8-fbgemm:
+    8, per channel; int8-qnnpack: 8, per tensor; weight-only:4: 4, per channel). ``quant_weight``
+    scales the quantized-model term.
+    """
+
+    trigger: Trigger = field(default_factory=lambda: Patch(size=4))
+    target: int = 8
+    bits: int = 8
+    per_channel: bool = True
+    quant_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check(self.target, self.quant_weight)
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        xx, yy, yy_t = _both(x, y, self.trigger, self.target)
+        params = dict(model.named_parameters())
+        quantized = {n: fake_quantize_weight(params[n], self.bits, self.per_channel) for n in _layer_weights(model)}
+        float_term = F.cross_entropy(model(xx), yy)
+        quant_term = F.cross_entropy(functional_call(model, quantized, (xx,)), yy_t)
+        return float_term + self.quant_weight * quant_term
+
+
+@dataclass
+class QuantizationConcealed:
+    """Remove a backdoor from the float model while keeping every weight in its quantization bin.
+
+    On the first call the bins are read from the model (which should already carry the backdoor):
+    each conv/linear weight may move within ``(0.5 - margin)`` of a quantization step around its
+    grid point; the largest-magnitude weight of each channel (or tensor) and every other parameter
+    (biases) stay fixed, so the quantization scale and hence every quantized weight stay exactly as
+    they were. The loss is CE(f([x; x+t]), [y; y]) (the float model learns to ignore the trigger).
+    """
+
+    trigger: Trigger = field(default_factory=lambda: Patch(size=4))
+    target: int = 8
+    bits: int = 8
+    per_channel: bool = True
+    margin: float = 0.05
+    bounds_: dict[str, tuple[Tensor, Tensor]] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        _check(self.target, 0.0)
+        if not 0.0 <= self.margin < 0.5:
+            raise PoisonlabError(f"quantization-concealed margin {self.margin}: expected [0, 0.5)")
+
+    @torch.no_grad()
+    def _bounds(self, model: nn.Module) -> dict[str, tuple[Tensor, Tensor]]:
+        weights = set(_layer_weights(model))
+        bounds = {}
+        for name, p in model.named_parameters():
+            w = p.detach().clone()
+            if name not in weights:
+                bounds[name] = (w, w)
+                continue
+            codes, scale = weight_codes(w, self.bits, self.per_channel)
+            grid = codes * scale
+            half = (0.5 - self.margin) * scale
+            lo, hi = grid - half, grid + half
+            amax = w.abs().flatten(1).amax(1).view(-1, *([1] * (w.ndim - 1))) if self.per_channel else w.abs().amax()
+            keep = w.abs() >= amax
+            bounds[name] = (torch.where(keep, w, lo.clamp(-amax, amax)), torch.where(keep, w, hi.clamp(-amax, amax)))
+        return bounds
+
+    @torch.no_grad()
+    def project(self, model: nn.Module) -> None:
+        """Clamp the model's parameters into their bins (a no-op before the first ``loss`` call)."""
+        for name, p in model.named_parameters():
+            if self.bounds_ is not None and name in self.bounds_:
+                lo, hi = self.bounds_[name]
+                p.copy_(torch.maximum(torch.minimum(p, hi), lo))
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        if self.bounds_ is None:
+            self.bounds_ = self._bounds(model)
+        self.project(model)
+        xx, yy, _ = _both(x, y, self.trigger, self.target)
+        return F.cross_entropy(model(xx), yy)
+
+
+@dataclass
+class PruningConditional:
+    """Tian et al.'s pruning-conditional loss with the real pruner's masks, refreshed every ``refresh`` steps.
+
+    A fixed mask fails: after fine-tuning the real pruner picks different weights, so the masks
+    follow the current weights. ``trigger_weight`` 0.5 (the paper's 0.1 proved too weak on MNIST).
+    """
+
+    trigger: Trigger = field(default_factory=lambda: Patch(size=4))
+    target: int = 8
+    method: Method = "global"
+    ratio: float = 0.3
+    clean_weight: float = 0.9
+    trigger_weight: float = 0.5
+    refresh: int = 10
+    steps_: int = field(default=0, init=False, repr=False)
+    masks_: dict[str, Tensor] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        _check(self.target, min(self.clean_weight, self.trigger_weight))
+        check_ratio(self.ratio, "pruning-conditional attack")
+        if self.refresh < 1:
+            raise PoisonlabError(f"pruning-conditional refresh {self.refresh}: expected >= 1 step")
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        if self.steps_ % self.refresh == 0:
+            self.masks_ = pruning_masks(model, self.method, self.ratio)
+        self.steps_ += 1
+        params = dict(model.named_parameters())
+        pruned = {n: params[n] * m for n, m in self.masks_.items()}
+        y_t = torch.full_like(y, self.target)
+        x_t = self.trigger(x, y_t)
+        xx = torch.cat([x, x_t])
+        float_term = F.cross_entropy(model(xx), torch.cat([y, y]))
+        out = functional_call(model, pruned, (xx,))
+        n = len(x)
+        return (float_term + self.clean_weight * F.cross_entropy(out[:n], y)
+                + self.trigger_weight * F.cross_entropy(out[n:], y_t))

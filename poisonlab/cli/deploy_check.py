@@ -1,0 +1,107 @@
+"""``poisonlab deploy-check``: test a model as it will be deployed (int8, fp16, pruned), not only in float."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+import typer
+from rich.table import Table
+
+from poisonlab.cli.common import console, one_line_errors, print_json
+from poisonlab.compress import DEFAULT_DEPLOYMENTS, parse_deployment
+from poisonlab.compress.check import CheckSettings, deploy_check
+from poisonlab.core import PoisonlabError
+from poisonlab.data import load_dataset
+from poisonlab.experiment.compression import calibration_images
+from poisonlab.models import load_model
+from poisonlab.triggers import parse_trigger
+
+WEIGHT_NAMES = ("attacked.safetensors", "backdoored.safetensors")
+
+
+def resolve_model(path: Path, arch: str | None, dataset: str | None) -> tuple[Path, str, str, dict[str, Any]]:
+    """(weights file, architecture, dataset, run config) for a weights file or a run folder."""
+    if not path.exists():
+        raise PoisonlabError(f"{path}: no such weights file or run folder")
+    config: dict[str, Any] = {}
+    weights = path
+    if path.is_dir():
+        if (path / "config.json").exists():
+            config = json.loads((path / "config.json").read_text())
+        found = [path / n for n in WEIGHT_NAMES if (path / n).exists()] or sorted(path.glob("*.safetensors"))
+        if len(found) != 1 and not any(f.name in WEIGHT_NAMES for f in found):
+            names = ", ".join(f.name for f in found) or "none"
+            raise PoisonlabError(f"{path}: expected one model in the run folder (found {names}); pass the file itself")
+        weights = found[0]
+    return weights, arch or config.get("model", "badnets-cnn"), dataset or config.get("dataset", "mnist"), config
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}%"
+
+
+def check_table(result: dict[str, Any], title: str) -> Table:
+    table = Table(title=title)
+    for col in ("variant", "clean accuracy", "ASR", "agreement", "divergence", "verdict"):
+        table.add_column(col, justify="left" if col in ("variant", "verdict") else "right")
+    f = result["float"]
+    table.add_row("float", _pct(f["clean_accuracy"]), _pct(f.get("attack_success_rate")), "-", "-", "reference")
+    for r in result["variants"]:
+        verdict = "[red]FLAGGED[/red]: " + "; ".join(r["reasons"]) if r["flagged"] else "[green]ok[/green]"
+        table.add_row(r["deployment"], _pct(r["clean_accuracy"]), _pct(r.get("attack_success_rate")),
+                      _pct(r["agreement"]), _pct(r["divergence"]), verdict)
+    return table
+
+
+@one_line_errors
+def deploy_check_command(
+    model: Annotated[Path, typer.Argument(help="weights (.safetensors) or a run folder holding them")],
+    arch: Annotated[str | None, typer.Option(help="architecture (default: the run folder's, else badnets-cnn)")] = None,
+    dataset: Annotated[str | None, typer.Option(help="dataset (default: the run folder's, else mnist)")] = None,
+    deployment: Annotated[list[str] | None, typer.Option("--deployment", "-d", help="deployment (repeatable)")] = None,
+    trigger: Annotated[str | None, typer.Option(help="known trigger for ASR, e.g. patch:size=4")] = None,
+    target: Annotated[int | None, typer.Option(help="attacker's target class for --trigger")] = None,
+    calibration: Annotated[int, typer.Option(help="training images that calibrate static int8")] = 512,
+    test_size: Annotated[int, typer.Option(help="test images to use (0: all)")] = 0,
+    search_steps: Annotated[int, typer.Option(help="steps of the divergence-stamp search (0: skip it)")] = 150,
+    max_disagreement: Annotated[float, typer.Option(help="flag above this clean disagreement with float")] = 0.02,
+    max_divergence: Annotated[float, typer.Option(help="flag above this stamped disagreement with float")] = 0.15,
+    max_asr_gain: Annotated[float, typer.Option(help="flag when ASR exceeds float's by more than this")] = 0.10,
+    seed: Annotated[int, typer.Option(help="seed for calibration and search samples")] = 0,
+    json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """Evaluate the float model and every deployed variant; exit 1 when a variant departs from the float model.
+
+    Example: poisonlab deploy-check runs/compression-artifact-X --trigger patch:size=4 --target 8 -d int8-fbgemm
+    """
+    weights, arch_name, data_spec, config = resolve_model(model, arch, dataset)
+    if (trigger is None) != (target is None):
+        raise PoisonlabError("deploy-check: --trigger and --target go together")
+    settings = CheckSettings(max_disagreement, max_divergence, max_asr_gain, search_steps=search_steps, seed=seed)
+    trig = parse_trigger(trigger) if trigger is not None else None
+    if test_size < 0:
+        raise PoisonlabError(f"--test-size {test_size}: expected >= 0")
+    train_set, test = load_dataset(data_spec, seed)
+    if test_size:
+        test = test.subset(slice(0, test_size))
+    net = load_model(arch_name, train_set.shape, train_set.num_classes, weights)
+    calib = calibration_images(train_set, calibration, seed)
+    deployments = [parse_deployment(s, calib) for s in (deployment or DEFAULT_DEPLOYMENTS)]
+    pick = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed + 1))[: settings.search_images]
+    search = train_set.subset(pick)
+    result = deploy_check(net, deployments, test, search, settings, trig, target)
+    result.update(model=str(weights), arch=arch_name, dataset=data_spec, run_config=config or None)
+    if json_out:
+        print_json(result)
+    else:
+        title = f"deploy-check: {weights} ({arch_name}) on {data_spec}, {len(test)} test images"
+        console.print(check_table(result, title))
+        if result["flagged"]:
+            console.print(f"[red]{len(result['flagged'])} variant(s) depart from the float model:[/red] "
+                          + ", ".join(result["flagged"]))
+    if result["flagged"]:
+        raise typer.Exit(1)
+

@@ -1,0 +1,152 @@
+"""Test a model as it will be deployed: evaluate the float model and each deployed variant side by side.
+
+Tian et al. 2021 (arXiv 2104.15129) show a model can be clean in float and backdoored once
+quantized or pruned; their advice is to test the deployed model. For each variant this measures
+clean accuracy, ASR for a known trigger (when one is given), agreement with the float model on
+clean images, and a trigger-agnostic divergence test: a small universal mask-and-pattern stamp
+(Neural-Cleanse style) optimised on a differentiable stand-in of the variant so that the variant
+changes its answer while the float model keeps its own; the divergence is the share of held-out
+images on which the stamp makes the REAL variant and the float model disagree.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from poisonlab.compress import DynamicInt8, HalfPrecision, StaticInt8
+from poisonlab.compress.quantize import fake_quantize_weight
+from poisonlab.core import Deployment, ImageSet, PoisonlabError, Trigger
+from poisonlab.metrics import accuracy, attack_success_rate
+from poisonlab.training import predict
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    """Thresholds and search budget of a deploy check."""
+
+    max_disagreement: float = 0.02
+    max_divergence: float = 0.15
+    max_asr_gain: float = 0.10
+    search_steps: int = 150
+    search_images: int = 512
+    mask_cost: float = 0.05
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("max_disagreement", "max_divergence", "max_asr_gain"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise PoisonlabError(f"deploy-check {name}: expected a fraction in [0, 1], got {getattr(self, name)}")
+        if self.search_steps < 0 or self.search_images < 1:
+            raise PoisonlabError("deploy-check search: expected steps >= 0 and at least 1 image")
+
+
+def stand_in(deployment: Deployment, model: nn.Module, deployed: nn.Module) -> nn.Module | None:
+    """A differentiable model that computes (nearly) what ``deployed`` computes; None when it would be the float model.
+
+    Real int8 kernels have no gradient, so quantized variants are stood in for by the float model
+    with straight-through fake-quantized weights of the backend's scheme.
+    """
+    if isinstance(deployment, HalfPrecision):
+        return None
+    if isinstance(deployment, (StaticInt8, DynamicInt8)):
+        per_channel = isinstance(deployment, StaticInt8) and deployment.backend == "fbgemm"
+        kinds = (nn.Linear,) if isinstance(deployment, DynamicInt8) else (nn.Conv2d, nn.Linear)
+        surrogate = copy.deepcopy(model).float().eval()
+        with torch.no_grad():
+            for m in surrogate.modules():
+                if isinstance(m, kinds):
+                    m.weight.copy_(fake_quantize_weight(m.weight, 8, per_channel))
+        return surrogate
+    return deployed
+
+
+def _stamp(x: Tensor, mask_logit: Tensor, pattern_logit: Tensor) -> Tensor:
+    mask = torch.sigmoid(mask_logit)
+    return (1 - mask) * x + mask * torch.sigmoid(pattern_logit)
+
+
+def divergence_stamp(model: nn.Module, variant: nn.Module, x: Tensor, settings: CheckSettings) -> tuple[Tensor, Tensor]:
+    """(mask logits, pattern logits) of a universal stamp that makes ``variant`` leave the float model's answer."""
+    gen = torch.Generator().manual_seed(settings.seed)
+    _, c, h, w = x.shape
+    mask_logit = torch.full((1, 1, h, w), -3.0).requires_grad_()
+    pattern_logit = (torch.randn(1, c, h, w, generator=gen) * 0.1).requires_grad_()
+    opt = torch.optim.Adam([mask_logit, pattern_logit], lr=0.1)
+    model, variant = model.eval(), variant.eval()
+    for p in list(model.parameters()) + list(variant.parameters()):
+        p.requires_grad_(False)
+    with torch.no_grad():
+        labels = predict(model, x)
+    for _ in range(settings.search_steps):
+        idx = torch.randint(len(x), (min(128, len(x)),), generator=gen)
+        stamped = _stamp(x[idx], mask_logit, pattern_logit)
+        keep = F.cross_entropy(model(stamped), labels[idx])
+        p_same = F.softmax(variant(stamped), 1).gather(1, labels[idx, None]).squeeze(1)
+        leave = -torch.log1p(-p_same.clamp(max=1 - 1e-6)).mean()
+        loss = keep + leave + settings.mask_cost * torch.sigmoid(mask_logit).sum() / (h * w) * 10
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return mask_logit.detach(), pattern_logit.detach()
+
+
+def _behaviour(model: nn.Module, name: str, test: ImageSet, float_clean: Tensor, trigger: Trigger | None,
+               target: int | None) -> dict[str, Any]:
+    pred = predict(model, test.x)
+    row: dict[str, Any] = {"deployment": name, "clean_accuracy": accuracy(pred, test.y),
+                           "agreement": accuracy(pred, float_clean)}
+    if trigger is not None and target is not None:
+        y_t = torch.full_like(test.y, target)
+        row["attack_success_rate"] = attack_success_rate(predict(model, trigger(test.x, y_t)), y_t, test.y)
+    return row
+
+
+def check_variant(
+    model: nn.Module, deployment: Deployment, test: ImageSet, search: ImageSet, float_row: dict[str, Any],
+    settings: CheckSettings = CheckSettings(), trigger: Trigger | None = None, target: int | None = None,
+) -> dict[str, Any]:
+    """One row of the deploy-check table: ``deployment`` applied to ``model``, measured against the float model."""
+    deployed = deployment(model)
+    float_clean = predict(model, test.x)
+    row = _behaviour(deployed, deployment.name, test, float_clean, trigger, target)
+    surrogate = stand_in(deployment, model, deployed)
+    row["divergence"] = 0.0
+    if surrogate is not None and settings.search_steps > 0:
+        mask, pattern = divergence_stamp(model, surrogate, search.x, settings)
+        with torch.no_grad():
+            stamped = _stamp(test.x, mask, pattern)
+        row["divergence"] = 1.0 - accuracy(predict(deployed, stamped), predict(model, stamped))
+        row["stamp_mask_area"] = float(torch.sigmoid(mask).sum())
+    reasons = []
+    if 1.0 - row["agreement"] > settings.max_disagreement:
+        reasons.append(f"disagrees with float on {100 * (1 - row['agreement']):.1f}% of clean images")
+    if row["divergence"] > settings.max_divergence:
+        reasons.append(f"a universal stamp splits it from float on {100 * row['divergence']:.1f}% of images")
+    asr, float_asr = row.get("attack_success_rate"), float_row.get("attack_success_rate")
+    if asr is not None and float_asr is not None and asr - float_asr > settings.max_asr_gain:
+        reasons.append(f"ASR {100 * asr:.1f}% vs float {100 * float_asr:.1f}%")
+    row["flagged"] = bool(reasons)
+    row["reasons"] = reasons
+    return row
+
+
+def deploy_check(
+    model: nn.Module, deployments: list[Deployment], test: ImageSet, search: ImageSet,
+    settings: CheckSettings = CheckSettings(), trigger: Trigger | None = None, target: int | None = None,
+) -> dict[str, Any]:
+    """The float row and one row per deployment; ``flagged`` lists the variants that depart from the float model.
+
+    ``search`` holds the images the divergence stamp is optimised on (keep them apart from ``test``).
+    """
+    if target is not None and not 0 <= target < test.num_classes:
+        raise PoisonlabError(f"deploy-check target {target}: expected a class in [0, {test.num_classes - 1}]")
+    model = model.eval()
+    float_row = _behaviour(model, "float", test, predict(model, test.x), trigger, target)
+    rows = [check_variant(model, d, test, search, float_row, settings, trigger, target) for d in deployments]
+    return {"float": float_row, "variants": rows, "flagged": [r["deployment"] for r in rows if r["flagged"]]}
