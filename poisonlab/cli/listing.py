@@ -16,11 +16,12 @@ def registries() -> dict[str, Registry]:  # type: ignore[type-arg]
     from poisonlab.attacks import ATTACKS
     from poisonlab.compress import DEPLOYMENTS
     from poisonlab.data import DATASETS
+    from poisonlab.defenses import DEFENSES
     from poisonlab.models import MODELS
     from poisonlab.triggers import TRIGGERS
 
     return {"datasets": DATASETS, "attacks": ATTACKS, "triggers": TRIGGERS, "models": MODELS,
-            "deployments": DEPLOYMENTS}
+            "deployments": DEPLOYMENTS, "defenses": DEFENSES}
 
 
 def list_components(

@@ -1,0 +1,83 @@
+"""Fine-pruning (Liu, Dolan-Gavitt, Garg, RAID 2018, arXiv 1805.12185): prune dormant channels, then fine-tune.
+
+Backdoor behaviour tends to live in channels of the last convolution that clean inputs leave
+dormant. Channels are pruned in increasing order of their mean activation on clean data until
+clean validation accuracy would drop by more than ``max_drop``; the pruned model is then
+fine-tuned on the clean data with the pruned channels held at zero.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from poisonlab.core import ImageSet, PoisonlabError, Verdict
+from poisonlab.metrics import accuracy
+from poisonlab.training import Recipe, predict, train
+
+
+def last_conv(model: nn.Module) -> int:
+    """Position of the last Conv2d in a Sequential model."""
+    convs = [i for i, m in enumerate(model) if isinstance(m, nn.Conv2d)] if isinstance(model, nn.Sequential) else []
+    if not convs:
+        raise PoisonlabError("fine-pruning: expected an nn.Sequential model with at least one Conv2d")
+    return convs[-1]
+
+
+def channel_activity(model: nn.Sequential, conv: int, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Mean post-activation output of each channel of ``model[conv]`` over images ``x``."""
+    head = model[: conv + 2]
+    total = torch.zeros(model[conv].out_channels)
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            total += head(x[i : i + batch_size]).clamp_min(0).mean(dim=(2, 3)).sum(0)
+    return total / len(x)
+
+
+@dataclass(frozen=True)
+class FinePruning:
+    """Mitigation; ``clean`` is a small clean set the defender holds, split into fine-tuning and validation.
+
+    Example:
+        >>> repaired = FinePruning().repair(model, clean_subset).model
+    """
+
+    max_drop: float = 0.02
+    max_ratio: float = 0.9
+    recipe: Recipe = Recipe(epochs=2, batch_size=64, lr=1e-3)
+    seed: int = 0
+
+    def repair(self, model: nn.Module, clean: ImageSet) -> Verdict:
+        if len(clean) < 20:
+            raise PoisonlabError(f"fine-pruning: expected at least 20 clean images, got {len(clean)}")
+        model = copy.deepcopy(model).eval()
+        conv_at = last_conv(model)
+        conv = model[conv_at]
+        split = len(clean) * 4 // 5
+        tune, val = clean.subset(slice(0, split)), clean.subset(slice(split, None))
+        base = accuracy(predict(model, val.x), val.y)
+        order = channel_activity(model, conv_at, tune.x).argsort()
+        mask = torch.ones(conv.out_channels)
+        hook = conv.register_forward_hook(lambda _m, _i, out: out * mask.view(1, -1, 1, 1))
+        pruned = 0
+        for c in order[: int(self.max_ratio * conv.out_channels)].tolist():
+            mask[c] = 0
+            if base - accuracy(predict(model, val.x), val.y) > self.max_drop:
+                mask[c] = 1
+                break
+            pruned += 1
+        hook.remove()
+        prune.custom_from_mask(conv, "weight", mask.view(-1, 1, 1, 1).expand_as(conv.weight).clone())
+        prune.custom_from_mask(conv, "bias", mask.clone())
+        train(model, tune, self.recipe, self.seed, progress=False, description="fine-tuning")
+        prune.remove(conv, "weight")
+        prune.remove(conv, "bias")
+        return Verdict(model=model.eval(), details={
+            "pruned_channels": pruned, "channels": conv.out_channels, "layer": conv_at,
+            "val_accuracy_before": base, "val_accuracy_after": accuracy(predict(model, val.x), val.y),
+        })
+

@@ -1,0 +1,50 @@
+"""Neural Cleanse unlearning (Wang et al., IEEE S&P 2019, Sec. VI-C): fine-tune with the reversed trigger, true labels.
+
+A share of a small clean set is stamped with the trigger Neural Cleanse reverse-engineered for each
+flagged class but keeps its true labels; fine-tuning on it teaches the model to ignore the trigger.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from poisonlab.core import ImageSet, PoisonlabError, Verdict
+from poisonlab.defenses.neural_cleanse import NeuralCleanse, stamp
+from poisonlab.training import Recipe, train
+
+
+@dataclass(frozen=True)
+class Unlearning:
+    """Mitigation; scans with ``cleanse`` unless a Neural Cleanse verdict is passed in.
+
+    Example:
+        >>> repaired = Unlearning().repair(model, clean_subset).model
+    """
+
+    stamp_share: float = 0.2
+    recipe: Recipe = Recipe(epochs=2, batch_size=64, lr=1e-3)
+    cleanse: NeuralCleanse = NeuralCleanse()
+    seed: int = 0
+
+    def repair(self, model: nn.Module, clean: ImageSet, scan: Verdict | None = None) -> Verdict:
+        if not 0.0 < self.stamp_share < 1.0:
+            raise PoisonlabError(f"unlearning stamp share {self.stamp_share}: expected a fraction in (0, 1)")
+        scan = scan if scan is not None else self.cleanse.scan(model, clean)
+        flagged = scan.flagged.tolist() if scan.flagged is not None else []
+        model = copy.deepcopy(model)
+        if not flagged:
+            return Verdict(model=model.eval(), details={"unlearned_classes": [], "note": "no class flagged; unchanged"})
+        classes = scan.details["classes"]
+        gen = torch.Generator().manual_seed(self.seed)
+        x = clean.x.clone()
+        chosen = torch.randperm(len(clean), generator=gen)[: int(self.stamp_share * len(clean))]
+        for part, t in zip(chosen.chunk(len(flagged)), flagged, strict=False):
+            at = classes.index(t)
+            x[part] = stamp(x[part], scan.details["masks"][at], scan.details["patterns"][at])
+        stamped = ImageSet(x, clean.y, clean.classes)
+        train(model, stamped, self.recipe, self.seed, progress=False, description="unlearning")
+        return Verdict(model=model.eval(), details={"unlearned_classes": flagged, "stamped": len(chosen)})
