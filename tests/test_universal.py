@@ -187,5 +187,31 @@ def test_cli_universal_end_to_end(tmp_path: object) -> None:
     body = json.loads(result.output)
     assert body["kind"] == "universal" and len(body["metrics"]["budgets"]) == 2
     assert (out / "asr_vs_budget.png").is_file() and (out / "examples.png").is_file()
-    bad = CliRunner().invoke(app, ["run", "universal", "--dataset", "synthetic", "--bits", "9", "--out", str(out / "x")])
+    args = ["run", "universal", "--dataset", "synthetic", "--bits", "9", "--out", str(out / "b")]
+    bad = CliRunner().invoke(app, args)
     assert bad.exit_code == 2 and "bits" in bad.output
+
+
+def test_universal_beats_random_codes_end_to_end() -> None:
+    """Tiny synthetic numbers: 100 two-'digit' classes, every class poisoned twice; LDA codes beat random codes."""
+    from poisonlab.attacks.surrogate import penultimate, train_surrogate
+    from poisonlab.data import make_synthetic
+    from poisonlab.experiment.universal import universal_metrics
+    from poisonlab.models import build_model
+    from poisonlab.training import Recipe, train
+
+    digits = make_synthetic(1000, 10, 8, seed=0, noise=0.3)
+    train_set, _ = compose_numbers(digits, 2, 40, seed=1)
+    test, _ = compose_numbers(digits, 2, 10, seed=2)
+    own, _ = compose_numbers(digits, 2, 10, seed=3)  # the attacker's own draw
+    surrogate = train_surrogate(own, recipe=Recipe(epochs=3), seed=1)
+    codes = {"lda": lda_codes(penultimate(surrogate)(own.x), own.y, 100, 12),
+             "random": random_codes(100, 12, torch.Generator().manual_seed(0))}
+    asr = {}
+    for kind, c in codes.items():
+        poisoned = UniversalBackdoor(codes=c, count=200, alpha=0.5).poison(train_set, torch.Generator().manual_seed(0))
+        model = train(build_model("small-cnn", poisoned.data, 0), poisoned.data, Recipe(epochs=10), 0, progress=False)
+        m = universal_metrics(model, test, poisoned)
+        assert m["clean_accuracy"] > 0.9
+        asr[kind] = m["mean_asr"]
+    assert asr["lda"] > asr["random"] + 0.04, asr

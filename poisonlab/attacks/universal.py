@@ -97,6 +97,10 @@ class SampledTargets:
     seed: int = 0
     choices: tuple[int, ...] | None = None
 
+    def __post_init__(self) -> None:
+        if self.num_classes < 2 or (self.choices is not None and len(self.choices) == 0):
+            raise PoisonlabError("sampled targets: expected at least 2 classes and a non-empty set of choices")
+
     def __call__(self, y: Tensor) -> Tensor:
         gen = torch.Generator().manual_seed(self.seed)
         if self.choices is None:

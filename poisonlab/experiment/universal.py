@@ -122,7 +122,30 @@ def universal_metrics(model: nn.Module, test: ImageSet, poisoned: Poisoned, choi
     }
 
 
-def _surrogate_embedder(cfg: UniversalConfig, own: ImageSet, test: ImageSet, progress: bool) -> tuple[Embedder, dict]:
+def where_triggers_go(model: nn.Module, test: ImageSet, poisoned: Poisoned, choices: Tensor, poisoned_classes: Tensor,
+                      seed: int = 0) -> dict[str, float]:
+    """Where images triggered for targets in ``choices`` end up: the target, their own class, a poisoned class.
+
+    Also the mean Hamming distance between the target's code and the predicted class's code, over
+    misses that land on a poisoned class: small means the model snaps to the nearest poisoned code.
+    """
+    target_map = SampledTargets(test.num_classes, seed, tuple(choices.tolist()))
+    triggered = dataclasses.replace(poisoned, target_map=target_map).triggered(test)
+    keep = triggered.y != test.y
+    pred, target, true = predict(model, triggered.x)[keep], triggered.y[keep], test.y[keep]
+    codes = poisoned.trigger.codes  # type: ignore[attr-defined]
+    to_poisoned = torch.isin(pred, poisoned_classes) & (pred != target)
+    distance = (codes[pred[to_poisoned]] != codes[target[to_poisoned]]).sum(1).float()
+    return {
+        "to_target": float((pred == target).float().mean()),
+        "to_own_class": float((pred == true).float().mean()),
+        "to_a_poisoned_class": float(to_poisoned.float().mean()),
+        "hamming_to_predicted_poisoned_class": float(distance.mean()) if len(distance) else float("nan"),
+    }
+
+
+def surrogate_embedder(cfg: UniversalConfig, own: ImageSet, test: ImageSet, progress: bool) -> tuple[Embedder, dict]:
+    """The attacker's embedder (trained on ``own`` or pretrained) and what to report about it."""
     if cfg.surrogate == "efficientnet":
         return EfficientNetLite0(size=112), {"surrogate": "EfficientNet-Lite0 (ImageNet, offline), 112 px input"}
     net = train_surrogate(own, cfg.model, Recipe(epochs=cfg.surrogate_epochs, batch_size=cfg.batch_size, lr=cfg.lr),
@@ -132,7 +155,19 @@ def _surrogate_embedder(cfg: UniversalConfig, own: ImageSet, test: ImageSet, pro
     return penultimate(net), info
 
 
-def _split(cfg: UniversalConfig, num_classes: int) -> tuple[Tensor, Tensor]:
+def attacker_codes(cfg: UniversalConfig, train_set: ImageSet, test: ImageSet, progress: bool = False
+                   ) -> tuple[Tensor, dict[str, Any]]:
+    """LDA codes from the attacker's surrogate, and what to report about the surrogate and its data."""
+    own, own_source = attacker_data(cfg, train_set)
+    embed, info = surrogate_embedder(cfg, own, test, progress)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    sample = own.subset(sample_per_class(own.y, min(cfg.surrogate_per_class, 20), gen))
+    codes = lda_codes(embed(sample.x), sample.y, train_set.num_classes, cfg.bits)
+    return codes, {"attacker_data": own_source, **info}
+
+
+def split_classes(cfg: UniversalConfig, num_classes: int) -> tuple[Tensor, Tensor]:
+    """(poisoned half, never-poisoned half) of the classes: a seeded random half, or classes below / above C/2."""
     if cfg.transfer_split == "contiguous":
         classes = torch.arange(num_classes)
     else:
@@ -188,14 +223,10 @@ def run_universal(cfg: UniversalConfig, out: Path, progress: bool = True,
     t0 = time.perf_counter()
     train_set, test = load_dataset(cfg.dataset, cfg.seed)
     num_classes = train_set.num_classes
-    own, own_source = attacker_data(cfg, train_set)
     timings["data_seconds"] = time.perf_counter() - t0
 
     t = time.perf_counter()
-    embed, surrogate_info = _surrogate_embedder(cfg, own, test, progress)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    sample = own.subset(sample_per_class(own.y, min(cfg.surrogate_per_class, 20), gen))
-    lda = lda_codes(embed(sample.x), sample.y, num_classes, cfg.bits)
+    lda, surrogate_info = attacker_codes(cfg, train_set, test, progress)
     rnd = random_codes(num_classes, cfg.bits, torch.Generator().manual_seed(cfg.seed + 3))
     codes = {"lda": lda, "random": rnd}
     timings["surrogate_and_codes_seconds"] = time.perf_counter() - t
@@ -233,7 +264,7 @@ def run_universal(cfg: UniversalConfig, out: Path, progress: bool = True,
 
     transfer: list[dict[str, Any]] = []
     if cfg.transfer_rate is not None:
-        poisoned_half, other_half = _split(cfg, num_classes)
+        poisoned_half, other_half = split_classes(cfg, num_classes)
         for kind in ("lda", "random") if cfg.baseline else ("lda",):
             t = time.perf_counter()
             poisoned, model = attack(kind, cfg.transfer_rate, poisoned_half)
@@ -242,6 +273,8 @@ def run_universal(cfg: UniversalConfig, out: Path, progress: bool = True,
             transfer.append({"codes": kind, "rate": cfg.transfer_rate, "split": cfg.transfer_split,
                              "poisoned_samples": len(poisoned.indices), "asr_poisoned_classes": seen["mean_asr"],
                              "asr_unpoisoned_classes": unseen["mean_asr"], "clean_accuracy": seen["clean_accuracy"],
+                             "unpoisoned_targets": where_triggers_go(model, test, poisoned, other_half, poisoned_half,
+                                                                     cfg.seed),
                              "seconds": time.perf_counter() - t})
             say(f"transfer {kind:6s}: ASR {100 * seen['mean_asr']:.1f}% on poisoned classes, "
                 f"{100 * unseen['mean_asr']:.1f}% on never-poisoned classes")
@@ -258,7 +291,6 @@ def run_universal(cfg: UniversalConfig, out: Path, progress: bool = True,
         "budgets": rows,
         "transfer": transfer,
         "codes": {"lda": code_stats(lda), "random": code_stats(rnd)},
-        "attacker_data": own_source,
         **surrogate_info,
         "num_classes": num_classes,
         "train_size": len(train_set),

@@ -1,0 +1,53 @@
+"""Issue 6 benchmark: the whole 100-class universal-backdoor experiment, timed; prints the ASR-vs-budget table.
+
+Runs ``poisonlab run universal`` (default: mnist-numbers:2, small CNN, 24-bit LDA blend grid,
+budgets 0.25/0.5/1%, random-code baseline, half-the-classes transferability) and reports the wall
+time together with the load average, since timings on a shared machine mean little without it.
+
+Example:
+    nice -n 10 python bench/universal.py --out /tmp/universal-bench
+    nice -n 10 python bench/universal.py --dataset mnist-numbers:3 --rates 0.0015,0.003,0.006 --transfer-rate 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from poisonlab.cli.common import console
+from poisonlab.cli.run_universal import universal_table
+from poisonlab.experiment.rundir import make_run_dir
+from poisonlab.experiment.universal import UniversalConfig, run_universal
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default=UniversalConfig.dataset)
+    p.add_argument("--model", default=UniversalConfig.model)
+    p.add_argument("--bits", type=int, default=UniversalConfig.bits)
+    p.add_argument("--alpha", type=float, default=UniversalConfig.alpha)
+    p.add_argument("--rates", default="0.0025,0.005,0.01")
+    p.add_argument("--transfer-rate", type=float, default=0.005, help="0 skips the transferability run")
+    p.add_argument("--epochs", type=int, default=UniversalConfig.epochs)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = UniversalConfig(dataset=args.dataset, model=args.model, bits=args.bits, alpha=args.alpha,
+                          rates=tuple(float(r) for r in args.rates.split(",")),
+                          transfer_rate=args.transfer_rate or None, epochs=args.epochs)
+    load_before = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    body = run_universal(cfg, make_run_dir(args.out, "universal-bench"), progress=False, log=console.print)
+    seconds = time.perf_counter() - t0
+    console.print(universal_table(body))
+    console.print(f"whole experiment: {seconds:.0f} s with {args.threads} torch threads; 1-min load average "
+                  f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after, on {os.cpu_count()} cores")
+
+
+if __name__ == "__main__":
+    main()
