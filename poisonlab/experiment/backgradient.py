@@ -118,7 +118,7 @@ def split(cfg: BackgradientConfig) -> tuple[ImageSet, ImageSet, ImageSet]:
     full_train, full_test = load_sets(cfg.dataset, cfg.seed)
     if cfg.train_size + cfg.val_size > len(full_train):
         raise PoisonlabError(f"{cfg.dataset}: train_size + val_size = {cfg.train_size + cfg.val_size} exceeds "
-                             f"its {len(full_train)} training samples")
+                             f"its {len(full_train)} training samples; pass a smaller --train-size / --val-size")
     g = torch.Generator().manual_seed(cfg.seed)
     perm = torch.randperm(len(full_train), generator=g)
     test_idx = torch.randperm(len(full_test), generator=g)[: cfg.test_size]
@@ -184,7 +184,7 @@ def run_backgradient(cfg: BackgradientConfig, out: Path, progress: bool = True) 
 
     t = time.perf_counter()
     clean = victim_errors(cfg, cfg.learner, train_set, x_opt[:0], crafted.labels[:0], test)
-    curve = [{"fraction": 0.0, "count": 0, "backgradient": clean, "label_flip": clean}]
+    curve: list[dict[str, Any]] = [{"fraction": 0.0, "count": 0, "backgradient": clean, "label_flip": clean}]
     for frac, k in zip(cfg.fractions, counts, strict=True):
         curve.append({"fraction": frac, "count": k,
                       "backgradient": victim_errors(cfg, cfg.learner, train_set, x_opt[:k], crafted.labels[:k], test),
@@ -192,7 +192,7 @@ def run_backgradient(cfg: BackgradientConfig, out: Path, progress: bool = True) 
                                                   test)})
     timings["evaluate_seconds"] = time.perf_counter() - t
     t = time.perf_counter()
-    transfer = {}
+    transfer: dict[str, dict[str, Any]] = {}
     k = max(counts)
     for name in cfg.transfer:
         try:
