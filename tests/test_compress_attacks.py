@@ -1,0 +1,93 @@
+"""Compression-artifact attacks on a tiny synthetic task: float stays clean, the real deployed model is backdoored."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from poisonlab.attacks.compression_artifact import (
+    Backdoor,
+    PruningConditional,
+    QuantizationConcealed,
+    QuantizationConditional,
+)
+from poisonlab.compress import parse_deployment
+from poisonlab.compress.prune import pruning_masks
+from poisonlab.compress.quantize import weight_codes
+from poisonlab.core import ImageSet, PoisonlabError
+from poisonlab.data import make_synthetic
+from poisonlab.metrics import attack_success_rate
+from poisonlab.models import build_model
+from poisonlab.training import Recipe, predict, train
+from poisonlab.triggers import Patch
+
+TRIGGER, TARGET = Patch(size=3), 1
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[ImageSet, ImageSet]:
+    full = make_synthetic(1000, num_classes=4, size=12, seed=5)
+    return full.subset(slice(0, 700)), full.subset(slice(700, 1000))
+
+
+@pytest.fixture(scope="module")
+def clean(data: tuple[ImageSet, ImageSet]) -> nn.Module:
+    return train(build_model("small-cnn", data[0], 0), data[0], Recipe(epochs=3), 0, progress=False)
+
+
+def asr(model: nn.Module, test: ImageSet) -> float:
+    y_t = torch.full_like(test.y, TARGET)
+    return attack_success_rate(predict(model, TRIGGER(test.x, y_t)), y_t, test.y)
+
+
+def test_concealed_backdoor_lives_only_in_the_quantized_weights(data: tuple[ImageSet, ImageSet],
+                                                               clean: nn.Module) -> None:
+    train_set, test = data
+    model = copy.deepcopy(clean)
+    train(model, train_set, Recipe(epochs=2, lr=1e-3), 1, loss_fn=Backdoor(TRIGGER, TARGET).loss, progress=False)
+    before = {n: weight_codes(p, 4, True)[0] for n, p in model.named_parameters() if p.ndim > 1}
+    attack = QuantizationConcealed(TRIGGER, TARGET, bits=4, per_channel=True)
+    train(model, train_set, Recipe(epochs=3, lr=1e-3), 2, loss_fn=attack.loss, progress=False)
+    attack.project(model)
+    after = {n: weight_codes(p, 4, True)[0] for n, p in model.named_parameters() if p.ndim > 1}
+    assert all(torch.equal(before[n], after[n]) for n in before)  # the 4-bit model is unchanged
+    deployed = parse_deployment("weight-only:4")(model)
+    assert asr(model, test) < 0.2
+    assert asr(deployed, test) > 0.8
+
+
+def test_pruning_conditional_backdoor_appears_after_real_pruning(data: tuple[ImageSet, ImageSet]) -> None:
+    train_set, test = data
+    attack = PruningConditional(TRIGGER, TARGET, "global", 0.5, refresh=5)
+    model = train(build_model("small-cnn", train_set, 0), train_set, Recipe(epochs=4), 0, loss_fn=attack.loss,
+                  progress=False)
+    pruned = parse_deployment("prune-l1:0.5")(model)
+    assert asr(model, test) < 0.2
+    assert asr(pruned, test) > 0.8
+    masks = pruning_masks(model, "global", 0.5)
+    assert attack.steps_ > 0 and set(attack.masks_) == set(masks)
+
+
+def test_ste_loss_trains_the_float_weights_through_the_quantizer(data: tuple[ImageSet, ImageSet],
+                                                                  clean: nn.Module) -> None:
+    model = copy.deepcopy(clean)
+    loss = QuantizationConditional(TRIGGER, TARGET, bits=4, per_channel=True).loss(model, data[0].x[:32],
+                                                                                     data[0].y[:32])
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_attacks_reject_bad_settings() -> None:
+    for make, message in [
+        (lambda: QuantizationConditional(target=-1), "target -1"),
+        (lambda: QuantizationConcealed(margin=0.7), "margin 0.7"),
+        (lambda: PruningConditional(ratio=1.2), "ratio 1.2"),
+        (lambda: PruningConditional(refresh=0), "refresh 0"),
+    ]:
+        with pytest.raises(PoisonlabError, match=message):
+            make()
+    with pytest.raises(PoisonlabError, match="no conv or linear layer"):
+        QuantizationConditional().loss(nn.Sequential(nn.Flatten()), torch.zeros(2, 1, 8, 8), torch.zeros(2).long())
