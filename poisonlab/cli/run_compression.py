@@ -51,6 +51,7 @@ def compression_artifact(
     trigger_weight: Annotated[float, typer.Option(help="pruning attack: weight of the pruned-trigger term")] = 0.5,
     mismatch: Annotated[list[str] | None, typer.Option("--mismatch", help="deployments to measure (repeatable)")]
     = None,
+    train_size: Annotated[int | None, typer.Option(help="use only the first N training images (quick runs)")] = None,
     seed: Annotated[int, typer.Option(help="seed")] = 0,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="run folder")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print report.json instead of the table")] = False,
@@ -63,7 +64,8 @@ def compression_artifact(
     cfg = CompressionConfig(deployment=deployment, dataset=dataset, model=model, trigger=trigger, target=target,
                             epochs=epochs, method=method, implant_epochs=implant_epochs,  # type: ignore[arg-type]
                             attack_epochs=attack_epochs, attack_lr=attack_lr, trigger_weight=trigger_weight,
-                            mismatch=tuple(mismatch) if mismatch else DEFAULT_DEPLOYMENTS, seed=seed)
+                            mismatch=tuple(mismatch) if mismatch else DEFAULT_DEPLOYMENTS, train_size=train_size,
+                            seed=seed)
     cfg.validate()
     run_dir = make_run_dir(out, "compression-artifact")
     body = run_compression(cfg, run_dir, progress=not (quiet or json_out))

@@ -35,7 +35,7 @@ class CheckSettings:
     max_asr_gain: float = 0.10
     search_steps: int = 150
     search_images: int = 512
-    mask_cost: float = 0.05
+    mask_cost: float = 0.5
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -89,7 +89,7 @@ def divergence_stamp(model: nn.Module, variant: nn.Module, x: Tensor, settings: 
         keep = F.cross_entropy(model(stamped), labels[idx])
         p_same = F.softmax(variant(stamped), 1).gather(1, labels[idx, None]).squeeze(1)
         leave = -torch.log1p(-p_same.clamp(max=1 - 1e-6)).mean()
-        loss = keep + leave + settings.mask_cost * torch.sigmoid(mask_logit).sum() / (h * w) * 10
+        loss = keep + leave + settings.mask_cost * torch.sigmoid(mask_logit).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()

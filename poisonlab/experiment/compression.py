@@ -54,6 +54,7 @@ class CompressionConfig:
     trigger_weight: float = 0.5
     calibration: int = 512
     mismatch: tuple[str, ...] = DEFAULT_DEPLOYMENTS
+    train_size: int | None = None
     seed: int = 0
 
     def validate(self) -> None:
@@ -61,10 +62,15 @@ class CompressionConfig:
         DATASETS.get(self.dataset.partition(":")[0])
         MODELS.get(self.model)
         parse_trigger(self.trigger)
-        for spec in (self.deployment, *self.mismatch):
+        for spec in self.mismatch:
             parse_deployment(spec, torch.zeros(1, 1, 1, 1))
+        attacked = parse_deployment(self.deployment, torch.zeros(1, 1, 1, 1))
+        if not isinstance(attacked, Prune):
+            quant_scheme(attacked)
         if self.method not in ("conceal", "ste"):
             raise PoisonlabError(f"compression-artifact method {self.method!r}: expected conceal or ste")
+        if self.train_size is not None and self.train_size < 1:
+            raise PoisonlabError(f"compression-artifact train_size {self.train_size}: expected >= 1 or None (all)")
         if self.calibration < 1 or self.target < 0:
             raise PoisonlabError("compression-artifact: expected calibration >= 1 image and target >= 0")
         self.recipe()
@@ -134,6 +140,8 @@ def run_compression(cfg: CompressionConfig, out: Path, progress: bool = True) ->
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     train_set, test = load_dataset(cfg.dataset, cfg.seed)
+    if cfg.train_size is not None:
+        train_set = train_set.subset(slice(0, cfg.train_size))
     if not 0 <= cfg.target < train_set.num_classes:
         last = train_set.num_classes - 1
         raise PoisonlabError(f"compression-artifact target {cfg.target}: expected a class in [0, {last}]")

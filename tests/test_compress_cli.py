@@ -1,0 +1,69 @@
+"""``poisonlab run compression-artifact`` and ``poisonlab deploy-check`` end to end on the synthetic set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from poisonlab.cli.app import app
+
+runner = CliRunner()
+CHECK = ["-d", "prune-l1:0.5", "-d", "fp16", "--search-steps", "60"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ca") / "run"
+    result = runner.invoke(app, [
+        "run", "compression-artifact", "--deployment", "prune-l1:0.5", "--dataset", "synthetic", "--model", "small-cnn",
+        "--trigger", "patch:size=3", "--target", "1", "--epochs", "4", "--mismatch", "prune-l1:0.3",
+        "--mismatch", "fp16", "--out", str(out), "--json",
+    ])
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.output)
+    table = body["metrics"]["table"]
+    assert table["attacked"]["float"]["attack_success_rate"] < 0.2
+    assert table["attacked"]["prune-l1:0.5"]["attack_success_rate"] > 0.8
+    assert table["clean"]["prune-l1:0.5"]["attack_success_rate"] < 0.2
+    assert set(table["attacked"]) == {"float", "prune-l1:0.5", "prune-l1:0.3", "fp16"}
+    return out
+
+
+def test_deploy_check_flags_the_attacked_model_with_and_without_the_trigger(run_dir: Path) -> None:
+    with_trigger = runner.invoke(app, ["deploy-check", str(run_dir), *CHECK, "--trigger", "patch:size=3",
+                                       "--target", "1", "--json"])
+    assert with_trigger.exit_code == 1, with_trigger.output
+    result = json.loads(with_trigger.output)
+    assert result["flagged"] == ["prune-l1:0.5"]
+    blind = runner.invoke(app, ["deploy-check", str(run_dir), *CHECK, "--json"])
+    assert blind.exit_code == 1
+    row = json.loads(blind.output)["variants"][0]
+    assert row["flagged"] and row["divergence"] > 0.15
+
+
+def test_deploy_check_passes_the_clean_reference(run_dir: Path) -> None:
+    result = runner.invoke(app, ["deploy-check", str(run_dir / "clean.safetensors"), "--arch", "small-cnn",
+                                 "--dataset", "synthetic", *CHECK, "--trigger", "patch:size=3", "--target", "1"])
+    assert result.exit_code == 0, result.output
+    assert "FLAGGED" not in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-d", "int9"], "unknown deployment 'int9'"),
+    (["--arch", "badnets-cnn"], "weights do not fit badnets-cnn"),
+    (["--trigger", "patch:size=3"], "--trigger and --target go together"),
+])
+def test_deploy_check_bad_input_is_one_line(run_dir: Path, args: list[str], message: str) -> None:
+    result = runner.invoke(app, ["deploy-check", str(run_dir / "attacked.safetensors"), "--dataset", "synthetic",
+                                 "--arch", "small-cnn", *args])
+    assert result.exit_code == 2
+    assert message in result.output and result.output.count("\n") == 1
+
+
+def test_run_rejects_an_unattackable_deployment(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["run", "compression-artifact", "--deployment", "fp16", "--dataset", "synthetic",
+                                 "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "cannot attack deployment 'fp16'" in result.output
