@@ -137,6 +137,11 @@ def _check_component(path: str, spec: str, reg: Registry[Any]) -> None:
         raise PoisonlabError(f"{path}: unknown {reg.kind} {name!r}; expected one of: {allowed}")
 
 
+def _parsed(key: str, param: inspect.Parameter | None) -> bool:
+    """Whether a config string for ``key`` is a spec to build (a trigger object), not a plain value (a trigger name)."""
+    return key in PARAM_PARSERS and param is not None and typing.get_origin(param.annotation) is Callable
+
+
 def attack_parameters(factory: Callable[..., Any]) -> dict[str, inspect.Parameter]:
     """The keyword parameters of an attack factory, annotations resolved."""
     try:
@@ -156,7 +161,8 @@ class AttackConfig:
     def build(self) -> Any:
         """The attack object; spec-string parameters (``trigger``) are parsed first."""
         factory = registry("attacks").get(self.name)  # type: ignore[union-attr]
-        kwargs = {k: PARAM_PARSERS[k](v) if k in PARAM_PARSERS and isinstance(v, str) else v
+        params = attack_parameters(factory)
+        kwargs = {k: PARAM_PARSERS[k](v) if _parsed(k, params.get(k)) and isinstance(v, str) else v
                   for k, v in self.params.items()}
         try:
             return factory(**kwargs)
@@ -188,7 +194,8 @@ class ExperimentConfig:
             "model": self.model,
             "seed": self.seed,
             "training": dataclasses.asdict(self.training),
-            "attack": {"name": self.attack.name, **{k: v for k, v in self.attack.params.items() if v is not None}},
+            "attack": {"name": self.attack.name, **{k: list(v) if isinstance(v, tuple) else v
+                                                     for k, v in self.attack.params.items() if v is not None}},
             "preprocessing": list(self.preprocessing),
             "deployments": list(self.deployments),
             "defenses": list(self.defenses),
@@ -339,7 +346,7 @@ def _resolve_attack(raw: Any) -> AttackConfig:
             value = given[key]
             if isinstance(value, list) and not _list_valued(param.annotation):
                 raise PoisonlabError(f"attack.{key}: a list makes a sweep; run it with `poisonlab sweep`")
-            if key in PARAM_PARSERS:
+            if _parsed(key, param):
                 value = check_type(f"attack.{key}", value, str)
                 try:
                     PARAM_PARSERS[key](value)
@@ -347,7 +354,7 @@ def _resolve_attack(raw: Any) -> AttackConfig:
                     raise PoisonlabError(f"attack.{key}: {e}") from None
             else:
                 value = check_type(f"attack.{key}", value, param.annotation)
-            resolved[key] = list(value) if isinstance(value, tuple) else value
+            resolved[key] = value
         elif param.default is not inspect.Parameter.empty and _plain(param.default):
             resolved[key] = param.default
     rate = resolved.get("rate")

@@ -10,6 +10,7 @@ looked up by name in their registries and applied to the trained models when the
 from __future__ import annotations
 
 import copy
+import inspect
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +23,7 @@ from torch import nn
 from poisonlab.core import ImageSet, Poisoned, PoisonlabError
 from poisonlab.data import load_dataset
 from poisonlab.experiment.badnets import BadnetsConfig, run_badnets
-from poisonlab.experiment.config import ExperimentConfig, registry
+from poisonlab.experiment.config import ExperimentConfig, attack_parameters, registry
 from poisonlab.experiment.rundir import atomic_write_bytes, atomic_write_json, report
 from poisonlab.metrics import ASR_DEFINITION, evaluate
 from poisonlab.models import build_model, load_model, save_model
@@ -42,11 +43,20 @@ def check_runnable(cfg: ExperimentConfig) -> None:
         raise PoisonlabError(
             f"attack.name: {cfg.attack.name!r} is not a data attack (no poison method); config runs take data attacks"
         )
+    if "resizer" in attack_parameters(type(attack)):
+        raise PoisonlabError(f"attack.name: {cfg.attack.name!r} hides its poison in the pipeline's downscale, a "
+                             "preprocessing stage config runs do not apply yet; use the attack's own command")
     if cfg.preprocessing:
         raise PoisonlabError("preprocessing: the config runner does not apply preprocessing stages yet; leave it empty")
     for key in ("deployments", "defenses"):
         if getattr(cfg, key) and _stage(key) is None:
             raise PoisonlabError(f"{key}: the config runner cannot apply {key} in this version; leave the list empty")
+    for i, spec in enumerate(cfg.defenses):
+        defense = _defense(spec)
+        if not any(callable(getattr(defense, m, None)) for m in ("scan", "fit", "repair")):
+            raise PoisonlabError(f"defenses[{i}]: {spec!r} offers none of scan, fit or repair")
+        if spec == "retrain" and not any(_is_data_scanner(d) for d in cfg.defenses[:i]):
+            raise PoisonlabError(f"defenses[{i}]: retrain removes what a data scanner flagged; list one before it")
     if cfg.deployments:
         from poisonlab.compress import parse_deployment
 
@@ -58,7 +68,7 @@ def check_runnable(cfg: ExperimentConfig) -> None:
 
 
 def _stage(kind: str) -> Callable[..., dict[str, Any]] | None:
-    return {"deployments": _deploy, "defenses": None}[kind] if registry(kind) is not None else None
+    return {"deployments": _deploy, "defenses": _defend}[kind] if registry(kind) is not None else None
 
 
 def _badnets_config(cfg: ExperimentConfig) -> BadnetsConfig:
@@ -133,6 +143,79 @@ def _deploy(cfg: ExperimentConfig, out: Path, timings: dict[str, float]) -> dict
         deployment = parse_deployment(spec, calibration)
         results[spec] = {name: evaluate(deployment(copy.deepcopy(m)), test, poisoned) for name, m in models.items()}
         timings[f"deploy_{spec}_seconds"] = time.perf_counter() - t
+    return results
+
+
+def _defense(spec: str, cfg: ExperimentConfig | None = None) -> Any:
+    """The defense named ``spec`` with its defaults, retraining (if it does) with the experiment's model and recipe."""
+    reg = registry("defenses")
+    assert reg is not None
+    name, _, arg = spec.partition(":")
+    if arg:
+        raise PoisonlabError(f"defense {spec!r}: takes no ':' argument in a config; defaults are used")
+    factory = reg.get(name)
+    shared = {} if cfg is None else {"model_name": cfg.model, "recipe": cfg.training, "seed": cfg.seed}
+    accepted = attack_parameters(factory)
+    return factory(**{k: v for k, v in shared.items() if k in accepted})
+
+
+def _is_data_scanner(spec: str) -> bool:
+    from poisonlab.defenses import DATA_SCANNERS
+
+    return spec in DATA_SCANNERS
+
+
+def _defend(cfg: ExperimentConfig, out: Path, timings: dict[str, float]) -> dict[str, Any]:
+    """Every defense in the config applied to the backdoored model, scored against the attack's ground truth.
+
+    The defender's clean data is the first half of the test set; before/after CA and ASR of a
+    mitigation are measured on the second half, so no image is both used to repair and to score.
+    """
+    from poisonlab.defenses.scoring import as_mask, detection_metrics
+
+    _, test, poisoned, models = _reload(cfg, out)
+    model = models["backdoored"]
+    half = len(test) // 2
+    clean, held = test.subset(slice(0, half)), test.subset(slice(half, None))
+    before = evaluate(model, held, poisoned)
+    scans: list[Any] = []
+    results: dict[str, Any] = {}
+    for spec in cfg.defenses:
+        t = time.perf_counter()
+        defense = _defense(spec, cfg)
+        result: dict[str, Any]
+        if _is_data_scanner(spec):
+            verdict = defense.scan(model, poisoned.data)
+            scans.append(verdict)
+            result = dict(detection_metrics(verdict, poisoned.indices, len(poisoned.data)))
+        elif callable(getattr(defense, "detect", None)):
+            fitted = defense.fit(model, clean)
+            triggered = poisoned.triggered(held)
+            eligible = triggered.y != held.y
+            on_triggered = as_mask(fitted.detect(model, triggered.x[eligible]).flagged, int(eligible.sum()))
+            on_clean = as_mask(fitted.detect(model, held.x).flagged, len(held))
+            result = {"detection_rate": float(on_triggered.float().mean()),
+                      "false_rejection_rate": float(on_clean.float().mean())}
+        elif callable(getattr(defense, "scan", None)):
+            verdict = defense.scan(model, clean)
+            flagged = [] if verdict.flagged is None else [int(c) for c in verdict.flagged]
+            result = {"flagged_classes": flagged, "flagged_count": len(flagged)}
+            target = cfg.attack.params.get("target")
+            if isinstance(target, int):
+                result["target_flagged"] = float(target in flagged)
+        else:
+            if spec == "retrain":
+                verdict = defense.repair(poisoned.data, scans[0])
+            elif "scan" in inspect.signature(defense.repair).parameters:
+                verdict = defense.repair(copy.deepcopy(model), clean, None)
+            else:
+                verdict = defense.repair(copy.deepcopy(model), clean)
+            after = evaluate(verdict.model, held, poisoned)
+            result = {"ca_before": before["clean_accuracy"], "asr_before": before["attack_success_rate"],
+                      "ca_after": after["clean_accuracy"], "asr_after": after["attack_success_rate"]}
+        result["seconds"] = time.perf_counter() - t
+        timings[f"defense_{spec}_seconds"] = result["seconds"]
+        results[spec] = result
     return results
 
 
