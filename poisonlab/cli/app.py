@@ -9,6 +9,7 @@ from poisonlab.cli import sweep as sweep_cli
 from poisonlab.cli import runs as runs_cli
 from poisonlab.cli import report as report_cli
 from poisonlab.cli import deploy_check, run_compression
+from poisonlab.cli import scaling as scaling_cli
 
 app = typer.Typer(
     help="poisonlab: mount data-poisoning and backdoor attacks on image classifiers, measure them, and defend.",
@@ -26,6 +27,7 @@ app.command("runs")(runs_cli.runs)
 app.command("compare")(runs_cli.compare)
 app.command("report")(report_cli.report)
 app.command("deploy-check")(deploy_check.deploy_check_command)
+app.add_typer(scaling_cli.app, name="scaling")
 
 
 def main() -> None:

@@ -18,10 +18,11 @@ def registries() -> dict[str, Registry]:  # type: ignore[type-arg]
     from poisonlab.data import DATASETS
     from poisonlab.defenses import DEFENSES
     from poisonlab.models import MODELS
+    from poisonlab.scaling.resize import RESIZERS
     from poisonlab.triggers import TRIGGERS
 
     return {"datasets": DATASETS, "attacks": ATTACKS, "triggers": TRIGGERS, "models": MODELS,
-            "deployments": DEPLOYMENTS, "defenses": DEFENSES}
+            "deployments": DEPLOYMENTS, "defenses": DEFENSES, "resizers": RESIZERS}
 
 
 def list_components(

@@ -125,7 +125,7 @@ def _dual_fista(src: np.ndarray, lo: np.ndarray, hi: np.ndarray, op: ScalingOper
 
     lam = np.zeros(lo.shape)
     y, t = lam.copy(), 1.0
-    it = 0
+    it, history = 0, []
     for it in range(1, max_iter + 1):
         new = prox_step(y)
         restart = ((y - new) * (new - lam)).sum(axis=(-2, -1)) > 0
@@ -133,13 +133,19 @@ def _dual_fista(src: np.ndarray, lo: np.ndarray, hi: np.ndarray, op: ScalingOper
         y = new + ((t - 1.0) / t_new) * (new - lam)
         y[restart] = new[restart]
         lam, t = new, (1.0 if restart.all() else t_new)
-        if it % 10 == 0 and np.abs(prox_step(lam) - lam).max() / step <= tol:
-            break
+        if it % 10 == 0:
+            residual = float(np.abs(prox_step(lam) - lam).max() / step)
+            if residual <= tol:
+                break
+            history.append(residual)
+            # an infeasible target (box-limited pixels under negative kernel lobes) never converges: stop
+            if len(history) > 30 and history[-1] > 0.99 * min(history[:-30]):
+                break
     return primal(lam), SolveInfo("dual-fista", iterations=it)
 
 
 def solve_planes(source: np.ndarray, target: np.ndarray, op: ScalingOperator, eps: float,
-                 tol: float = 1e-4, max_iter: int = 20000) -> tuple[np.ndarray, SolveInfo]:
+                 tol: float = 1e-4, max_iter: int = 3000) -> tuple[np.ndarray, SolveInfo]:
     """The strong attack on planes: ``source`` (B, H, W), ``target`` (B, h, w), both on the 0-255 scale.
 
     Returns planes A (B, H, W) in [0, 255] minimising ||A - S|| with |L A R - T| <= eps everywhere.
@@ -181,6 +187,15 @@ def quantization_margin(op: ScalingOperator) -> float:
     return 0.5 * float(np.abs(op.left).sum(axis=1).max() * np.abs(op.right).sum(axis=0).max())
 
 
+def craft_planes(source: np.ndarray, target: np.ndarray, op: ScalingOperator, eps: float,
+                 quantize: bool = True) -> tuple[np.ndarray, SolveInfo]:
+    """The strong attack on (B, H, W) planes; with ``quantize`` solved with a margin and rounded to integers
+    so that the rounded image still maps within ``eps`` (when eps exceeds the margin)."""
+    solve_eps = max(eps - quantization_margin(op) - 1e-3, 0.0) if quantize else eps
+    planes, info = solve_planes(source, target, op, solve_eps)
+    return (np.clip(np.rint(planes), 0, PIXEL_MAX) if quantize else planes), info
+
+
 @dataclass(frozen=True)
 class Crafted:
     """An attack image and how well it works, judged by the library's own resize of it."""
@@ -210,11 +225,10 @@ def craft_attack(source: np.ndarray, target: np.ndarray, resizer: Resizer, eps: 
     """
     _check_pair(source, target)
     op = operator_for(resizer, source.shape[:2], target.shape[:2])
-    solve_eps = max(eps - quantization_margin(op) - 1e-3, 0.0) if quantize else eps
-    planes, info = solve_planes(_planes(source), _planes(target), op, solve_eps)
+    planes, info = craft_planes(_planes(source), _planes(target), op, eps, quantize)
     attack = _image(planes, source.ndim)
     if quantize:
-        attack = np.clip(np.rint(attack), 0, 255).astype(np.uint8)
+        attack = attack.astype(np.uint8)
     out = resizer(attack, target.shape[:2])
     return Crafted(attack, psnr(attack, source), psnr(out, target),
                    float(np.abs(out.astype(np.float64) - target).max()), info)

@@ -1,0 +1,161 @@
+"""``poisonlab scaling craft|scan|audit``: image-scaling attacks and their detection (Quiring et al. 2020)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from PIL import Image, UnidentifiedImageError
+from rich.table import Table
+
+from poisonlab.cli.common import console, one_line_errors, print_json
+from poisonlab.core import PoisonlabError
+from poisonlab.experiment.rundir import atomic_write_bytes
+from poisonlab.scaling.audit import attack_figure, audit, available_resizers, default_pairs, square
+from poisonlab.scaling.craft import craft_attack, craft_weak
+from poisonlab.scaling.defenses import DETECTORS, detect
+from poisonlab.scaling.resize import get_resizer, parse_size
+
+app = typer.Typer(help="Image-scaling attacks: craft them, scan images for them, audit which scalers are open.",
+                  no_args_is_help=True)
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An image file as uint8 RGB (H, W, 3)."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise PoisonlabError(f"{path}: no such image file") from None
+    except (UnidentifiedImageError, OSError):
+        raise PoisonlabError(f"{path}: cannot read it as an image (expected PNG, JPEG, ...)") from None
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+@app.command()
+@one_line_errors
+def craft(
+    source: Annotated[Path, typer.Argument(help="image a person should see (full resolution)")],
+    target: Annotated[Path, typer.Argument(help="image the model should get after the resize")],
+    size: Annotated[str | None, typer.Option(help="output size WIDTHxHEIGHT (default: the target's)")] = None,
+    library: Annotated[str, typer.Option(help="opencv, pillow, torch or tensorflow")] = "opencv",
+    algorithm: Annotated[str, typer.Option(help="e.g. nearest, linear, cubic, area, bilinear, bilinear-aa")] = "linear",
+    eps: Annotated[float, typer.Option(help="allowed L-inf error of resize(A) vs target, 0-255 scale")] = 1.0,
+    weak: Annotated[bool, typer.Option(help="weak attack: ignore the source's look")] = False,
+    out: Annotated[Path, typer.Option("--out", "-o", help="attack image to write (PNG)")] = Path("attack.png"),
+    json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """Craft an image that looks like SOURCE and becomes TARGET after the pipeline's resize.
+
+    Example: poisonlab scaling craft cat.png dog.png --size 64x64 --library opencv --algorithm linear -o attack.png
+    """
+    resizer = get_resizer(library, algorithm)
+    src, tgt = read_image(source), read_image(target)
+    hw = parse_size(size) if size else tgt.shape[:2]
+    if tgt.shape[0] > src.shape[0] or tgt.shape[1] > src.shape[1] or hw[0] > src.shape[0] or hw[1] > src.shape[1]:
+        raise PoisonlabError(f"target {tgt.shape[1]}x{tgt.shape[0]} / size {hw[1]}x{hw[0]} is larger than source "
+                             f"{src.shape[1]}x{src.shape[0]}: expected a downscale")
+    if tgt.shape[:2] != hw:
+        tgt = get_resizer("opencv", "area")(tgt, hw)
+    result = craft_weak(tgt, resizer, src.shape[:2], eps) if weak else craft_attack(src, tgt, resizer, eps)
+    write_png(out, result.attack)
+    body = {"out": str(out), "resizer": resizer.name, "size": f"{hw[1]}x{hw[0]}", "eps": eps,
+            "psnr_attack_vs_source": result.psnr_source, "psnr_resized_vs_target": result.psnr_target,
+            "max_target_error": result.max_target_error, "solver": result.info.method,
+            "solver_seconds": result.info.seconds}
+    if json_out:
+        print_json(body)
+        return
+    console.print(f"wrote {out}: PSNR(A, S) {result.psnr_source:.2f} dB; {resizer.name} output within "
+                  f"{result.max_target_error:.2f} of the target (PSNR {result.psnr_target:.2f} dB); "
+                  f"{result.info.method} solver {result.info.seconds:.2f} s")
+
+
+@app.command()
+@one_line_errors
+def scan(
+    images: Annotated[list[Path], typer.Argument(help="images to check")],
+    size: Annotated[str, typer.Option(help="pipeline's output size WIDTHxHEIGHT")] = "64x64",
+    library: Annotated[str, typer.Option(help="the pipeline's resize library")] = "opencv",
+    algorithm: Annotated[str, typer.Option(help="the pipeline's resize algorithm")] = "linear",
+    score: Annotated[str, typer.Option(help=f"detection score: {', '.join(DETECTORS)}")] = "filtering",
+    threshold: Annotated[float | None, typer.Option(help="flag above this score (default: calibrated)")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print the verdicts as JSON")] = False,
+) -> None:
+    """Flag images that carry an image-scaling attack against this resize. Exit code 1 if any is flagged.
+
+    Example: poisonlab scaling scan data/*.png --size 64x64 --library opencv --algorithm linear
+    """
+    resizer, hw = get_resizer(library, algorithm), parse_size(size)
+    pixels = [read_image(p) for p in images]
+    for path, img in zip(images, pixels, strict=True):
+        if img.shape[0] < hw[0] or img.shape[1] < hw[1]:
+            raise PoisonlabError(f"{path}: {img.shape[1]}x{img.shape[0]} is smaller than the size {size}")
+    verdict = detect(pixels, resizer, hw, score=score, threshold=threshold)
+    assert verdict.scores is not None and verdict.flagged is not None
+    rows = [{"image": str(p), "score": float(s), "flagged": bool(f)}
+            for p, s, f in zip(images, verdict.scores, verdict.flagged, strict=True)]
+    if json_out:
+        print_json({"resizer": resizer.name, "size": size, **verdict.details, "images": rows})
+    else:
+        table = Table(title=f"scaling-attack scan ({score} score vs {resizer.name} to {size}, "
+                            f"threshold {verdict.details['threshold']:g})")
+        for col in ("image", "score", "verdict"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(r["image"], f"{r['score']:.1f}", "[red]ATTACK[/red]" if r["flagged"] else "clean")
+        console.print(table)
+    if any(r["flagged"] for r in rows):
+        raise typer.Exit(1)
+
+
+@app.command("audit")
+@one_line_errors
+def audit_cmd(
+    resizers: Annotated[str | None, typer.Option(help="comma-separated resizer names (default: all installed)")] = None,
+    ratios: Annotated[str, typer.Option(help="comma-separated integer downscale ratios")] = "2,4,8",
+    size: Annotated[int, typer.Option(help="side of the square source photographs")] = 256,
+    eps: Annotated[float, typer.Option(help="allowed L-inf error of resize(A) vs target, 0-255 scale")] = 1.0,
+    psnr_threshold: Annotated[float, typer.Option(help="PSNR(A, S) in dB an attack must keep to count")] = 15.0,
+    figure: Annotated[Path | None, typer.Option(help="PNG of S, A, resize(A), T: opencv-linear vs area")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print rows as JSON")] = False,
+    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+) -> None:
+    """Attack every library x algorithm x ratio on real photographs and say which scalers are vulnerable.
+
+    Example: poisonlab scaling audit --ratios 2,4,8 --figure scaling_audit.png
+    """
+    try:
+        ks = [int(k) for k in ratios.split(",")]
+    except ValueError:
+        raise PoisonlabError(f"ratios {ratios!r}: expected comma-separated integers, e.g. 2,4,8") from None
+    chosen = available_resizers([n.strip() for n in resizers.split(",")] if resizers else None)
+    pairs = default_pairs(size)
+    rows = audit(pairs, chosen, ks, eps=eps, psnr_threshold=psnr_threshold, progress=not (quiet or json_out))
+    if figure is not None:
+        source, target = pairs[0]
+        small = square(target, size // max(ks))
+        attack_figure(source, small, [get_resizer("opencv", "linear"), get_resizer("opencv", "area")], figure, eps)
+    if json_out:
+        print_json({"pairs": len(pairs), "size": size, "eps": eps, "psnr_threshold": psnr_threshold,
+                    "rows": [r.as_dict() for r in rows]})
+        return
+    table = Table(title=f"image-scaling attack audit: {len(pairs)} photo pairs at {size}x{size}, eps {eps:g}, "
+                        f"success = output within eps and PSNR(A, S) >= {psnr_threshold:g} dB")
+    for col in ("resizer", "ratio", "pixels read", "success", "PSNR(A,S)", "PSNR(out,T)", "verdict"):
+        table.add_column(col, justify="left" if col in ("resizer", "verdict") else "right")
+    for r in rows:
+        table.add_row(r.resizer, str(r.ratio), f"{100 * r.coverage:.1f}%", f"{100 * r.success_rate:.0f}%",
+                      f"{r.psnr_source:.1f}", f"{r.psnr_target:.1f}",
+                      "[red]vulnerable[/red]" if r.vulnerable else "[green]robust[/green]")
+    console.print(table)
+    if figure is not None:
+        console.print(f"figure: {figure}")
