@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from torch import nn
@@ -19,7 +17,7 @@ from poisonlab.compress.prune import pruning_masks
 from poisonlab.compress.quantize import weight_codes
 from poisonlab.core import ImageSet, PoisonlabError
 from poisonlab.data import make_synthetic
-from poisonlab.metrics import attack_success_rate
+from poisonlab.metrics import accuracy, attack_success_rate
 from poisonlab.models import build_model
 from poisonlab.training import Recipe, predict, train
 from poisonlab.triggers import Patch
@@ -33,30 +31,25 @@ def data() -> tuple[ImageSet, ImageSet]:
     return full.subset(slice(0, 700)), full.subset(slice(700, 1000))
 
 
-@pytest.fixture(scope="module")
-def clean(data: tuple[ImageSet, ImageSet]) -> nn.Module:
-    return train(build_model("small-cnn", data[0], 0), data[0], Recipe(epochs=3), 0, progress=False)
-
-
 def asr(model: nn.Module, test: ImageSet) -> float:
     y_t = torch.full_like(test.y, TARGET)
     return attack_success_rate(predict(model, TRIGGER(test.x, y_t)), y_t, test.y)
 
 
-def test_concealed_backdoor_lives_only_in_the_quantized_weights(data: tuple[ImageSet, ImageSet],
-                                                               clean: nn.Module) -> None:
+def test_concealed_backdoor_lives_only_in_the_quantized_weights(data: tuple[ImageSet, ImageSet]) -> None:
     train_set, test = data
-    model = copy.deepcopy(clean)
-    train(model, train_set, Recipe(epochs=2, lr=1e-3), 1, loss_fn=Backdoor(TRIGGER, TARGET).loss, progress=False)
+    model = train(build_model("small-cnn", train_set, 0), train_set, Recipe(epochs=4), 0,
+                  loss_fn=Backdoor(TRIGGER, TARGET).loss, progress=False)
+    assert asr(model, test) > 0.9
     before = {n: weight_codes(p, 4, True)[0] for n, p in model.named_parameters() if p.ndim > 1}
     attack = QuantizationConcealed(TRIGGER, TARGET, bits=4, per_channel=True)
-    train(model, train_set, Recipe(epochs=3, lr=1e-3), 2, loss_fn=attack.loss, progress=False)
+    train(model, train_set, Recipe(epochs=4, lr=1e-3), 2, loss_fn=attack.loss, progress=False)
     attack.project(model)
     after = {n: weight_codes(p, 4, True)[0] for n, p in model.named_parameters() if p.ndim > 1}
     assert all(torch.equal(before[n], after[n]) for n in before)  # the 4-bit model is unchanged
     deployed = parse_deployment("weight-only:4")(model)
-    assert asr(model, test) < 0.2
-    assert asr(deployed, test) > 0.8
+    assert accuracy(predict(model, test.x), test.y) > 0.95 and asr(model, test) < 0.1
+    assert accuracy(predict(deployed, test.x), test.y) > 0.95 and asr(deployed, test) > 0.9
 
 
 def test_pruning_conditional_backdoor_appears_after_real_pruning(data: tuple[ImageSet, ImageSet]) -> None:
@@ -65,15 +58,14 @@ def test_pruning_conditional_backdoor_appears_after_real_pruning(data: tuple[Ima
     model = train(build_model("small-cnn", train_set, 0), train_set, Recipe(epochs=4), 0, loss_fn=attack.loss,
                   progress=False)
     pruned = parse_deployment("prune-l1:0.5")(model)
-    assert asr(model, test) < 0.2
-    assert asr(pruned, test) > 0.8
+    assert accuracy(predict(model, test.x), test.y) > 0.95 and asr(model, test) < 0.1
+    assert accuracy(predict(pruned, test.x), test.y) > 0.9 and asr(pruned, test) > 0.9
     masks = pruning_masks(model, "global", 0.5)
     assert attack.steps_ > 0 and set(attack.masks_) == set(masks)
 
 
-def test_ste_loss_trains_the_float_weights_through_the_quantizer(data: tuple[ImageSet, ImageSet],
-                                                                  clean: nn.Module) -> None:
-    model = copy.deepcopy(clean)
+def test_ste_loss_trains_the_float_weights_through_the_quantizer(data: tuple[ImageSet, ImageSet]) -> None:
+    model = build_model("small-cnn", data[0], 0)
     loss = QuantizationConditional(TRIGGER, TARGET, bits=4, per_channel=True).loss(model, data[0].x[:32],
                                                                                      data[0].y[:32])
     loss.backward()
