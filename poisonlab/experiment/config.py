@@ -234,7 +234,8 @@ def sweep_axes(raw: Mapping[str, Any]) -> dict[str, list[Any]]:
             axes[f"training.{key}"] = value
     attack = raw.get("attack")
     if isinstance(attack, dict):
-        names = attack.get("name") if isinstance(attack.get("name"), list) else [attack.get("name")]
+        given = attack.get("name")
+        names: list[Any] = given if isinstance(given, list) else [given]
         params: dict[str, inspect.Parameter] = {}
         reg = registry("attacks")
         for name in names:

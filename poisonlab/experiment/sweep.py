@@ -165,7 +165,7 @@ def _ray(todo: list[Cell], out: Path, address: str | None, done: CellDone) -> No
     if started:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
-        task = ray.remote(num_cpus=1)(run_cell)
+        task: Any = ray.remote(num_cpus=1)(run_cell)
         pending = {task.remote(c.config, str((out / "cells" / c.id).resolve()), 1): c for c in todo}
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
@@ -234,7 +234,8 @@ def _mean_std(values: Iterable[float]) -> dict[str, Any]:
 def aggregate(out: Path) -> dict[str, Any]:
     """Per cell its metrics, and per setting (all axes but ``seed``) each metric's mean ± sample std over seeds."""
     plan_body = json.loads((out / PLAN_FILE).read_text())
-    cells, groups = [], {}
+    cells: list[dict[str, Any]] = []
+    groups: dict[str, dict[str, Any]] = {}
     for cell in plan_body["cells"]:
         run_dir = out / "cells" / cell["id"]
         entry = {"id": cell["id"], "overrides": cell["overrides"], "status": "pending", "metrics": {}}

@@ -103,10 +103,10 @@ def _pair_tables(metrics: dict[str, Any]) -> list[str]:
         out.append(f'<p class="muted">{_e(metrics["asr_definition"])} ({_e(images)} images). '
                    f'{_e(metrics.get("poisoned_samples", "?"))} of {_e(metrics.get("train_size", "?"))} training '
                    f'samples poisoned ({_pct(metrics.get("poisoned_fraction"))}).</p>')
-    per_class = {n: metrics[n].get("per_class_asr") for n in ("clean", "backdoored")}
-    if all(isinstance(v, list) for v in per_class.values()):
-        rows = [[_e(k), *(_pct(per_class[n][k]) for n in per_class)] for k in range(len(per_class["backdoored"]))]
-        out += ["<h2>Per-class ASR (by true class)</h2>", table("per-class-asr", ["class", *per_class], rows)]
+    by_model = {n: metrics[n].get("per_class_asr") for n in ("clean", "backdoored")}
+    if all(isinstance(v, list) for v in by_model.values()):
+        class_rows = [[_e(k), *(_pct(by_model[n][k]) for n in by_model)] for k in range(len(by_model["backdoored"]))]
+        out += ["<h2>Per-class ASR (by true class)</h2>", table("per-class-asr", ["class", *by_model], class_rows)]
     return out
 
 
