@@ -134,17 +134,11 @@ def test_config_run_and_its_saved_config_reproduce_bit_for_bit(tmp_path):
         b = load_file(str(tmp_path / "second" / f"{name}.safetensors"))
         assert all(a[k].equal(b[k]) for k in a)
 
-
-def test_a_different_seed_changes_the_run(tmp_path):
-    data = tiny_npz(tmp_path / "tiny.npz")
-    bodies = []
-    for seed in (3, 4):
-        out = tmp_path / f"s{seed}"
-        out.mkdir()
-        bodies.append(run_experiment(cfgmod.resolve({**tiny_config(data), "seed": seed}), out, progress=False))
-    a = load_file(str(tmp_path / "s3" / "backdoored.safetensors"))
-    b = load_file(str(tmp_path / "s4" / "backdoored.safetensors"))
-    assert not all(a[k].equal(b[k]) for k in a)
+    other = tmp_path / "other-seed"
+    other.mkdir()
+    run_experiment(cfgmod.resolve({**tiny_config(data), "seed": 4}), other, progress=False)
+    a, b = load_file(str(first / "backdoored.safetensors")), load_file(str(other / "backdoored.safetensors"))
+    assert not all(a[k].equal(b[k]) for k in a)  # the seed matters, so equal weights above are not a given
 
 
 def test_run_badnets_command_is_still_routed_and_toml_goes_to_the_config_command(tmp_path):
