@@ -9,6 +9,8 @@ from poisonlab.cli import sweep as sweep_cli
 from poisonlab.cli import runs as runs_cli
 from poisonlab.cli import report as report_cli
 from poisonlab.cli import deploy_check, run_compression
+from poisonlab.cli import scan as scan_cli
+from poisonlab.cli import defend as defend_cli
 from poisonlab.cli import scaling as scaling_cli
 
 app = typer.Typer(
@@ -27,6 +29,8 @@ app.command("runs")(runs_cli.runs)
 app.command("compare")(runs_cli.compare)
 app.command("report")(report_cli.report)
 app.command("deploy-check")(deploy_check.deploy_check_command)
+app.add_typer(scan_cli.app, name="scan")
+app.command("defend")(defend_cli.defend)
 app.add_typer(scaling_cli.app, name="scaling")
 
 

@@ -4,10 +4,11 @@ Per class, the activations are reduced to a few dimensions and split in two by k
 poisoned class one cluster is the poison. As published (raw activations, the smaller cluster is
 poison when under 35% of the class) it fails twice on BadNets MNIST: clean classes split along
 ordinary variation into a small cluster too, and at 10% poison the poison outnumbers the target
-class's clean samples. Here the features are whitened by the pooled within-class covariance of
-the classes that look clean (``whitening.robust_whitener``), a class is poisoned when its top
-whitened eigenvalue is an outlier among the classes, and the poison cluster is picked by
-``split.poison_cluster``. ``rule="size"`` keeps the paper's decision for comparison.
+class's clean samples. Here the features are whitened by the pooled within-class covariance
+(``whitening``), the poison cluster is the more spread-out one (``split.poison_cluster``), and a
+class is poisoned when the gap between its clusters, in standard deviations of the clean cluster
+along the line joining them, is an outlier among the classes (and at least ``min_separation``).
+``rule="size"`` keeps the paper's decision (smaller cluster, under ``size_ratio``) for comparison.
 """
 
 from __future__ import annotations
@@ -15,16 +16,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import torch
-from sklearn.cluster import KMeans
 from torch import nn
 
 from poisonlab.core import ImageSet, PoisonlabError, Verdict
 from poisonlab.defenses.features import iter_features
 from poisonlab.defenses.spectral import class_stats
-from poisonlab.defenses.split import poison_cluster
-from poisonlab.defenses.whitening import class_spread, robust_whitener, whitener
+from poisonlab.defenses.split import poison_cluster, suspicious_classes, two_means
+from poisonlab.defenses.whitening import whitener
 
 
 @dataclass(frozen=True)
@@ -40,10 +39,11 @@ class ActivationClustering:
     dims: int = 10
     whiten: bool = True
     class_threshold: float = 3.5
+    min_separation: float = 6.0
+    clean_sds: float = 4.0
     rule: Literal["whitened", "size"] = "whitened"
     size_ratio: float = 0.35
     batch_size: int = 1024
-    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.rule not in ("whitened", "size"):
@@ -54,40 +54,37 @@ class ActivationClustering:
     def scan(self, model: nn.Module, data: ImageSet) -> Verdict:
         stats = class_stats(model, data, self.layer, self.batch_size)
         dim = next(iter(stats.sums.values())).shape[0]
-        if not self.whiten:
-            w, suspicious = torch.eye(dim, dtype=torch.float64), set()
-        elif self.rule == "whitened":
-            w, suspicious = robust_whitener(stats, self.class_threshold)
-        else:
-            w, suspicious = whitener(stats.pooled_covariance()), set()
-        spread = class_spread(stats, w)
+        w = whitener(stats.pooled_covariance()) if self.whiten else torch.eye(dim, dtype=torch.float64)
         scores = torch.zeros(len(data))
-        flagged: list[torch.Tensor] = []
+        groups: dict[int, torch.Tensor] = {}
+        separation: dict[int, float] = {}
         clusters: dict[str, dict[str, float]] = {}
         for k in stats.counts:
             idx = torch.nonzero(data.y == k).flatten()
             z = torch.cat([(f.double() - stats.mean(k)) @ w
                            for f in iter_features(model, data.x[idx], self.layer, self.batch_size)])
             basis = torch.linalg.svd(z, full_matrices=False)[2][: self.dims]
-            reduced = (z @ basis.T).numpy()
-            km = KMeans(2, n_init=3, random_state=self.seed).fit(reduced)
-            labels = torch.from_numpy(km.labels_.astype(np.int64))
+            reduced = z @ basis.T
+            labels = two_means(reduced)
             sizes = torch.bincount(labels, minlength=2)
-            if self.rule == "size":
-                bad = int(sizes.argmin())
-                is_poisoned = bool(sizes[bad] < self.size_ratio * len(idx))
-            else:
-                bad = poison_cluster(z, labels)
-                is_poisoned = k in suspicious
-            centers = torch.from_numpy(km.cluster_centers_)
-            dist = torch.cdist(torch.from_numpy(reduced), centers)
-            scores[idx] = (dist[:, 1 - bad] - dist[:, bad]).float()
-            if is_poisoned:
-                flagged.append(idx[labels == bad])
+            bad = int(sizes.argmin()) if self.rule == "size" else poison_cluster(z, labels)
+            centers = torch.stack([reduced[labels == j].mean(0) if sizes[j] else reduced.mean(0) for j in (0, 1)])
+            axis = (centers[bad] - centers[1 - bad]) / (centers[bad] - centers[1 - bad]).norm().clamp_min(1e-12)
+            t = (reduced - centers[1 - bad]) @ axis
+            good = t[labels != bad]
+            spread = max(1.4826 * float((good - good.median()).abs().median()), 1e-12) if len(good) > 1 else 1.0
+            scores[idx] = (t / spread).float()
+            separation[k] = float(t[labels == bad].mean() - good.mean()) / spread if sizes.min() else 0.0
+            groups[k] = idx[labels == bad] if self.rule == "size" else idx[t / spread > self.clean_sds]
             clusters[str(k)] = {"poison_cluster_size": int(sizes[bad]), "class_size": len(idx),
-                                "top_eigenvalue": spread[k], "flagged": is_poisoned}
+                                "separation": separation[k]}
+        if self.rule == "size":
+            suspicious = {k for k in groups if len(groups[k]) < self.size_ratio * clusters[str(k)]["class_size"]}
+        else:
+            suspicious = suspicious_classes(separation, self.class_threshold, self.min_separation)
+        flagged = [groups[k] for k in sorted(suspicious)]
         flagged_idx = torch.cat(flagged).sort().values if flagged else torch.empty(0, dtype=torch.long)
         return Verdict(scores=scores, flagged=flagged_idx, details={
-            "suspicious_classes": sorted(int(c) for c, v in clusters.items() if v["flagged"]),
-            "clusters": clusters, "layer": self.layer, "rule": self.rule, "whiten": self.whiten,
+            "suspicious_classes": sorted(suspicious), "clusters": clusters,
+            "layer": self.layer, "rule": self.rule, "whiten": self.whiten,
         })

@@ -5,9 +5,10 @@ singular vector of the class's centred features; each sample's score is its squa
 on it. As published (raw penultimate features, remove 1.5 x eps of every class) this is weak on
 BadNets MNIST: the top direction is ordinary clean variation and every class loses samples. Here
 (``whiten=True``) features are first whitened by the pooled within-class covariance, so the top
-direction of a class is the one clean data does not explain (see ``whitening``); a class is
-judged poisoned when its top whitened eigenvalue is an outlier among the classes, and only
-there are samples flagged, on the poison side of the split along that direction.
+direction of a class is the one clean data does not explain (see ``whitening``). Along it each
+class is split in two (exact 1-D 2-means); a class is judged poisoned when the gap between its
+two groups, in standard deviations of the clean group, is an outlier among the classes (and at
+least ``min_separation``), and only there is the poison group (``split.poison_cluster``) flagged.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import nn
 from poisonlab.core import ImageSet, PoisonlabError, Verdict
 from poisonlab.defenses.features import iter_features
 from poisonlab.defenses.split import ClassSplit, poison_cluster, suspicious_classes
-from poisonlab.defenses.whitening import ClassStats, class_spread, robust_whitener, top_direction
+from poisonlab.defenses.whitening import ClassStats, top_direction, whitener
 
 
 def class_stats(model: nn.Module, data: ImageSet, layer: str | int, batch_size: int) -> ClassStats:
@@ -45,6 +46,8 @@ class SpectralSignatures:
     layer: str | int = "penultimate"
     whiten: bool = True
     class_threshold: float = 3.5
+    min_separation: float = 6.0
+    clean_sds: float = 4.0
     removal: float | None = None
     batch_size: int = 1024
 
@@ -55,15 +58,10 @@ class SpectralSignatures:
     def scan(self, model: nn.Module, data: ImageSet) -> Verdict:
         stats = class_stats(model, data, self.layer, self.batch_size)
         dim = next(iter(stats.sums.values())).shape[0]
-        if self.whiten:
-            w, suspicious = robust_whitener(stats, self.class_threshold)
-        else:
-            w = torch.eye(dim, dtype=torch.float64)
-            suspicious = suspicious_classes(class_spread(stats, w), self.class_threshold)
-        eigenvalues = class_spread(stats, w)
+        w = whitener(stats.pooled_covariance()) if self.whiten else torch.eye(dim, dtype=torch.float64)
         scores = torch.zeros(len(data))
-        flagged: list[torch.Tensor] = []
-        splits: dict[str, dict[str, float]] = {}
+        sides: dict[int, torch.Tensor] = {}
+        splits: dict[int, ClassSplit] = {}
         for k in stats.counts:
             idx = torch.nonzero(data.y == k).flatten()
             z = torch.cat([(f.double() - stats.mean(k)) @ w
@@ -72,18 +70,23 @@ class SpectralSignatures:
             proj = z @ top
             if self.removal is not None:
                 score = proj**2
-                flagged.append(idx[score.argsort(descending=True)[: int(self.removal * len(idx))]])
+                sides[k] = idx[score.argsort(descending=True)[: int(self.removal * len(idx))]]
                 scores[idx] = score.float()
                 continue
             split = ClassSplit.fit(proj)
             split = split.with_poison_high(poison_cluster(z, split.high(proj).long()) == 1)
-            splits[str(k)] = split.summary()
+            splits[k] = split
             scores[idx] = split.scores(proj).float()
-            if k in suspicious:
-                flagged.append(idx[split.side(proj)])
+            sides[k] = idx[split.side(proj, self.clean_sds)]
+        if self.removal is not None:
+            suspicious = set(sides)
+        else:
+            suspicious = suspicious_classes({k: s.separation for k, s in splits.items()}, self.class_threshold,
+                                            self.min_separation)
+        flagged = [sides[k] for k in sorted(suspicious)]
         flagged_idx = torch.cat(flagged).sort().values if flagged else torch.empty(0, dtype=torch.long)
         return Verdict(scores=scores, flagged=flagged_idx, details={
-            "top_eigenvalue": {str(k): v for k, v in eigenvalues.items()},
             "suspicious_classes": sorted(suspicious) if self.removal is None else [],
-            "layer": self.layer, "whiten": self.whiten, "splits": splits,
+            "layer": self.layer, "whiten": self.whiten,
+            "splits": {str(k): s.summary() for k, s in splits.items()},
         })

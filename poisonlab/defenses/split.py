@@ -18,15 +18,15 @@ def robust_z(values: dict[int, float]) -> dict[int, float]:
     return {k: float(v) for k, v in zip(keys, z, strict=True)}
 
 
-def suspicious_classes(values: dict[int, float], threshold: float) -> set[int]:
-    """Classes whose statistic is an upward outlier among the classes (robust z above ``threshold``).
+def suspicious_classes(values: dict[int, float], threshold: float, minimum: float = 0.0) -> set[int]:
+    """Classes whose statistic is an upward outlier among the classes (robust z above ``threshold``) and >= ``minimum``.
 
     Needs a majority of clean classes: an all-to-all attack, which poisons every class alike,
     leaves no outlier and is not detected this way.
     """
     if len(values) < 3:
         return set()
-    return {k for k, z in robust_z(values).items() if z > threshold}
+    return {k for k, z in robust_z(values).items() if z > threshold and values[k] >= minimum}
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,8 @@ class ClassSplit:
         cut = int((ss_left + ss_right).argmin()) + 1
         lo, hi = t[:cut], t[cut:]
 
-        def std(g: Tensor) -> float:
-            return max(float(g.std()), 1e-12) if len(g) > 1 else 1.0
+        def std(g: Tensor) -> float:  # robust: 1.4826 x median absolute deviation
+            return max(1.4826 * float((g - g.median()).abs().median()), 1e-12) if len(g) > 1 else 1.0
 
         return ClassSplit(float((t[cut - 1] + t[cut]) / 2), (float(lo.mean()), float(hi.mean())), (std(lo), std(hi)))
 
@@ -65,21 +65,31 @@ class ClassSplit:
     def with_poison_high(self, poison_high: bool) -> ClassSplit:
         return ClassSplit(self.threshold, self.centers, self.stds, poison_high)
 
-    def side(self, proj: Tensor) -> Tensor:
-        """Boolean mask of the projections on the poison side of the threshold."""
-        return self.high(proj) if self.poison_high else ~self.high(proj)
-
     def scores(self, proj: Tensor) -> Tensor:
         """Distance from the clean centre towards the poison side, in clean standard deviations."""
         clean = 0 if self.poison_high else 1
         sign = 1.0 if self.poison_high else -1.0
         return sign * (proj.double() - self.centers[clean]) / self.stds[clean]
 
+    def side(self, proj: Tensor, clean_sds: float) -> Tensor:
+        """Boolean mask of the projections more than ``clean_sds`` clean standard deviations towards the poison.
+
+        A cut set by the clean group's spread, not the midpoint between the groups, keeps the
+        stragglers of a broad poison group that 2-means leaves on the clean side.
+        """
+        return self.scores(proj) > clean_sds
+
+    @property
+    def separation(self) -> float:
+        """Gap between the groups' centres in standard deviations of the clean group."""
+        clean = 0 if self.poison_high else 1
+        return abs(self.centers[1] - self.centers[0]) / self.stds[clean]
+
     def summary(self) -> dict[str, float]:
         clean, poison = (0, 1) if self.poison_high else (1, 0)
         return {"threshold": self.threshold, "clean_center": self.centers[clean],
                 "poison_center": self.centers[poison],
-                "separation": abs(self.centers[poison] - self.centers[clean]) / self.stds[clean]}
+                "separation": self.separation}
 
 
 def poison_cluster(z: Tensor, labels: Tensor) -> int:
@@ -95,3 +105,24 @@ def poison_cluster(z: Tensor, labels: Tensor) -> int:
         g = z[labels == j]
         spread.append(float(((g - g.mean(0)) ** 2).sum(1).mean()) if len(g) > 1 else 0.0)
     return int(spread[1] > spread[0])
+
+
+def two_means(x: Tensor, iters: int = 100) -> Tensor:
+    """Labels 0/1 of a deterministic 2-means clustering of the rows of ``x`` (Lloyd's iterations).
+
+    Started from the best split along the first principal component, the continuous relaxation
+    of 2-means (Ding and He, ICML 2004): a seed at an outlier would instead split off one
+    sub-cluster of a poison that is a mixture of source classes.
+    """
+    x = x.double()
+    centred = x - x.mean(0)
+    pc = torch.linalg.svd(centred, full_matrices=False)[2][0]
+    proj = centred @ pc
+    labels = ClassSplit.fit(proj).high(proj).long()
+    for _ in range(iters):
+        centers = torch.stack([x[labels == j].mean(0) if (labels == j).any() else x.mean(0) for j in (0, 1)])
+        new = torch.cdist(x, centers).argmin(1)
+        if torch.equal(new, labels):
+            break
+        labels = new
+    return labels

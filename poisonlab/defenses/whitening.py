@@ -6,7 +6,7 @@ class is a clean direction and the poison's mean shift is lost under it. Whiteni
 covariance of clean variation makes every clean direction unit-variance, so what stands out in a
 class afterwards is the structure clean data does not have. The pooled within-class covariance
 is estimated from every class at once, so a poison concentrated in one target class (even half
-of it) barely moves the estimate; this is the idea behind SCAn's global variance model (Tang et
+of it) moves the estimate little; this is the idea behind SCAn's global variance model (Tang et
 al., USENIX Security 2021) and SPECTRE's robust whitening (Hayase et al., ICML 2021).
 """
 
@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
-
-from poisonlab.defenses.split import suspicious_classes
 
 
 @dataclass
@@ -46,11 +44,10 @@ class ClassStats:
         m = self.mean(k)
         return self.scatters[k] / self.counts[k] - torch.outer(m, m)
 
-    def pooled_covariance(self, exclude: set[int] | frozenset[int] = frozenset()) -> Tensor:
-        """Within-class covariance averaged over the classes not in ``exclude``, weighted by size."""
-        keep = [k for k in self.counts if k not in exclude]
-        total = sum(self.counts[k] for k in keep)
-        return sum(self.counts[k] * self.covariance(k) for k in keep) / total  # type: ignore[return-value]
+    def pooled_covariance(self) -> Tensor:
+        """Within-class covariance averaged over the classes, weighted by size."""
+        total = sum(self.counts.values())
+        return sum(self.counts[k] * self.covariance(k) for k in self.counts) / total  # type: ignore[return-value]
 
 
 def whitener(cov: Tensor, rel_floor: float = 1e-4) -> Tensor:
@@ -68,25 +65,3 @@ def top_direction(cov: Tensor) -> tuple[float, Tensor]:
     values, vectors = torch.linalg.eigh(cov)
     return float(values[-1]), vectors[:, -1]
 
-
-def class_spread(stats: ClassStats, w: Tensor) -> dict[int, float]:
-    """Top eigenvalue of each class's covariance in the whitened space ``w``."""
-    return {k: top_direction(w.T @ stats.covariance(k) @ w)[0] for k in stats.counts}
-
-
-def robust_whitener(stats: ClassStats, threshold: float, rounds: int = 3) -> tuple[Tensor, set[int]]:
-    """Whitener from the pooled covariance of the classes that do not look poisoned, and the classes that do.
-
-    A poisoned class's own split inflates the pooled covariance along the poison direction and
-    hides it (badly so with few classes); so the classes whose top whitened eigenvalue is an
-    outlier are left out and the whitener re-estimated, until the set of outliers settles.
-    """
-    excluded: set[int] = set()
-    w = whitener(stats.pooled_covariance())
-    for _ in range(rounds):
-        flagged = suspicious_classes(class_spread(stats, w), threshold)
-        if flagged == excluded or len(flagged) >= len(stats.counts) - 1:
-            break
-        excluded = flagged
-        w = whitener(stats.pooled_covariance(exclude=excluded))
-    return w, excluded

@@ -1,0 +1,142 @@
+"""``poisonlab scan data`` and ``poisonlab scan model``: find poisoned training samples, find a backdoored model."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+import typer
+from rich.table import Table
+
+from poisonlab.cli.common import console, one_line_errors, print_json
+from poisonlab.core import ImageSet, PoisonlabError
+from poisonlab.data import load_dataset
+from poisonlab.defenses import DATA_SCANNERS, DEFENSES, NeuralCleanse
+from poisonlab.defenses.scoring import detection_metrics
+from poisonlab.defenses.subjects import load_badnets_run
+from poisonlab.experiment.rundir import atomic_write_json, make_run_dir
+from poisonlab.models import load_model
+from poisonlab.report.figures import image_grid, save_figure
+
+app = typer.Typer(help="Scan training data for poison, or a model for a backdoor.", no_args_is_help=True)
+
+RunOpt = Annotated[Path | None, typer.Option("--run", help="a 'poisonlab run badnets' folder (scored against truth)")]
+DatasetOpt = Annotated[str | None, typer.Option(help="data spec (npz:PATH, folder:PATH, mnist, ...) when not --run")]
+WeightsOpt = Annotated[Path | None, typer.Option(help="safetensors weights of the model, when not --run")]
+ModelOpt = Annotated[str, typer.Option(help="architecture of --weights")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print the result as JSON")]
+
+
+def _subject(run: Path | None, dataset: str | None, weights: Path | None, model: str,
+             which: str = "backdoored") -> tuple[ImageSet, ImageSet, Any, torch.Tensor | None]:
+    """(training data, held-out data, model, ground-truth poisoned indices or None) from the options."""
+    if run is not None:
+        s = load_badnets_run(run)
+        net = s.backdoored if which == "backdoored" else s.clean
+        return s.poisoned.data, s.test, net, s.poisoned.indices
+    if dataset is None or weights is None:
+        raise PoisonlabError("scan: expected --run RUN_DIR, or both --dataset SPEC and --weights PATH")
+    train, test = load_dataset(dataset)
+    return train, test, load_model(model, train.shape, train.num_classes, weights), None
+
+
+@app.command("data")
+@one_line_errors
+def data(
+    run: RunOpt = None,
+    dataset: DatasetOpt = None,
+    weights: WeightsOpt = None,
+    model: ModelOpt = "badnets-cnn",
+    defense: Annotated[str, typer.Option(help=f"one of {', '.join(DATA_SCANNERS)}")] = "spectral",
+    layer: Annotated[str, typer.Option(help="feature layer: penultimate, pre-activation, conv, or an index")]
+    = "penultimate",
+    out: Annotated[Path | None, typer.Option(help="write flagged indices and scores as JSON here")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Flag the training samples a data scanner judges poisoned, using a model trained on that data.
+
+    Example: poisonlab scan data --run runs/badnets-20260101-120000 --defense activation-clustering
+    """
+    if defense not in DATA_SCANNERS:
+        raise PoisonlabError(f"data scanner {defense!r}: expected one of {', '.join(DATA_SCANNERS)}")
+    train, _, net, truth = _subject(run, dataset, weights, model)
+    scanner = DEFENSES.get(defense)(layer=int(layer) if layer.lstrip("-").isdigit() else layer)
+    t0 = time.perf_counter()
+    verdict = scanner.scan(net, train)
+    seconds = time.perf_counter() - t0
+    result: dict[str, Any] = {"defense": defense, "layer": layer, "samples": len(train), "seconds": seconds,
+                              "flagged": len(verdict.flagged),
+                              "suspicious_classes": verdict.details["suspicious_classes"]}
+    if truth is not None:
+        result["detection"] = detection_metrics(verdict, truth, len(train))
+    if out is not None:
+        atomic_write_json(out, {**result, "flagged_indices": verdict.flagged.tolist(),
+                                "scores": verdict.scores.tolist()})
+    if json_out:
+        print_json(result)
+        return
+    table = Table(title=f"{defense} on {len(train)} samples ({layer} features), {seconds:.1f} s")
+    table.add_column("class")
+    table.add_column("flagged", justify="right")
+    for k in range(train.num_classes):
+        n = int((train.y[verdict.flagged] == k).sum())
+        table.add_row(train.classes[k] + (" (suspicious)" if k in result["suspicious_classes"] else ""), str(n))
+    console.print(table)
+    if truth is not None:
+        d = result["detection"]
+        console.print(f"against the truth ({d['poisoned']} poisoned): precision {d['precision']:.3f}, "
+                      f"recall {d['recall']:.3f}, F1 {d['f1']:.3f}, AUROC {d['auroc']:.3f}")
+
+
+@app.command("model")
+@one_line_errors
+def model_scan(
+    run: RunOpt = None,
+    which: Annotated[str, typer.Option(help="with --run: backdoored or clean model")] = "backdoored",
+    dataset: DatasetOpt = None,
+    weights: WeightsOpt = None,
+    model: ModelOpt = "badnets-cnn",
+    images: Annotated[int, typer.Option(help="clean held-out images the triggers are optimised on")] = 2000,
+    steps: Annotated[int, typer.Option(help="optimisation steps per class")] = 300,
+    max_classes: Annotated[int | None, typer.Option(help="scan only this many sampled classes (budget)")] = None,
+    out: Annotated[Path | None, typer.Option(help="folder for report.json and triggers.png")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Neural Cleanse: reverse-engineer a minimal trigger per class; flag classes with anomaly index > 2.
+
+    Example: poisonlab scan model --run runs/badnets-20260101-120000 --out runs/nc
+    """
+    if which not in ("backdoored", "clean"):
+        raise PoisonlabError(f"--which {which!r}: expected backdoored or clean")
+    if images < 1:
+        raise PoisonlabError(f"--images {images}: expected at least 1")
+    _, held_out, net, _ = _subject(run, dataset, weights, model, which)
+    cleanse = NeuralCleanse(steps=steps, max_classes=max_classes)
+    t0 = time.perf_counter()
+    verdict = cleanse.scan(net, held_out.subset(slice(0, images)), progress=not json_out)
+    seconds = time.perf_counter() - t0
+    d = verdict.details
+    names = held_out.classes
+    result = {"flagged_classes": [names[k] for k in verdict.flagged.tolist()], "seconds": seconds,
+              "classes": [names[k] for k in d["classes"]], "mask_l1": d["mask_l1"],
+              "anomaly_index": d["anomaly_index"], "trigger_success": d["trigger_success"]}
+    if out is not None:
+        folder = make_run_dir(out, "neural-cleanse")
+        atomic_write_json(folder / "report.json", result)
+        masks, patterns = d["masks"], d["patterns"]
+        captions = [f"{names[k]}: L1 {n:.0f}, AI {a:.1f}" for k, n, a in zip(d["classes"], d["mask_l1"],
+                                                                          d["anomaly_index"], strict=True)]
+        save_figure(image_grid([("mask", masks[:, None], captions), ("mask x pattern", masks[:, None] * patterns,
+                                                                      captions)],
+                               title="Neural Cleanse: reverse-engineered triggers"), folder / "triggers.png")
+    if json_out:
+        print_json(result)
+        return
+    table = Table(title=f"Neural Cleanse ({seconds:.1f} s); flagged: {', '.join(result['flagged_classes']) or 'none'}")
+    for col in ("class", "mask L1", "anomaly index", "trigger success"):
+        table.add_column(col, justify="right")
+    for k, n, a, s in zip(result["classes"], d["mask_l1"], d["anomaly_index"], d["trigger_success"], strict=True):
+        table.add_row(str(k), f"{n:.1f}", f"{a:.2f}", f"{s:.2f}")
+    console.print(table)
