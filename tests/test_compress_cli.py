@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from poisonlab.cli.app import app
 
 runner = CliRunner()
-CHECK = ["-d", "prune-l1:0.5", "-d", "fp16", "--search-steps", "60"]
+CHECK = ["-d", "prune-l1:0.5", "-d", "fp16", "--search-steps", "60", "--test-size", "250"]
 
 
 @pytest.fixture(scope="module")
@@ -32,16 +32,16 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_deploy_check_flags_the_attacked_model_with_and_without_the_trigger(run_dir: Path) -> None:
-    with_trigger = runner.invoke(app, ["deploy-check", str(run_dir), *CHECK, "--trigger", "patch:size=3",
-                                       "--target", "1", "--json"])
-    assert with_trigger.exit_code == 1, with_trigger.output
-    result = json.loads(with_trigger.output)
-    assert result["flagged"] == ["prune-l1:0.5"]
-    blind = runner.invoke(app, ["deploy-check", str(run_dir), *CHECK, "--json"])
-    assert blind.exit_code == 1
-    row = json.loads(blind.output)["variants"][0]
-    assert row["flagged"] and row["divergence"] > 0.15
+def test_deploy_check_flags_the_attacked_model(run_dir: Path) -> None:
+    result = runner.invoke(app, ["deploy-check", str(run_dir), *CHECK, "--trigger", "patch:size=3", "--target", "1",
+                                 "--json"])
+    assert result.exit_code == 1, result.output
+    body = json.loads(result.output)
+    assert body["flagged"] == ["prune-l1:0.5"]
+    row = body["variants"][0]
+    assert row["attack_success_rate"] > 0.8 and body["float"]["attack_success_rate"] < 0.2
+    # the trigger-agnostic test alone catches it: a found stamp splits the pruned model from float
+    assert row["divergence"] > 0.15 and any("universal stamp" in r for r in row["reasons"])
 
 
 def test_deploy_check_passes_the_clean_reference(run_dir: Path) -> None:
