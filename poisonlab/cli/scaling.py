@@ -111,7 +111,7 @@ def scan(
         for col in ("image", "score", "verdict"):
             table.add_column(col)
         for r in rows:
-            table.add_row(r["image"], f"{r['score']:.1f}", "[red]ATTACK[/red]" if r["flagged"] else "clean")
+            table.add_row(str(r["image"]), f"{r['score']:.1f}", "[red]ATTACK[/red]" if r["flagged"] else "clean")
         console.print(table)
     if any(r["flagged"] for r in rows):
         raise typer.Exit(1)
