@@ -24,22 +24,22 @@ DEFAULT_DEPLOYMENTS = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass
 class StaticInt8:
     """Post-training static int8 quantization on ``backend``, calibrated on ``calibration`` images."""
 
     backend: Backend
     calibration: Tensor = field(repr=False)
+    name: str = field(init=False)
 
-    @property
-    def name(self) -> str:
-        return f"int8-{self.backend}"
+    def __post_init__(self) -> None:
+        self.name = f"int8-{self.backend}"
 
     def __call__(self, model: nn.Module) -> nn.Module:
         return quantize_static(model, self.backend, self.calibration)
 
 
-@dataclass(frozen=True)
+@dataclass
 class DynamicInt8:
     """Dynamic int8 quantization of the linear layers (fbgemm)."""
 
@@ -49,7 +49,7 @@ class DynamicInt8:
         return quantize_dynamic(model)
 
 
-@dataclass(frozen=True)
+@dataclass
 class HalfPrecision:
     """Every weight and activation in float16."""
 
@@ -59,31 +59,31 @@ class HalfPrecision:
         return to_float16(model)
 
 
-@dataclass(frozen=True)
+@dataclass
 class WeightOnlyInt:
     """Conv and linear weights rounded to a symmetric ``bits``-bit grid per output channel; activations in float."""
 
     bits: int
+    name: str = field(init=False)
 
-    @property
-    def name(self) -> str:
-        return f"weight-only:{self.bits}"
+    def __post_init__(self) -> None:
+        self.name = f"weight-only:{self.bits}"
 
     def __call__(self, model: nn.Module) -> nn.Module:
         return WeightOnly(model, self.bits).eval()
 
 
-@dataclass(frozen=True)
+@dataclass
 class Prune:
     """``torch.nn.utils.prune`` by ``method`` at ``ratio``, made permanent."""
 
     method: Method
     ratio: float
     label: str
+    name: str = field(init=False)
 
-    @property
-    def name(self) -> str:
-        return f"{self.label}:{self.ratio:g}"
+    def __post_init__(self) -> None:
+        self.name = f"{self.label}:{self.ratio:g}"
 
     def __call__(self, model: nn.Module) -> nn.Module:
         return prune_model(model, self.method, self.ratio)

@@ -32,12 +32,20 @@ def check_ratio(ratio: float, what: str) -> None:
 
 def prunable(model: nn.Module, method: Method) -> list[tuple[str, nn.Module]]:
     """(name, module) of the layers ``method`` prunes: conv and linear layers, or conv layers only for ``filters``."""
-    kinds: tuple[type, ...] = (nn.Conv2d,) if method == "filters" else (nn.Conv2d, nn.Linear)
-    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, kinds)]
+    layers: list[tuple[str, nn.Module]] = [
+        (n, m) for n, m in model.named_modules()
+        if isinstance(m, nn.Conv2d) or (isinstance(m, nn.Linear) and method != "filters")
+    ]
     if not layers:
         what = "conv" if method == "filters" else "conv or linear"
         raise PoisonlabError(f"pruning ({method}): the model has no {what} layer")
     return layers
+
+
+def _weight(layer: nn.Module) -> Tensor:
+    weight = layer.weight
+    assert isinstance(weight, Tensor)
+    return weight
 
 
 @torch.no_grad()
@@ -48,7 +56,7 @@ def pruning_masks(model: nn.Module, method: Method, ratio: float) -> dict[str, T
     check_ratio(ratio, f"prune ({method})")
     layers = prunable(model, method)
     names = [f"{n}.weight" if n else "weight" for n, _ in layers]
-    weights = [m.weight.detach().contiguous() for _, m in layers]  # torch's masks assume a flat view
+    weights = [_weight(m).detach().contiguous() for _, m in layers]  # torch's masks assume a flat view
     if method == "global":
         flat = torch.cat([w.flatten() for w in weights])
         mask = prune.L1Unstructured(ratio).compute_mask(flat, torch.ones_like(flat))
@@ -64,7 +72,7 @@ def pruning_masks(model: nn.Module, method: Method, ratio: float) -> dict[str, T
 def prune_model(model: nn.Module, method: Method, ratio: float) -> nn.Module:
     """A copy of ``model`` pruned by ``method`` at ``ratio`` with ``torch.nn.utils.prune``, made permanent."""
     check_ratio(ratio, f"prune ({method})")
-    pruned = copy.deepcopy(model).eval().to(memory_format=torch.contiguous_format)
+    pruned = copy.deepcopy(model).eval().to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     layers = prunable(pruned, method)
     if method == "global":
         prune.global_unstructured([(m, "weight") for _, m in layers], pruning_method=prune.L1Unstructured, amount=ratio)

@@ -69,7 +69,7 @@ class Float16(nn.Module):
 
 def _float_copy(model: nn.Module) -> nn.Module:
     model = copy.deepcopy(model).eval().float()
-    return model.to(memory_format=torch.contiguous_format)
+    return model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
 
 
 def quantize_static(model: nn.Module, backend: Backend, calibration: Tensor, batch_size: int = 256) -> nn.Module:
