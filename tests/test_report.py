@@ -108,3 +108,16 @@ def test_sweep_report_renders_in_headless_chromium(sweep_dir, tmp_path):
     assert image.size == (1200, 1600)
     low, high = image.getextrema()
     assert high - low > 100  # text, tables and figures drew something on the page
+
+
+def test_sweep_report_aggregates_defense_results_per_setting(sweep_dir, tmp_path):
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep_dir, copy)
+    for i, path in enumerate(sorted(copy.glob("cells/*/report.json"))):
+        body = json.loads(path.read_text())
+        body["metrics"]["defenses"] = {"spectral": {"recall": 0.5 + 0.25 * i, "seconds": 3.0}}
+        path.write_text(json.dumps(body))
+    page = write_report(copy).read_text()
+    rows = _rows(page, "stages")
+    assert len(rows) == 1 and "defenses.spectral.recall" in rows[0]  # timings are not results
+    assert "0.5 ± 0" in rows[0] and "0.75 ± 0" in rows[0]

@@ -186,6 +186,28 @@ def _curves(summary: dict[str, Any]) -> list[str]:
     return ['<h2>Curves</h2><div class="curves">' + "".join(out) + "</div>"] if out else []
 
 
+def _stage_matrix(summary: dict[str, Any], axes: list[str]) -> list[str]:
+    """Deployment and defense results per setting, mean ± std over seeds: a row per metric, a column per setting."""
+    keys = sorted({k for g in summary["groups"] for k in g["metrics"] if _stage_metric(k)})
+    if not keys:
+        return []
+    header = ["metric", *(", ".join(f"{a}={g['overrides'].get(a)}" for a in axes) or "all" for g in summary["groups"])]
+    rows = [[_e(k), *(_stat(g["metrics"].get(k)) for g in summary["groups"])] for k in keys]
+    return ["<h2>Deployments and defenses (mean ± std over seeds)</h2>", table("stages", header, rows)]
+
+
+def _stage_metric(key: str) -> bool:
+    if key.startswith("deployments."):
+        return key.endswith(("clean_accuracy", "attack_success_rate"))
+    return key.startswith("defenses.") and not key.endswith(".seconds")
+
+
+def _stat(stat: dict[str, Any] | None) -> str:
+    if not stat or stat.get("mean") is None:
+        return "–"
+    return f"{stat['mean']:.4g} ± {stat['std']:.2g}"
+
+
 def render_sweep(sweep_dir: Path) -> str:
     """The HTML page of a sweep folder: mean ± std per setting, curves, every cell, examples, config."""
     summary = aggregate(sweep_dir)
@@ -201,6 +223,7 @@ def render_sweep(sweep_dir: Path) -> str:
                 "<h2>Mean ± std over seeds (percent)</h2>",
                 table("summary", [*axes, "seeds done", *(label for _, label in HEADLINE)], rows, left=len(axes))]
     sections += _curves(summary)
+    sections += _stage_matrix(summary, axes)
     cell_rows = [[_e(c["id"]), _e(c["status"]), *(_pct(c["metrics"].get(k)) for k, _ in HEADLINE)]
                  for c in summary["cells"]]
     sections += ["<h2>Every cell</h2>", table("cells", ["cell", "status", *(lbl for _, lbl in HEADLINE)], cell_rows, 2)]
