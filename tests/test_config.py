@@ -14,7 +14,7 @@ from poisonlab.cli.app import app
 from poisonlab.core import PoisonlabError
 from poisonlab.data import make_synthetic
 from poisonlab.experiment import config as cfgmod
-from poisonlab.experiment.runner import run_experiment
+from poisonlab.experiment.runner import _train_pair, run_experiment
 
 runner = CliRunner()
 
@@ -133,6 +133,12 @@ def test_config_run_and_its_saved_config_reproduce_bit_for_bit(tmp_path):
         a = load_file(str(first / f"{name}.safetensors"))
         b = load_file(str(tmp_path / "second" / f"{name}.safetensors"))
         assert all(a[k].equal(b[k]) for k in a)
+
+    generic = tmp_path / "generic"  # the stages any data attack runs through give BadNets' own numbers
+    generic.mkdir()
+    assert _train_pair(cfgmod.resolve(tiny_config(data)), generic, False, {}) == body["metrics"]
+    a, b = load_file(str(first / "backdoored.safetensors")), load_file(str(generic / "backdoored.safetensors"))
+    assert all(a[k].equal(b[k]) for k in a)
 
     other = tmp_path / "other-seed"
     other.mkdir()

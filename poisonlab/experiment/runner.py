@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -226,7 +227,7 @@ def run_experiment(cfg: ExperimentConfig, out: Path, progress: bool = True) -> d
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     files = [CONFIG_FILE, "clean.safetensors", "backdoored.safetensors", "poisoned_indices.safetensors", "examples.png"]
-    if cfg.attack.name == "badnets":
+    if cfg.attack.name == "badnets" and cfg.training.weight_decay == 0:  # BadnetsConfig has no weight decay
         inner = run_badnets(_badnets_config(cfg), out, progress=progress)
         metrics, timings = inner["metrics"], dict(inner["timings"])
         files.append("config.json")
@@ -244,8 +245,6 @@ def run_experiment(cfg: ExperimentConfig, out: Path, progress: bool = True) -> d
 
 def is_complete(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds a finished config run (its report.json is written last)."""
-    import json
-
     path = run_dir / REPORT_FILE
     if not path.exists():
         return False
