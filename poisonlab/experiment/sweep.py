@@ -4,7 +4,8 @@ Each cell is an ordinary run folder under ``SWEEP/cells/<cell id>``; a cell coun
 ``report.json`` (written last, atomically) exists, so a killed sweep restarted with the same command
 skips the finished cells and redoes only the interrupted ones. Cells run in this process (one job),
 in a local process pool (``jobs`` > 1), or as Ray tasks (``backend="ray"``): the grid and the
-bookkeeping stay here, the scheduling belongs to the pool or to Ray.
+bookkeeping stay here, the scheduling belongs to the pool or to Ray. On a multi-node Ray cluster
+the sweep folder must be on storage every node sees (cells write their run folders themselves).
 """
 
 from __future__ import annotations
