@@ -192,6 +192,7 @@ def test_cli_universal_end_to_end(tmp_path: object) -> None:
     assert bad.exit_code == 2 and "bits" in bad.output
 
 
+@pytest.mark.slow
 def test_universal_beats_random_codes_end_to_end() -> None:
     """Tiny synthetic numbers: 100 two-'digit' classes, every class poisoned twice; LDA codes beat random codes."""
     from poisonlab.attacks.surrogate import penultimate, train_surrogate

@@ -208,7 +208,7 @@ def examples_figure(test: ImageSet, poisoned: Poisoned, model: nn.Module, rate: 
 
     return image_grid(
         [("clean", sub.x, [f"true {names[int(k)]}" for k in sub.y]),
-         ("triggered", triggered.x, [f"->{names[int(t)]} #{hexcode(int(t))}\npred {names[int(p)]}"
+         ("triggered", triggered.x, [f"->{names[int(t)]} #{hexcode(int(t))} pred {names[int(p)]}"
                                      for t, p in zip(triggered.y, pred, strict=True)])],
         title=f"class-code triggers (target, code in hex), universal model's prediction at {100 * rate:g}% poison",
     )
