@@ -15,29 +15,42 @@ CLASSES = 10
 DIM = 24
 
 
-def _planted(n_per_class: int, poison: int, seed: int = 0) -> tuple[ImageSet, torch.Tensor]:
-    """Feature-space data: 10 Gaussian classes sharing an anisotropic covariance; ``poison`` samples of
-    other classes relabelled 3. As in the penultimate layer of a backdoored model, their features
-    sit near class 3's, keep a little of their source class, and carry a small shift along a
-    low-variance direction (the trigger's own features).
+def _planted(
+    n_per_class: int, poison: int, seed: int = 0, natural_subgroup: bool = False
+) -> tuple[ImageSet, torch.Tensor]:
+    """Two-layer feature data for 10 classes; ``poison`` samples of other classes relabelled 3.
 
-    Stored as (N, 1, 1, DIM) "images" so a Flatten+Linear model exposes them as penultimate features.
+    "Early" features (what the conv layer sees) keep each sample's true class. "Late" features
+    (penultimate) share an anisotropic covariance; as in a backdoored model, the poison's late
+    features sit near class 3's, keep a little of their source class, and carry a small shift along
+    a low-variance direction (the trigger's own features). ``natural_subgroup`` gives class 5 a
+    genuine, equally small, sub-population along another quiet direction. Stored as (N, 1, 1, 2 DIM)
+    images for ``_feature_model``.
     """
     g = torch.Generator().manual_seed(seed)
     scales = torch.logspace(1, -1, DIM)  # 10 ... 0.1: ordinary variation dwarfs the trigger direction
     basis = torch.linalg.qr(torch.randn(DIM, DIM, generator=g))[0]
-    means = 4 * torch.randn(CLASSES, DIM, generator=g)
+    means, early_means = 4 * torch.randn(CLASSES, DIM, generator=g), 4 * torch.randn(CLASSES, DIM, generator=g)
     y = torch.arange(CLASSES).repeat_interleave(n_per_class)
-    x = means[y] + (torch.randn(len(y), DIM, generator=g) * scales) @ basis.T
+    late = means[y] + (torch.randn(len(y), DIM, generator=g) * scales) @ basis.T
+    early = early_means[y] + torch.randn(len(y), DIM, generator=g)
     others = torch.nonzero(y != 3).flatten()
     idx = others[torch.randperm(len(others), generator=g)[:poison]].sort().values
-    x[idx] += 0.7 * (means[3] - means[y[idx]]) + 1.5 * basis[:, -1]  # trigger: 15 sd of the quietest direction
+    late[idx] += 0.7 * (means[3] - means[y[idx]]) + 1.5 * basis[:, -1]  # trigger: 15 sd of the quietest direction
     y[idx] = 3
-    return ImageSet(x.view(-1, 1, 1, DIM).float(), y, tuple(str(k) for k in range(CLASSES))), idx
+    if natural_subgroup:
+        fives = torch.nonzero(y == 5).flatten()[:60]
+        late[fives] += 1.5 * basis[:, -2]
+    x = torch.cat([early, late], 1)
+    return ImageSet(x.view(-1, 1, 1, 2 * DIM).float(), y, tuple(str(k) for k in range(CLASSES))), idx
 
 
 def _feature_model() -> nn.Sequential:
-    return nn.Sequential(nn.Flatten(), nn.Linear(DIM, CLASSES))
+    """Flatten -> keep the late half (penultimate features) -> classes; "conv" features are all 2 DIM."""
+    pick = nn.Linear(2 * DIM, DIM, bias=False)
+    with torch.no_grad():
+        pick.weight.copy_(torch.cat([torch.zeros(DIM, DIM), torch.eye(DIM)], 1))
+    return nn.Sequential(nn.Flatten(), pick, nn.Linear(DIM, CLASSES))
 
 
 # (scanner, poisoned samples, least recall): 40 is ~0.7% of the data (6% of the target class), 400 is 40% of
@@ -47,10 +60,10 @@ def _feature_model() -> nn.Sequential:
     (ActivationClustering(), 40, 0.95), (ActivationClustering(), 400, 0.8),
 ], ids=["spectral-40", "spectral-400", "ac-40", "ac-400"])
 def test_scanner_finds_planted_poison(scanner, poison, least_recall):
-    data, idx = _planted(600, poison)
+    data, idx = _planted(600, poison, natural_subgroup=True)
     verdict = scanner.scan(_feature_model(), data)
     m = detection_metrics(verdict, idx, len(data))
-    assert verdict.details["suspicious_classes"] == [3]
+    assert verdict.details["suspicious_classes"] == [3]  # not 5, whose split is natural
     assert m["recall"] >= least_recall and m["precision"] >= 0.9, m
     assert m["auroc"] > 0.9
 
@@ -86,7 +99,7 @@ class _Counting(nn.Sequential):
 @pytest.mark.parametrize("scanner", [SpectralSignatures(batch_size=64), ActivationClustering(batch_size=64)])
 def test_features_are_computed_batch_by_batch(scanner):
     data, _ = _planted(100, 10)
-    model = _Counting(nn.Flatten(), nn.Linear(DIM, CLASSES))
+    model = _Counting(*_feature_model())
     scanner.scan(model, data)
     assert 0 < model.largest <= 64
 

@@ -7,7 +7,8 @@ ordinary variation into a small cluster too, and at 10% poison the poison outnum
 class's clean samples. Here the features are whitened by the pooled within-class covariance
 (``whitening``), the poison cluster is the more spread-out one (``split.poison_cluster``), and a
 class is poisoned when the gap between its clusters, in standard deviations of the clean cluster
-along the line joining them, is an outlier among the classes (and at least ``min_separation``).
+along the line joining them, is an outlier among the classes (and at least ``min_separation``) and
+most of the flagged samples look like other classes in the convolutional features (``provenance``).
 ``rule="size"`` keeps the paper's decision (smaller cluster, under ``size_ratio``) for comparison.
 """
 
@@ -21,6 +22,7 @@ from torch import nn
 
 from poisonlab.core import ImageSet, PoisonlabError, Verdict
 from poisonlab.defenses.features import iter_features
+from poisonlab.defenses.provenance import class_means, foreign_share
 from poisonlab.defenses.spectral import class_stats
 from poisonlab.defenses.split import poison_cluster, suspicious_classes, two_means
 from poisonlab.defenses.whitening import whitener
@@ -41,6 +43,8 @@ class ActivationClustering:
     class_threshold: float = 3.5
     min_separation: float = 6.0
     clean_sds: float = 4.0
+    provenance_layer: str | int = "conv"
+    min_foreign: float = 0.5
     rule: Literal["whitened", "size"] = "whitened"
     size_ratio: float = 0.35
     batch_size: int = 1024
@@ -81,7 +85,13 @@ class ActivationClustering:
         if self.rule == "size":
             suspicious = {k for k in groups if len(groups[k]) < self.size_ratio * clusters[str(k)]["class_size"]}
         else:
-            suspicious = suspicious_classes(separation, self.class_threshold, self.min_separation)
+            outliers = suspicious_classes(separation, self.class_threshold, self.min_separation)
+            means = class_means(model, data, self.provenance_layer, self.batch_size) if outliers else None
+            foreign = {k: foreign_share(model, data.x[groups[k]], k, means, self.provenance_layer, self.batch_size)
+                       for k in sorted(outliers)}
+            suspicious = {k for k, share in foreign.items() if share >= self.min_foreign}
+            for k, share in foreign.items():
+                clusters[str(k)]["foreign_share"] = share
         flagged = [groups[k] for k in sorted(suspicious)]
         flagged_idx = torch.cat(flagged).sort().values if flagged else torch.empty(0, dtype=torch.long)
         return Verdict(scores=scores, flagged=flagged_idx, details={

@@ -8,7 +8,8 @@ BadNets MNIST: the top direction is ordinary clean variation and every class los
 direction of a class is the one clean data does not explain (see ``whitening``). Along it each
 class is split in two (exact 1-D 2-means); a class is judged poisoned when the gap between its
 two groups, in standard deviations of the clean group, is an outlier among the classes (and at
-least ``min_separation``), and only there is the poison group (``split.poison_cluster``) flagged.
+least ``min_separation``) and the samples on its poison side (``split.poison_cluster``) mostly look
+like other classes in the convolutional features (``provenance``); only there are they flagged.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import nn
 
 from poisonlab.core import ImageSet, PoisonlabError, Verdict
 from poisonlab.defenses.features import iter_features
+from poisonlab.defenses.provenance import class_means, foreign_share
 from poisonlab.defenses.split import ClassSplit, poison_cluster, suspicious_classes
 from poisonlab.defenses.whitening import ClassStats, top_direction, whitener
 
@@ -48,6 +50,8 @@ class SpectralSignatures:
     class_threshold: float = 3.5
     min_separation: float = 6.0
     clean_sds: float = 4.0
+    provenance_layer: str | int = "conv"
+    min_foreign: float = 0.5
     removal: float | None = None
     batch_size: int = 1024
 
@@ -78,15 +82,21 @@ class SpectralSignatures:
             splits[k] = split
             scores[idx] = split.scores(proj).float()
             sides[k] = idx[split.side(proj, self.clean_sds)]
+        foreign: dict[int, float] = {}
         if self.removal is not None:
             suspicious = set(sides)
         else:
-            suspicious = suspicious_classes({k: s.separation for k, s in splits.items()}, self.class_threshold,
-                                            self.min_separation)
+            outliers = suspicious_classes({k: s.separation for k, s in splits.items()}, self.class_threshold,
+                                          self.min_separation)
+            means = class_means(model, data, self.provenance_layer, self.batch_size) if outliers else None
+            for k in sorted(outliers):
+                foreign[k] = foreign_share(model, data.x[sides[k]], k, means, self.provenance_layer, self.batch_size)
+            suspicious = {k for k, share in foreign.items() if share >= self.min_foreign}
         flagged = [sides[k] for k in sorted(suspicious)]
         flagged_idx = torch.cat(flagged).sort().values if flagged else torch.empty(0, dtype=torch.long)
         return Verdict(scores=scores, flagged=flagged_idx, details={
             "suspicious_classes": sorted(suspicious) if self.removal is None else [],
             "layer": self.layer, "whiten": self.whiten,
             "splits": {str(k): s.summary() for k, s in splits.items()},
+            "foreign_share": {str(k): v for k, v in foreign.items()},
         })
