@@ -164,6 +164,15 @@ def test_attacks_registered() -> None:
     assert isinstance(ATTACKS.get("multi-target-badnets")(), MultiTargetBadNets)
 
 
+def test_universal_defaults_train_their_own_surrogate() -> None:
+    from poisonlab.data import make_synthetic
+
+    data = make_synthetic(400, num_classes=4, seed=0)
+    poisoned = ATTACKS.get("universal")(rate=0.05).poison(data, torch.Generator().manual_seed(0))
+    assert poisoned.trigger.codes.shape == (4, 3)  # type: ignore[attr-defined]  # 24 bits capped at classes - 1
+    assert len(poisoned.indices) == 20 and (poisoned.data.y[poisoned.indices] != data.y[poisoned.indices]).all()
+
+
 @pytest.mark.slow
 def test_mnist_numbers_train_and_test_share_no_digit_image() -> None:
     from poisonlab.data.mnist import load_mnist

@@ -154,7 +154,8 @@ def _classes(selected: Sequence[int] | None, num_classes: int, what: str) -> Ten
 class UniversalBackdoor:
     """Poison ``rate`` of the training set (or ``count`` images) so that every class becomes a target.
 
-    Codes: ``codes`` when given; else LDA codes of ``bits`` bits on ``embedder``'s embeddings of
+    Codes: ``codes`` when given; else LDA codes of ``bits`` bits (default 24, fewer when the
+    classes or the embedding allow fewer) on ``embedder``'s embeddings of
     up to ``samples_per_class`` training images per class; with no embedder, the attacker first
     trains a small surrogate CNN on that sample (never on the poisoned copy). ``classes`` limits
     which classes receive poison (the transferability experiment); ``eval_classes`` limits the
@@ -167,7 +168,7 @@ class UniversalBackdoor:
     """
 
     codes: Tensor | None = None
-    bits: int = 24
+    bits: int | None = None
     embedder: Embedder | None = None
     samples_per_class: int = 20
     trigger: TriggerKind = "blend"
@@ -183,7 +184,7 @@ class UniversalBackdoor:
         check_budget(self.rate, self.count)
         if self.trigger not in ("blend", "patch"):
             raise PoisonlabError(f"universal trigger {self.trigger!r}: expected blend or patch")
-        if self.codes is None and self.bits < 1:
+        if self.codes is None and self.bits is not None and self.bits < 1:
             raise PoisonlabError(f"universal bits {self.bits}: expected at least 1")
 
     def class_codes(self, train: ImageSet, rng: torch.Generator) -> Tensor:
@@ -197,7 +198,9 @@ class UniversalBackdoor:
         if embed is None:
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=rng))
             embed = penultimate(train_surrogate(sample, seed=seed))
-        return lda_codes(embed(sample.x), sample.y, train.num_classes, self.bits)
+        z = embed(sample.x)
+        bits = self.bits if self.bits is not None else min(24, train.num_classes - 1, z.shape[1])
+        return lda_codes(z, sample.y, train.num_classes, bits)
 
     def poison(self, train: ImageSet, rng: torch.Generator) -> Poisoned:
         codes = self.class_codes(train, rng)
