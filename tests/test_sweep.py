@@ -77,7 +77,7 @@ def test_killed_sweep_resumes_without_redoing_finished_cells(tmp_path, data):
     out = tmp_path / "sweep"
     cmd = [sys.executable, "-c", "from poisonlab.cli.app import main; main()", "sweep", str(config), "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # generous: a loaded machine can take minutes to start torch
     while not _reports(out) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import inspect
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -220,6 +221,22 @@ def _defend(cfg: ExperimentConfig, out: Path, timings: dict[str, float]) -> dict
     return results
 
 
+def _run_badnets_staged(cfg: ExperimentConfig, out: Path, progress: bool) -> dict[str, Any]:
+    """``run_badnets`` in a hidden staging folder, its files then moved into ``out``.
+
+    run_badnets writes its own report.json; staged, it never appears in ``out``, so a report.json
+    there is always this runner's final one (sweeps and the run index rely on that).
+    """
+    stage = out / ".badnets-stage"
+    stage.mkdir(exist_ok=True)
+    inner = run_badnets(_badnets_config(cfg), stage, progress=progress)
+    for name in inner["files"]:
+        os.replace(stage / name, out / name)
+    (stage / REPORT_FILE).unlink()
+    stage.rmdir()
+    return inner
+
+
 def run_experiment(cfg: ExperimentConfig, out: Path, progress: bool = True) -> dict[str, Any]:
     """Run ``cfg`` into the run folder ``out`` and return its report; ``report.json`` is written last, atomically."""
     check_runnable(cfg)
@@ -228,7 +245,7 @@ def run_experiment(cfg: ExperimentConfig, out: Path, progress: bool = True) -> d
     t0 = time.perf_counter()
     files = [CONFIG_FILE, "clean.safetensors", "backdoored.safetensors", "poisoned_indices.safetensors", "examples.png"]
     if cfg.attack.name == "badnets" and cfg.training.weight_decay == 0:  # BadnetsConfig has no weight decay
-        inner = run_badnets(_badnets_config(cfg), out, progress=progress)
+        inner = _run_badnets_staged(cfg, out, progress)
         metrics, timings = inner["metrics"], dict(inner["timings"])
         files.append("config.json")
     else:
