@@ -80,6 +80,7 @@ def _examples(
 def run_badnets(cfg: BadnetsConfig, out: Path, progress: bool = True) -> dict[str, Any]:
     """Train clean and backdoored models, evaluate both, write the run folder ``out``; return the report."""
     cfg.validate()
+    out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     train_set, test = load_dataset(cfg.dataset, cfg.seed)
