@@ -70,8 +70,7 @@ def test_anomaly_index_flags_only_a_low_outlier():
     assert idx[4] > 2 and idx[5] < 0 and (idx[:4].abs() < 2).all()
 
 
-@pytest.mark.xfail(reason="failed on its only run (machine at load 16); cause not yet diagnosed", strict=False)
-def test_mitigations_remove_the_backdoor(backdoored):
+def test_retraining_and_fine_pruning_repair_copies(backdoored):
     model, poisoned, train_set, test = backdoored
     keep = torch.ones(len(train_set), dtype=torch.bool)
     keep[poisoned.indices] = False
@@ -80,14 +79,26 @@ def test_mitigations_remove_the_backdoor(backdoored):
     truth = Verdict(flagged=poisoned.indices)
     retrained = Retrain(model_name="small-cnn", recipe=Recipe(epochs=4, batch_size=32)).repair(poisoned.data, truth)
     assert evaluate(retrained.model, test, poisoned)["attack_success_rate"] < 0.2
-    nc = NeuralCleanse(steps=150, batch_size=64)
-    unlearned = Unlearning(cleanse=nc, recipe=Recipe(epochs=3, batch_size=32, lr=1e-3)).repair(model, clean)
-    after = evaluate(unlearned.model, test, poisoned)
-    assert after["attack_success_rate"] < before["attack_success_rate"] / 2
     pruned = FinePruning(recipe=Recipe(epochs=2, batch_size=32, lr=1e-3)).repair(model, clean)
     assert evaluate(pruned.model, test, poisoned)["clean_accuracy"] > 0.9
     assert pruned.details["pruned_channels"] >= 1
     assert evaluate(model, test, poisoned) == before  # mitigations work on copies
+
+
+@pytest.mark.xfail(
+    reason="known defect: Neural Cleanse unlearning leaves ASR at 100% on this 12x12 toy (seen on an idle run); "
+    "not yet diagnosed, not measured on MNIST",
+    strict=True,
+)
+def test_unlearning_halves_the_attack_success_rate(backdoored):
+    model, poisoned, train_set, test = backdoored
+    keep = torch.ones(len(train_set), dtype=torch.bool)
+    keep[poisoned.indices] = False
+    before = evaluate(model, test, poisoned)
+    nc = NeuralCleanse(steps=150, batch_size=64)
+    unlearning = Unlearning(cleanse=nc, recipe=Recipe(epochs=3, batch_size=32, lr=1e-3))
+    unlearned = unlearning.repair(model, train_set.subset(keep))
+    assert evaluate(unlearned.model, test, poisoned)["attack_success_rate"] < before["attack_success_rate"] / 2
 
 
 @pytest.fixture
