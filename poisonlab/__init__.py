@@ -1,3 +1,3 @@
-"""poisonlab: data-poisoning and backdoor attacks on image classifiers, measured honestly, with the defenses that catch them."""
+"""poisonlab: data-poisoning and backdoor attacks on image classifiers, measured honestly, and the defenses."""
 
 __version__ = "0.1.0"

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import typer
 
-from poisonlab.cli import listing, run, run_backgradient, run_universal, triggers
-from poisonlab.cli import sweep as sweep_cli
-from poisonlab.cli import runs as runs_cli
-from poisonlab.cli import report as report_cli
-from poisonlab.cli import deploy_check, run_compression
-from poisonlab.cli import scan as scan_cli
 from poisonlab.cli import defend as defend_cli
+from poisonlab.cli import deploy_check, listing, run, run_backgradient, run_compression, run_universal, triggers
+from poisonlab.cli import report as report_cli
+from poisonlab.cli import runs as runs_cli
 from poisonlab.cli import scaling as scaling_cli
+from poisonlab.cli import scan as scan_cli
+from poisonlab.cli import sweep as sweep_cli
 
 app = typer.Typer(
     help="poisonlab: mount data-poisoning and backdoor attacks on image classifiers, measure them, and defend.",

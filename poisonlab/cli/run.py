@@ -56,13 +56,13 @@ def badnets_table(body: dict[str, Any]) -> Table:
 @app.command()
 @one_line_errors
 def badnets(
-    dataset: Annotated[str, typer.Option(help="mnist, fashion-mnist, digits, synthetic, folder:PATH, npz:PATH")] = "mnist",
+    dataset: Annotated[str, typer.Option(help="mnist, fashion-mnist, digits, folder:PATH, npz:PATH, ...")] = "mnist",
     model: Annotated[str, typer.Option(help="badnets-cnn or small-cnn")] = "badnets-cnn",
     mode: Annotated[str, typer.Option(help="all-to-one or all-to-all")] = "all-to-one",
     target: Annotated[int, typer.Option(help="target class for all-to-one")] = 8,
     rate: Annotated[float, typer.Option(help="fraction of the training set poisoned")] = 0.01,
     count: Annotated[int | None, typer.Option(help="exact number of poisoned samples (overrides --rate)")] = None,
-    trigger: Annotated[str, typer.Option(help="trigger spec, e.g. patch:size=3,position=bottom-right")] = BadnetsConfig.trigger,
+    trigger: Annotated[str, typer.Option(help="trigger spec, e.g. patch:size=4,color=0.5")] = BadnetsConfig.trigger,
     epochs: Annotated[int, typer.Option(help="training epochs for both models")] = 2,
     batch_size: Annotated[int, typer.Option(help="minibatch size")] = 128,
     lr: Annotated[float, typer.Option(help="peak learning rate (Adam, one-cycle)")] = 3e-3,
