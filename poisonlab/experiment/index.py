@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from poisonlab.core import PoisonlabError
+from poisonlab.registry import parse_scalar
 
 INDEX_FILE = "index.sqlite"
 COLUMNS = ("run", "kind", "created", "name", "dataset", "model", "attack", "seed", "rate", "ca", "asr", "clean_ca")
@@ -84,15 +85,6 @@ def refresh(root: Path) -> Path:
     return db
 
 
-def _number(text: str) -> Any:
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
 def list_runs(root: Path, where: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Every indexed run under ``root``, oldest first, matching each ``field=value`` in ``where``.
 
@@ -109,7 +101,7 @@ def list_runs(root: Path, where: dict[str, str] | None = None) -> list[dict[str,
             params.append("$." + ".".join(f'"{p}"' for p in key.split(".")))
         else:
             raise PoisonlabError(f"filter {key!r}: expected one of {', '.join(FILTERABLE)} or a dotted config field")
-        params.append(_number(value))
+        params.append(parse_scalar(value))
     sql = f"SELECT {', '.join(COLUMNS)}, config, metrics FROM runs"
     if clauses:
         sql += " WHERE " + " AND ".join(clauses)

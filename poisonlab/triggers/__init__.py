@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from poisonlab.core import PoisonlabError, Trigger
-from poisonlab.registry import Registry
+from poisonlab.registry import Registry, parse_scalar
 from poisonlab.triggers.blend import Blend
 from poisonlab.triggers.patch import POSITIONS, Checkerboard, Patch, Pixel
 
@@ -19,15 +19,6 @@ TRIGGERS.register("pixel", "one pixel: position, color, margin")(Pixel)
 TRIGGERS.register("blend", "blend toward noise or an image: pattern=noise|PATH, alpha, seed")(Blend)
 
 
-def _value(text: str) -> Any:
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
 def parse_trigger(spec: str) -> Trigger:
     """Build a trigger from ``NAME`` or ``NAME:key=value,key=value``."""
     name, _, params = spec.partition(":")
@@ -37,7 +28,7 @@ def parse_trigger(spec: str) -> Trigger:
         key, eq, value = item.partition("=")
         if not eq:
             raise PoisonlabError(f"trigger {spec!r}: expected key=value, got {item!r}")
-        kwargs[key.strip().replace("-", "_")] = _value(value.strip())
+        kwargs[key.strip().replace("-", "_")] = parse_scalar(value.strip())
     try:
         return factory(**kwargs)
     except TypeError as e:
