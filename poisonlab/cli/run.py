@@ -9,7 +9,12 @@ import typer
 from rich.table import Table
 
 from poisonlab.cli.common import console, one_line_errors, print_json
+from poisonlab.cli.run_backgradient import curve_table
+from poisonlab.cli.run_compression import compression_table
+from poisonlab.cli.run_universal import universal_table
+from poisonlab.cli.scaling import audit_table
 from poisonlab.experiment import config as experiment_config
+from poisonlab.experiment import papers
 from poisonlab.experiment.badnets import BadnetsConfig, run_badnets
 from poisonlab.experiment.rundir import make_run_dir
 from poisonlab.experiment.runner import run_experiment
@@ -104,6 +109,14 @@ def experiment_table(body: dict[str, Any]) -> Table:
     return table
 
 
+def paper_table(experiment: str, body: dict[str, Any]) -> Table:
+    """The table the experiment's own ``poisonlab run`` command prints."""
+    if experiment == "scaling-audit":
+        return audit_table(body["metrics"], body["config"]["size"], body["config"]["eps"])
+    tables = {"universal": universal_table, "backgradient": curve_table, "compression-artifact": compression_table}
+    return tables[experiment](body)
+
+
 @app.command(CONFIG_COMMAND, hidden=True)
 @one_line_errors
 def config(
@@ -114,13 +127,25 @@ def config(
 ) -> None:
     """Run the experiment a TOML config describes; its resolved config.toml in the run folder re-runs it exactly.
 
+    A config with an ``experiment`` key (universal, backgradient, compression-artifact) runs that paper's
+    experiment with the config's fields; without one it runs the attack pipeline.
+
     Example: poisonlab run examples/badnets-mnist.toml
     """
-    cfg = experiment_config.load(path)
-    run_dir = make_run_dir(out, cfg.name)
-    body = run_experiment(cfg, run_dir, progress=not (quiet or json_out))
+    raw = experiment_config.read_toml(path)
+    progress = not (quiet or json_out)
+    if "experiment" in raw:
+        paper = papers.resolve(raw, str(path))
+        run_dir = make_run_dir(out, paper.name)
+        body = paper.run(run_dir, progress=progress)
+        table = paper_table(paper.experiment, body)
+    else:
+        cfg = experiment_config.load(path)
+        run_dir = make_run_dir(out, cfg.name)
+        body = run_experiment(cfg, run_dir, progress=progress)
+        table = experiment_table(body)
     if json_out:
         print_json({"run_dir": str(run_dir), **body})
         return
-    console.print(experiment_table(body))
+    console.print(table)
     console.print(f"run folder: {run_dir}  ({body['timings']['total_seconds']:.1f} s)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import typer
@@ -117,6 +117,19 @@ def scan(
         raise typer.Exit(1)
 
 
+def audit_table(metrics: dict[str, Any], size: int, eps: float) -> Table:
+    """One row per resizer x ratio: pixels read, success rate, PSNRs and the verdict."""
+    table = Table(title=f"image-scaling attack audit: {metrics['pairs']} photo pairs at {size}x{size}, eps {eps:g}, "
+                        "success = output within eps and A closer to S than to T upscaled (PSNR)")
+    for col in ("resizer", "ratio", "pixels read", "success", "PSNR(A,S)", "PSNR(out,T)", "verdict"):
+        table.add_column(col, justify="left" if col in ("resizer", "verdict") else "right")
+    for r in metrics["rows"]:
+        table.add_row(r["resizer"], str(r["ratio"]), f"{100 * r['coverage']:.1f}%", f"{100 * r['success_rate']:.0f}%",
+                      f"{r['psnr_source']:.1f}", f"{r['psnr_target']:.1f}",
+                      "[red]vulnerable[/red]" if r["vulnerable"] else "[green]robust[/green]")
+    return table
+
+
 @app.command("audit")
 @one_line_errors
 def audit_cmd(
@@ -148,14 +161,7 @@ def audit_cmd(
         print_json({"pairs": len(pairs), "size": size, "eps": eps, "psnr_threshold": psnr_threshold,
                     "rows": [r.as_dict() for r in rows]})
         return
-    table = Table(title=f"image-scaling attack audit: {len(pairs)} photo pairs at {size}x{size}, eps {eps:g}, "
-                        "success = output within eps and A closer to S than to T upscaled (PSNR)")
-    for col in ("resizer", "ratio", "pixels read", "success", "PSNR(A,S)", "PSNR(out,T)", "verdict"):
-        table.add_column(col, justify="left" if col in ("resizer", "verdict") else "right")
-    for r in rows:
-        table.add_row(r.resizer, str(r.ratio), f"{100 * r.coverage:.1f}%", f"{100 * r.success_rate:.0f}%",
-                      f"{r.psnr_source:.1f}", f"{r.psnr_target:.1f}",
-                      "[red]vulnerable[/red]" if r.vulnerable else "[green]robust[/green]")
+    table = audit_table({"pairs": len(pairs), "rows": [r.as_dict() for r in rows]}, size, eps)
     console.print(table)
     if figure is not None:
         console.print(f"figure: {figure}")

@@ -1,0 +1,82 @@
+"""Paper experiments as config files: `experiment = NAME`, field validation, and bit-exact re-runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from poisonlab.cli.app import app
+from poisonlab.core import PoisonlabError
+from poisonlab.experiment import papers
+from poisonlab.experiment.config import read_toml
+
+runner = CliRunner()
+
+TINY = {
+    "universal": 'experiment = "universal"\ndataset = "synthetic"\nbits = 2\nrates = [0.02]\nepochs = 1\n',
+    "backgradient": ('experiment = "backgradient"\ndataset = "synthetic"\ntrain_size = 60\nval_size = 30\n'
+                     'test_size = 100\nfractions = [0.05]\nsteps = 5\nwarm_start = 5\niterations = 1\n'
+                     'transfer = ["mlp"]\n'),
+    "compression-artifact": ('experiment = "compression-artifact"\ndeployment = "prune-l1:0.5"\n'
+                             'dataset = "synthetic"\nmodel = "small-cnn"\ntrigger = "patch:size=3"\ntarget = 1\n'
+                             'epochs = 2\nmismatch = ["fp16"]\n'),
+    "scaling-audit": ('experiment = "scaling-audit"\nresizers = ["opencv-linear", "opencv-area"]\nratios = [4]\n'
+                      'size = 64\n'),
+}
+
+
+def without_seconds(obj: Any) -> Any:
+    """Metrics minus wall-clock times, the one part of a report a re-run cannot repeat."""
+    if isinstance(obj, dict):
+        return {k: without_seconds(v) for k, v in obj.items() if not k.endswith("seconds")}
+    if isinstance(obj, list):
+        return [without_seconds(v) for v in obj]
+    return obj
+
+
+def run(path: Path, out: Path) -> dict[str, Any]:
+    result = runner.invoke(app, ["run", str(path), "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+@pytest.mark.parametrize("experiment", sorted(TINY))
+def test_paper_config_runs_and_its_saved_config_reproduces_the_metrics(tmp_path: Path, experiment: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(TINY[experiment])
+    first = run(path, tmp_path / "first")
+    saved = tmp_path / "first" / "config.toml"
+    assert f'experiment = "{experiment}"' in saved.read_text()
+    second = run(saved, tmp_path / "second")
+    assert without_seconds(second["metrics"]) == without_seconds(first["metrics"])
+    assert second["config"] == first["config"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('experiment = "imagenet-sweep"\n', r"experiment: unknown experiment 'imagenet-sweep'; expected one of: "
+                                            r"backgradient, compression-artifact, scaling-audit, universal"),
+        ('experiment = "universal"\nbitz = 3\n', r"bitz: unknown key; expected one of: .*bits"),
+        ('experiment = "universal"\nbits = "many"\n', r"bits: expected an integer, got 'many' \(str\)"),
+        ('experiment = "universal"\nrates = 0.1\n', r"rates: expected a list, got 0.1"),
+        ('experiment = "backgradient"\ngoal = "chaos"\n', r"goal: 'chaos' is not allowed; expected 'availability'"),
+        ('experiment = "backgradient"\nfractions = [1.5]\n', r"backgradient: fractions \(1.5,\): expected"),
+        ('experiment = "compression-artifact"\ndeployment = "int4-magic"\n', r"compression-artifact: .*int4-magic"),
+        ('experiment = "scaling-audit"\nratios = [1]\n', r"scaling-audit: ratios \[1\]: expected one or more integers"),
+        ('experiment = "scaling-audit"\nresizers = ["gimp-cubic"]\n', r"scaling-audit: unknown resizer 'gimp-cubic'"),
+    ],
+)
+def test_bad_paper_config_fails_before_any_work_naming_the_field(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(PoisonlabError, match=message):
+        papers.resolve(read_toml(path), str(path))
+    result = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "never")])
+    assert result.exit_code == 2 and str(path) in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "never").exists()
+
