@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -12,7 +13,10 @@ from rich.console import Console
 
 from poisonlab.core import PoisonlabError
 
-console = Console()
+PIPE_WIDTH = 160
+"""Columns for output that goes to a file or pipe (rich would assume 80 and cut resizer names and headers)."""
+
+console = Console(width=None if sys.stdout.isatty() else PIPE_WIDTH)
 err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
