@@ -60,7 +60,8 @@ def test_paper_config_runs_and_its_saved_config_reproduces_the_metrics(tmp_path:
     ("text", "message"),
     [
         ('experiment = "imagenet-sweep"\n', r"experiment: unknown experiment 'imagenet-sweep'; expected one of: "
-                                            r"backgradient, compression-artifact, scaling-audit, universal"),
+                                            r"backgradient, compression-artifact, defense-matrix, scaling-audit, "
+                                            r"universal"),
         ('experiment = "universal"\nbitz = 3\n', r"bitz: unknown key; expected one of: .*bits"),
         ('experiment = "universal"\nbits = "many"\n', r"bits: expected an integer, got 'many' \(str\)"),
         ('experiment = "universal"\nrates = 0.1\n', r"rates: expected a list, got 0.1"),

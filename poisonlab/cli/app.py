@@ -5,7 +5,16 @@ from __future__ import annotations
 import typer
 
 from poisonlab.cli import defend as defend_cli
-from poisonlab.cli import deploy_check, listing, run, run_backgradient, run_compression, run_universal, triggers
+from poisonlab.cli import (
+    deploy_check,
+    listing,
+    run,
+    run_backgradient,
+    run_compression,
+    run_defense_matrix,
+    run_universal,
+    triggers,
+)
 from poisonlab.cli import report as report_cli
 from poisonlab.cli import runs as runs_cli
 from poisonlab.cli import scaling as scaling_cli
@@ -20,6 +29,7 @@ app = typer.Typer(
 run.app.command("universal")(run_universal.universal)
 run.app.command("backgradient")(run_backgradient.backgradient)
 run.app.command("compression-artifact")(run_compression.compression_artifact)
+run.app.command("defense-matrix")(run_defense_matrix.defense_matrix)
 app.add_typer(run.app, name="run")
 app.command("list")(listing.list_components)
 app.command("triggers")(triggers.triggers)

@@ -11,6 +11,7 @@ from rich.table import Table
 from poisonlab.cli.common import console, one_line_errors, print_json
 from poisonlab.cli.run_backgradient import curve_table
 from poisonlab.cli.run_compression import compression_table
+from poisonlab.cli.run_defense_matrix import matrix_table
 from poisonlab.cli.run_universal import universal_table
 from poisonlab.cli.scaling import audit_table
 from poisonlab.experiment import config as experiment_config
@@ -113,7 +114,8 @@ def paper_table(experiment: str, body: dict[str, Any]) -> Table:
     """The table the experiment's own ``poisonlab run`` command prints."""
     if experiment == "scaling-audit":
         return audit_table(body["metrics"], body["config"]["size"], body["config"]["eps"])
-    tables = {"universal": universal_table, "backgradient": curve_table, "compression-artifact": compression_table}
+    tables = {"universal": universal_table, "backgradient": curve_table, "compression-artifact": compression_table,
+              "defense-matrix": matrix_table}
     return tables[experiment](body)
 
 

@@ -122,7 +122,7 @@ def _wrong(path: str, value: Any, annotation: Any) -> Any:
     raise PoisonlabError(f"{path}: expected {_type_name(annotation)}, got {value!r} ({type(value).__name__})")
 
 
-def _reject_unknown(section: str, given: Mapping[str, Any], allowed: Sequence[str]) -> None:
+def reject_unknown(section: str, given: Mapping[str, Any], allowed: Sequence[str]) -> None:
     unknown = sorted(set(given) - set(allowed))
     if unknown:
         where = f"{section}.{unknown[0]}" if section else unknown[0]
@@ -281,7 +281,10 @@ def _resolve(raw: Mapping[str, Any]) -> ExperimentConfig:
     from poisonlab.data import DATASETS
     from poisonlab.models import MODELS
 
-    _reject_unknown("", raw, TOP_LEVEL)
+    if "experiment" in raw:
+        raise PoisonlabError(f"experiment: {raw['experiment']!r} configs run one at a time with `poisonlab run`; "
+                             "sweeps and the attack pipeline take configs without an experiment key")
+    reject_unknown("", raw, TOP_LEVEL)
     for key in ("name", "dataset", "model", "seed"):
         if isinstance(raw.get(key), list):
             raise PoisonlabError(f"{key}: a list makes a sweep; run it with `poisonlab sweep`")
@@ -300,7 +303,7 @@ def _resolve(raw: Mapping[str, Any]) -> ExperimentConfig:
 
     training_raw = check_type("training", raw.get("training", {}), dict)
     hints = typing.get_type_hints(Recipe)
-    _reject_unknown("training", training_raw, list(hints))
+    reject_unknown("training", training_raw, list(hints))
     recipe_kwargs = {}
     for key, value in training_raw.items():
         if isinstance(value, list):
@@ -313,7 +316,7 @@ def _resolve(raw: Mapping[str, Any]) -> ExperimentConfig:
             raise PoisonlabError(f"training.{key}: {recipe_kwargs[key]}; expected a number {expected}")
     recipe = Recipe(**recipe_kwargs)
 
-    attack = _resolve_attack(raw.get("attack"))
+    attack = resolve_attack(raw.get("attack"))
     lists: dict[str, tuple[str, ...]] = {}
     for key, kind in COMPONENT_LISTS.items():
         specs = check_type(key, raw.get(key, []), tuple[str, ...])
@@ -327,7 +330,7 @@ def _resolve(raw: Mapping[str, Any]) -> ExperimentConfig:
     return ExperimentConfig(dataset=dataset, attack=attack, model=model, seed=seed, training=recipe, name=name, **lists)
 
 
-def _resolve_attack(raw: Any) -> AttackConfig:
+def resolve_attack(raw: Any) -> AttackConfig:
     attacks = registry("attacks")
     assert attacks is not None
     if raw is None:
@@ -340,7 +343,7 @@ def _resolve_attack(raw: Any) -> AttackConfig:
         raise PoisonlabError(f"attack.name: unknown attack {name!r}; expected one of: {', '.join(attacks.names())}")
     params = attack_parameters(attacks.get(name))
     given = {k: v for k, v in raw.items() if k != "name"}
-    _reject_unknown("attack", given, list(params))
+    reject_unknown("attack", given, list(params))
     resolved: dict[str, Any] = {}
     for key, param in params.items():
         if key in given:

@@ -18,7 +18,7 @@ from typing import Any
 import tomli_w
 
 from poisonlab.core import PoisonlabError
-from poisonlab.experiment.config import _reject_unknown, check_type
+from poisonlab.experiment.config import check_type, reject_unknown
 from poisonlab.experiment.rundir import atomic_write_bytes
 from poisonlab.registry import Registry
 
@@ -66,6 +66,13 @@ def _scaling_audit() -> PaperExperiment:
     return PaperExperiment(ScalingAuditConfig, run_scaling_audit)
 
 
+@EXPERIMENTS.register("defense-matrix", "every defense against every configured attack, with false alarms")
+def _defense_matrix() -> PaperExperiment:
+    from poisonlab.experiment.defense_matrix import MatrixConfig, run_defense_matrix
+
+    return PaperExperiment(MatrixConfig, run_defense_matrix)
+
+
 @dataclass(frozen=True)
 class PaperConfig:
     """One resolved paper experiment: its registered name, its typed config and the run folder's name."""
@@ -102,7 +109,7 @@ def _resolve(raw: Mapping[str, Any]) -> PaperConfig:
     cls = EXPERIMENTS.get(experiment)().config
     hints = typing.get_type_hints(cls)
     given = {k: v for k, v in raw.items() if k not in RESERVED}
-    _reject_unknown("", given, [*RESERVED, *hints])
+    reject_unknown("", given, [*RESERVED, *hints])
     values = {k: check_type(k, v, hints[k]) for k, v in given.items()}
     try:
         config = cls(**values)

@@ -21,6 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from poisonlab.core import PoisonlabError  # noqa: E402
+from poisonlab.experiment.defense_matrix import MATRIX_COLUMNS, matrix_rows  # noqa: E402
 from poisonlab.experiment.rundir import atomic_write_bytes  # noqa: E402
 from poisonlab.experiment.sweep import PLAN_FILE, SOURCE_FILE, SUMMARY_FILE, aggregate, flatten  # noqa: E402
 
@@ -127,7 +128,12 @@ def render_run(run_dir: Path) -> str:
     title = f"{attack} on {cfg.get('dataset', '?')}, seed {cfg.get('seed', '?')}"
     sections = [f'<p class="muted">run folder {_e(run_dir)} · report schema {_e(body.get("schema"))} · '
                 f'kind {_e(body.get("kind"))}</p>']
-    if isinstance(metrics.get("clean"), dict) and isinstance(metrics.get("backdoored"), dict):
+    if body.get("kind") == "defense-matrix":
+        title = f"defense matrix on {cfg.get('dataset', '?')}, seed {cfg.get('seed', '?')}"
+        cells = [[_e(c) for c in row] for row in matrix_rows(metrics)]
+        sections += ["<h2>Defense matrix</h2>", table("defense-matrix", MATRIX_COLUMNS, cells, left=2),
+                     f'<p class="muted">{_e(metrics.get("asr_definition", ""))}</p>']
+    elif isinstance(metrics.get("clean"), dict) and isinstance(metrics.get("backdoored"), dict):
         sections += _pair_tables(metrics)
     else:
         rows = [[_e(k), _num(v)] for k, v in flatten(metrics)]
