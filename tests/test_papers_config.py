@@ -24,6 +24,8 @@ TINY = {
     "compression-artifact": ('experiment = "compression-artifact"\ndeployment = "prune-l1:0.5"\n'
                              'dataset = "synthetic"\nmodel = "small-cnn"\ntrigger = "patch:size=3"\ntarget = 1\n'
                              'epochs = 2\nmismatch = ["fp16"]\n'),
+    "scaling-camouflage": ('experiment = "scaling-camouflage"\ndataset = "digits"\ntrain_size = 600\n'
+                           'test_size = 200\ncount = 30\nepochs = 3\n'),
     "scaling-audit": ('experiment = "scaling-audit"\nresizers = ["opencv-linear", "opencv-area"]\nratios = [4]\n'
                       'size = 64\n'),
 }
@@ -54,6 +56,10 @@ def test_paper_config_runs_and_its_saved_config_reproduces_the_metrics(tmp_path:
     second = run(saved, tmp_path / "second")
     assert without_seconds(second["metrics"]) == without_seconds(first["metrics"])
     assert second["config"] == first["config"]
+    if experiment == "scaling-camouflage":  # the hidden trigger works and the poison kept its label budget
+        runs = first["metrics"]["runs"]
+        assert runs["camouflage"]["asr_camouflaged"] > 0.8 > runs["clean"]["asr_visible"]
+        assert runs["camouflage"]["labels_changed"] == 30 and runs["clean-label"]["labels_changed"] == 0
 
 
 @pytest.mark.parametrize(
@@ -61,7 +67,7 @@ def test_paper_config_runs_and_its_saved_config_reproduces_the_metrics(tmp_path:
     [
         ('experiment = "imagenet-sweep"\n', r"experiment: unknown experiment 'imagenet-sweep'; expected one of: "
                                             r"backgradient, compression-artifact, defense-matrix, scaling-audit, "
-                                            r"universal"),
+                                            r"scaling-camouflage, universal"),
         ('experiment = "universal"\nbitz = 3\n', r"bitz: unknown key; expected one of: .*bits"),
         ('experiment = "universal"\nbits = "many"\n', r"bits: expected an integer, got 'many' \(str\)"),
         ('experiment = "universal"\nrates = 0.1\n', r"rates: expected a list, got 0.1"),

@@ -12,6 +12,7 @@ from poisonlab.cli import (
     run_backgradient,
     run_compression,
     run_defense_matrix,
+    run_scaling_camouflage,
     run_universal,
     triggers,
 )
@@ -30,6 +31,7 @@ run.app.command("universal")(run_universal.universal)
 run.app.command("backgradient")(run_backgradient.backgradient)
 run.app.command("compression-artifact")(run_compression.compression_artifact)
 run.app.command("defense-matrix")(run_defense_matrix.defense_matrix)
+run.app.command("scaling-camouflage")(run_scaling_camouflage.scaling_camouflage)
 app.add_typer(run.app, name="run")
 app.command("list")(listing.list_components)
 app.command("triggers")(triggers.triggers)

@@ -12,6 +12,7 @@ from poisonlab.cli.common import console, one_line_errors, print_json
 from poisonlab.cli.run_backgradient import curve_table
 from poisonlab.cli.run_compression import compression_table
 from poisonlab.cli.run_defense_matrix import matrix_table
+from poisonlab.cli.run_scaling_camouflage import camouflage_table
 from poisonlab.cli.run_universal import universal_table
 from poisonlab.cli.scaling import audit_table
 from poisonlab.experiment import config as experiment_config
@@ -115,7 +116,7 @@ def paper_table(experiment: str, body: dict[str, Any]) -> Table:
     if experiment == "scaling-audit":
         return audit_table(body["metrics"], body["config"]["size"], body["config"]["eps"])
     tables = {"universal": universal_table, "backgradient": curve_table, "compression-artifact": compression_table,
-              "defense-matrix": matrix_table}
+              "defense-matrix": matrix_table, "scaling-camouflage": camouflage_table}
     return tables[experiment](body)
 
 

@@ -73,6 +73,13 @@ def _defense_matrix() -> PaperExperiment:
     return PaperExperiment(MatrixConfig, run_defense_matrix)
 
 
+@EXPERIMENTS.register("scaling-camouflage", "backdoor poison hidden in the pipeline's downscale (Quiring & Rieck 2020)")
+def _scaling_camouflage() -> PaperExperiment:
+    from poisonlab.experiment.scaling_camouflage import CamouflageConfig, run_camouflage
+
+    return PaperExperiment(CamouflageConfig, run_camouflage)
+
+
 @dataclass(frozen=True)
 class PaperConfig:
     """One resolved paper experiment: its registered name, its typed config and the run folder's name."""
