@@ -46,8 +46,9 @@ def check_runnable(cfg: ExperimentConfig) -> None:
             f"attack.name: {cfg.attack.name!r} is not a data attack (no poison method); config runs take data attacks"
         )
     if "resizer" in attack_parameters(type(attack)):
-        raise PoisonlabError(f"attack.name: {cfg.attack.name!r} hides its poison in the pipeline's downscale, a "
-                             "preprocessing stage config runs do not apply yet; use the attack's own command")
+        raise PoisonlabError(f"attack.name: {cfg.attack.name!r} hides its poison in the pipeline's downscale, which "
+                             "this pipeline does not model; run it as experiment = \"scaling-camouflage\" "
+                             "(or `poisonlab run scaling-camouflage`)")
     if cfg.preprocessing:
         raise PoisonlabError("preprocessing: the config runner does not apply preprocessing stages yet; leave it empty")
     for key in ("deployments", "defenses"):
