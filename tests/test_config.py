@@ -165,3 +165,11 @@ def test_example_configs_all_validate():
 
         raw = cfgmod.read_toml(path)
         assert papers.resolve(raw, str(path)).experiment if "experiment" in raw else plan(path).cells
+
+
+def test_scaling_camouflage_attack_table_points_to_its_experiment():
+    from poisonlab.experiment.runner import check_runnable
+
+    cfg = cfgmod.resolve({"dataset": "synthetic", "attack": {"name": "scaling-camouflage", "size": [12, 12]}})
+    with pytest.raises(PoisonlabError, match=r'experiment = "scaling-camouflage"'):
+        check_runnable(cfg)
