@@ -85,20 +85,26 @@ def test_retraining_and_fine_pruning_repair_copies(backdoored):
     assert evaluate(model, test, poisoned) == before  # mitigations work on copies
 
 
-@pytest.mark.xfail(
-    reason="known defect: Neural Cleanse unlearning leaves ASR at 100% on this 12x12 toy (seen on an idle run); "
-    "not yet diagnosed, not measured on MNIST",
-    strict=True,
-)
-def test_unlearning_halves_the_attack_success_rate(backdoored):
+def test_unlearning_removes_the_backdoor_given_the_reversed_trigger(backdoored):
+    """With 4 classes the MAD anomaly index cannot flag anything (measured: target 0.67), so NC's verdict is
+    taken for the class with the smallest reversed trigger, which must be the target; unlearning then
+    removes the backdoor. On MNIST's 10 classes NC flags the target itself (bench/defenses_mnist.py)."""
     model, poisoned, train_set, test = backdoored
     keep = torch.ones(len(train_set), dtype=torch.bool)
     keep[poisoned.indices] = False
+    clean = train_set.subset(keep)
     before = evaluate(model, test, poisoned)
     nc = NeuralCleanse(steps=150, batch_size=64)
-    unlearning = Unlearning(cleanse=nc, recipe=Recipe(epochs=3, batch_size=32, lr=1e-3))
-    unlearned = unlearning.repair(model, train_set.subset(keep))
-    assert evaluate(unlearned.model, test, poisoned)["attack_success_rate"] < before["attack_success_rate"] / 2
+    scan = nc.scan(model, clean)
+    smallest = int(torch.tensor(scan.details["mask_l1"]).argmin())
+    assert scan.details["classes"][smallest] == TARGET
+    verdict = Verdict(scores=scan.scores, flagged=torch.tensor([TARGET]), details=scan.details)
+    unlearned = Unlearning(cleanse=nc, recipe=Recipe(epochs=3, batch_size=32, lr=3e-3)).repair(model, clean, verdict)
+    after = evaluate(unlearned.model, test, poisoned)
+    assert after["attack_success_rate"] < before["attack_success_rate"] / 2
+    assert after["clean_accuracy"] > before["clean_accuracy"] - 0.05
+    nothing = Verdict(flagged=torch.empty(0, dtype=torch.long), details=scan.details)
+    assert Unlearning(cleanse=nc).repair(model, clean, nothing).details["unlearned_classes"] == []
 
 
 @pytest.fixture

@@ -21,12 +21,16 @@ from poisonlab.training import Recipe, train
 class Unlearning:
     """Mitigation; scans with ``cleanse`` unless a Neural Cleanse verdict is passed in.
 
+    Defaults measured on BadNets MNIST (bench/defenses_mnist.py): 20% of 3,000 clean images stamped, two
+    epochs at lr 3e-3 take ASR from 99.8% to 1.6% (1% poison) and 0.5% (10%) for a CA cost of 0.5-0.6
+    points; at lr 1e-3 ASR stayed at 7-8%.
+
     Example:
         >>> repaired = Unlearning().repair(model, clean_subset).model
     """
 
     stamp_share: float = 0.2
-    recipe: Recipe = Recipe(epochs=2, batch_size=64, lr=1e-3)
+    recipe: Recipe = Recipe(epochs=2, batch_size=64, lr=3e-3)
     cleanse: NeuralCleanse = NeuralCleanse()
     seed: int = 0
 
