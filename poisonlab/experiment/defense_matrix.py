@@ -11,6 +11,7 @@ An attack that cannot poison this dataset is reported with its reason, not hidde
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from poisonlab.metrics import ASR_DEFINITION, accuracy, evaluate
 from poisonlab.models import MODELS, build_model
 from poisonlab.training import Recipe, predict, train
 
-DEFAULT_ATTACKS: tuple[Mapping[str, Any], ...] = (
+DEFAULT_ATTACKS: tuple[dict[str, Any], ...] = (
     {"name": "badnets", "rate": 0.01},
     {"name": "badnets", "rate": 0.1},
     {"name": "badnets", "mode": "all-to-all", "rate": 0.1},
@@ -44,7 +45,7 @@ class MatrixConfig:
     """The data, the victim recipe, the attacks (tables like a config's [attack]) and the defender's budget."""
 
     dataset: str = "mnist"
-    attacks: tuple[dict, ...] = DEFAULT_ATTACKS  # type: ignore[assignment]
+    attacks: tuple[dict[str, Any], ...] = DEFAULT_ATTACKS
     model: str = "badnets-cnn"
     epochs: int = 2
     batch_size: int = 128
@@ -93,7 +94,7 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 def _scanner_rows(model: nn.Module, data: ImageSet, truth: torch.Tensor) -> list[dict[str, Any]]:
     rows = []
     for name in DATA_SCANNERS:
-        verdict, seconds = _timed(lambda name=name: DEFENSES.get(name)().scan(model, data))
+        verdict, seconds = _timed(functools.partial(DEFENSES.get(name)().scan, model, data))
         rows.append({"defense": name, "seconds": seconds, "_verdict": verdict,
                      **detection_metrics(verdict, truth, len(data))})
     return rows
@@ -110,7 +111,8 @@ def defend_one(poisoned: Poisoned, train_set: ImageSet, test: ImageSet, cfg: Mat
                                    "asr": base["attack_success_rate"]}]
     for row in _scanner_rows(model, poisoned.data, poisoned.indices):
         verdict = row.pop("_verdict")
-        repaired, more = _timed(lambda v=verdict: Retrain(cfg.model, cfg.recipe(), cfg.seed).repair(poisoned.data, v))
+        repaired, more = _timed(functools.partial(Retrain(cfg.model, cfg.recipe(), cfg.seed).repair, poisoned.data,
+                                                  verdict))
         after = evaluate(repaired.model, test, poisoned)
         rows.append({**row, "mitigation": "retrain", "seconds": row["seconds"] + more,
                      "ca": after["clean_accuracy"], "asr": after["attack_success_rate"]})
