@@ -87,3 +87,26 @@ def test_bad_paper_config_fails_before_any_work_naming_the_field(tmp_path: Path,
     assert result.exit_code == 2 and str(path) in result.output and "Traceback" not in result.output
     assert not (tmp_path / "never").exists()
 
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["scaling-camouflage", "--dataset", "digits", "--train-size", "50", "--count", "60"], "count 60"),
+    (["scaling-camouflage", "--resizer", "gimp-cubic"], "unknown resizer 'gimp-cubic'"),
+    (["defense-matrix", "--train-size", "0"], "train_size 0"),
+    (["defense-matrix", "--model", "resnet-9000"], "unknown model 'resnet-9000'"),
+])
+def test_experiment_commands_refuse_bad_input_in_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    result = runner.invoke(app, ["run", *args, "--out", str(tmp_path / "never")])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "never").exists()
+
+
+def test_scaling_camouflage_command_writes_a_rerunnable_run_folder(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", "scaling-camouflage", "--dataset", "digits", "--train-size", "300",
+                                 "--count", "15", "--epochs", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "camouflage+median" in result.output and "activation-clustering on camouflage data" in result.output
+    for name in ("report.json", "config.json", "config.toml", "camouflage.png"):
+        assert (out / name).is_file()
+    assert 'experiment = "scaling-camouflage"' in (out / "config.toml").read_text()

@@ -6,10 +6,12 @@ import functools
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from poisonlab.core import PoisonlabError
 
@@ -38,3 +40,19 @@ def one_line_errors(fn: F) -> F:
 def print_json(obj: Any) -> None:
     """Machine-readable output on stdout, nothing else."""
     typer.echo(json.dumps(obj, indent=2))
+
+
+def run_and_print(experiment: str, cfg: Any, out: Path | None, json_out: bool, quiet: bool,
+                  table: Callable[[dict[str, Any]], Table]) -> None:
+    """Run a registered experiment's config into a new run folder, then print its table (or its report as JSON)."""
+    from poisonlab.experiment.papers import PaperConfig
+    from poisonlab.experiment.rundir import make_run_dir
+
+    cfg.validate()
+    run_dir = make_run_dir(out, experiment)
+    body = PaperConfig(experiment, cfg, experiment).run(run_dir, progress=not (quiet or json_out))
+    if json_out:
+        print_json({"run_dir": str(run_dir), **body})
+        return
+    console.print(table(body))
+    console.print(f"run folder: {run_dir}  ({body['timings']['total_seconds']:.1f} s)")

@@ -8,10 +8,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from poisonlab.cli.common import console, one_line_errors, print_json
+from poisonlab.cli.common import one_line_errors, run_and_print
 from poisonlab.experiment.defense_matrix import MATRIX_COLUMNS, MatrixConfig, matrix_rows
-from poisonlab.experiment.papers import PaperConfig
-from poisonlab.experiment.rundir import make_run_dir
 
 
 def matrix_table(body: dict[str, Any]) -> Table:
@@ -48,11 +46,4 @@ def defense_matrix(
     """
     cfg = MatrixConfig(dataset=dataset, model=model, epochs=epochs, train_size=train_size,
                        clean_reference=clean_reference, seed=seed)
-    cfg.validate()
-    run_dir = make_run_dir(out, "defense-matrix")
-    body = PaperConfig("defense-matrix", cfg, "defense-matrix").run(run_dir, progress=not (quiet or json_out))
-    if json_out:
-        print_json({"run_dir": str(run_dir), **body})
-        return
-    console.print(matrix_table(body))
-    console.print(f"run folder: {run_dir}  ({body['timings']['total_seconds']:.0f} s)")
+    run_and_print("defense-matrix", cfg, out, json_out, quiet, matrix_table)

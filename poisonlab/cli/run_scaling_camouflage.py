@@ -8,9 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from poisonlab.cli.common import console, one_line_errors, print_json
-from poisonlab.experiment.papers import PaperConfig
-from poisonlab.experiment.rundir import make_run_dir
+from poisonlab.cli.common import one_line_errors, run_and_print
 from poisonlab.experiment.scaling_camouflage import CamouflageConfig
 
 
@@ -65,11 +63,4 @@ def scaling_camouflage(
     """
     cfg = CamouflageConfig(dataset=dataset, train_size=train_size, ratio=ratio, resizer=resizer, count=count,
                            target=target, epochs=epochs, seed=seed)
-    cfg.validate()
-    run_dir = make_run_dir(out, "scaling-camouflage")
-    body = PaperConfig("scaling-camouflage", cfg, "scaling-camouflage").run(run_dir, progress=not (quiet or json_out))
-    if json_out:
-        print_json({"run_dir": str(run_dir), **body})
-        return
-    console.print(camouflage_table(body))
-    console.print(f"run folder: {run_dir}  ({body['timings']['total_seconds']:.0f} s)")
+    run_and_print("scaling-camouflage", cfg, out, json_out, quiet, camouflage_table)

@@ -10,7 +10,6 @@ An attack that cannot poison this dataset is reported with its reason, not hidde
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import time
 from collections.abc import Callable, Mapping
@@ -27,7 +26,7 @@ from poisonlab.defenses import DATA_SCANNERS, DEFENSES, FinePruning, NeuralClean
 from poisonlab.defenses.scoring import detection_metrics
 from poisonlab.defenses.subjects import clean_reserve
 from poisonlab.experiment.config import resolve_attack
-from poisonlab.experiment.rundir import atomic_write_json, report
+from poisonlab.experiment.rundir import finish_run
 from poisonlab.metrics import ASR_DEFINITION, accuracy, evaluate
 from poisonlab.models import MODELS, build_model
 from poisonlab.training import Recipe, predict, train
@@ -172,13 +171,7 @@ def run_defense_matrix(cfg: MatrixConfig, out: Path, progress: bool = True) -> d
             errors[label] = str(e)
     metrics = {"results": results, "errors": errors, "train_size": len(train_set), "reserve": cfg.reserve,
                "asr_definition": ASR_DEFINITION}
-    config = dataclasses.asdict(cfg)
-    atomic_write_json(out / "config.json", {"experiment": "defense-matrix", **config})
-    body = report("defense-matrix", config, metrics, timings={"total_seconds": time.perf_counter() - t0},
-                  files=["config.json"])
-    atomic_write_json(out / "report.json", body)
-    return body
-
+    return finish_run(out, "defense-matrix", cfg, metrics, {"total_seconds": time.perf_counter() - t0}, [])
 
 MATRIX_COLUMNS = ("attack", "defense", "P", "R", "F1", "AUROC", "flagged", "CA", "ASR", "other", "seconds")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -70,3 +71,17 @@ def report(kind: str, config: dict[str, Any], metrics: dict[str, Any], **extra: 
         "environment": environment(),
         **extra,
     }
+
+
+def finish_run(out: Path, experiment: str, config: Any, metrics: dict[str, Any], timings: dict[str, float],
+               files: list[str]) -> dict[str, Any]:
+    """Write ``config.json`` and then, last, ``report.json`` of a finished run of ``experiment``; return the report.
+
+    ``config`` is the experiment's config dataclass; report.json coming last means a folder that holds one
+    holds a finished run.
+    """
+    fields = dataclasses.asdict(config)
+    atomic_write_json(out / "config.json", {"experiment": experiment, **fields})
+    body = report(experiment, fields, metrics, timings=timings, files=[*files, "config.json"])
+    atomic_write_json(out / "report.json", body)
+    return body

@@ -8,14 +8,13 @@ for every installed resizer and ratio and writes the verdicts, a figure and the 
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from poisonlab.core import PoisonlabError
-from poisonlab.experiment.rundir import atomic_write_json, report
+from poisonlab.experiment.rundir import finish_run
 from poisonlab.scaling.audit import attack_figure, audit, available_resizers, default_pairs, square
 from poisonlab.scaling.resize import get_resizer
 
@@ -56,9 +55,4 @@ def run_scaling_audit(cfg: ScalingAuditConfig, out: Path, progress: bool = True)
     metrics = {"pairs": len(pairs), "rows": [r.as_dict() for r in rows],
                "vulnerable": sorted({r.resizer for r in rows if r.vulnerable}),
                "robust": sorted({r.resizer for r in rows} - {r.resizer for r in rows if r.vulnerable})}
-    config = dataclasses.asdict(cfg)
-    atomic_write_json(out / "config.json", {"experiment": "scaling-audit", **config})
-    body = report("scaling-audit", config, metrics, timings={"total_seconds": time.perf_counter() - t0},
-                  files=["attack.png", "config.json"])
-    atomic_write_json(out / "report.json", body)
-    return body
+    return finish_run(out, "scaling-audit", cfg, metrics, {"total_seconds": time.perf_counter() - t0}, ["attack.png"])

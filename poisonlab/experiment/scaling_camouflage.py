@@ -21,7 +21,6 @@ training set as the pipeline delivers it: the camouflage hides the poison from p
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from poisonlab.attacks.badnets import BadNets
 from poisonlab.core import ImageSet, PoisonlabError
 from poisonlab.data import DATASETS, load_dataset
 from poisonlab.defenses import DATA_SCANNERS, DEFENSES, detection_metrics
-from poisonlab.experiment.rundir import atomic_write_json, report
+from poisonlab.experiment.rundir import finish_run
 from poisonlab.metrics import ASR_DEFINITION, accuracy, attack_success_rate
 from poisonlab.models import MODELS, build_model
 from poisonlab.report.figures import image_grid, save_figure
@@ -178,9 +177,5 @@ def run_camouflage(cfg: CamouflageConfig, out: Path, progress: bool = True) -> d
                "high_resolution": [int(s * cfg.ratio) for s in size], "pipeline_size": list(size),
                "upscaled_note": f"{cfg.dataset} upscaled {cfg.ratio}x bicubic to make the high-resolution set",
                "asr_definition": ASR_DEFINITION}
-    config = dataclasses.asdict(cfg)
-    atomic_write_json(out / "config.json", {"experiment": "scaling-camouflage", **config})
-    body = report("scaling-camouflage", config, metrics, timings={"total_seconds": time.perf_counter() - t0},
-                  files=["camouflage.png", "config.json"])
-    atomic_write_json(out / "report.json", body)
-    return body
+    return finish_run(out, "scaling-camouflage", cfg, metrics, {"total_seconds": time.perf_counter() - t0},
+                      ["camouflage.png"])
