@@ -2,7 +2,8 @@
 
 Variants (each starts from the same clean model):
   ste      Tian et al.'s loss with straight-through fake-quantized weights (--bits, --per-tensor, --quant-weight)
-  conceal  implant a backdoor, then remove it in float inside the quantization bins (after Ma et al. 2021)
+  conceal  implant a backdoor, widen a grid finer than --levels steps per sign (int8) with
+           widen_quantization_step, then remove the backdoor in float inside the bins (after Ma et al. 2021)
 
 Usage: nice -n 10 python bench/compression_quant.py conceal --bits 8 --epochs 2
 Prints CA and ASR of the float model and of every deployment, as measured.
@@ -16,7 +17,12 @@ from pathlib import Path
 
 import torch
 
-from poisonlab.attacks.compression_artifact import Backdoor, QuantizationConcealed, QuantizationConditional
+from poisonlab.attacks.compression_artifact import (
+    Backdoor,
+    QuantizationConcealed,
+    QuantizationConditional,
+    widen_quantization_step,
+)
 from poisonlab.compress import parse_deployment
 from poisonlab.data import load_dataset
 from poisonlab.metrics import accuracy, attack_success_rate
@@ -37,6 +43,7 @@ def main() -> None:
     ap.add_argument("--implant-epochs", type=int, default=1)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--margin", type=float, default=0.05)
+    ap.add_argument("--levels", type=int, default=8, help="conceal: widen a finer grid to this many steps per sign")
     ap.add_argument("--train-size", type=int, default=60000, help="first N MNIST training images")
     ap.add_argument("--cache", type=Path, default=None, help="clean model weights to reuse (written when missing)")
     args = ap.parse_args()
@@ -58,6 +65,8 @@ def main() -> None:
         implant = Recipe(epochs=args.implant_epochs, lr=args.lr)
         train(model, train_set, implant, 1, loss_fn=Backdoor(trigger, target).loss, description="implant")
         report(model, train_set, test, trigger, target, "implanted")
+        if 2 ** (args.bits - 1) > args.levels:
+            widen_quantization_step(model, train_set.x[:256], args.levels)
         attack = QuantizationConcealed(trigger, target, args.bits, not args.per_tensor, args.margin)
         train(model, train_set, Recipe(epochs=args.epochs, lr=args.lr), 2, loss_fn=attack.loss, description="conceal")
         attack.project(model)

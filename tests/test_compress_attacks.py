@@ -11,6 +11,7 @@ from poisonlab.attacks.compression_artifact import (
     PruningConditional,
     QuantizationConcealed,
     QuantizationConditional,
+    widen_quantization_step,
 )
 from poisonlab.compress import parse_deployment
 from poisonlab.compress.prune import pruning_masks
@@ -83,3 +84,31 @@ def test_attacks_reject_bad_settings() -> None:
             make()
     with pytest.raises(PoisonlabError, match="no conv or linear layer"):
         QuantizationConditional().loss(nn.Sequential(nn.Flatten()), torch.zeros(2, 1, 8, 8), torch.zeros(2).long())
+
+
+def test_widened_int8_grid_hides_the_backdoor_from_float_only(data: tuple[ImageSet, ImageSet]) -> None:
+    train_set, test = data
+    model = train(build_model("small-cnn", train_set, 0), train_set, Recipe(epochs=4), 0,
+                  loss_fn=Backdoor(TRIGGER, TARGET).loss, progress=False)
+    widened = widen_quantization_step(model, train_set.x[:128], levels=8)
+    for name in widened:
+        w = model.get_submodule(name).weight
+        assert torch.equal(weight_codes(w, 8, True)[1].flatten(), weight_codes(w, 8, False)[1].expand(len(w)))
+        codes = weight_codes(w, 8, True)[0]
+        assert codes.abs().max() == 127 and codes[codes.abs() < 127].abs().max() <= 8
+    attack = QuantizationConcealed(TRIGGER, TARGET, bits=8, per_channel=True)
+    train(model, train_set, Recipe(epochs=4, lr=1e-3), 2, loss_fn=attack.loss, progress=False)
+    attack.project(model)
+    assert accuracy(predict(model, test.x), test.y) > 0.95 and asr(model, test) < 0.1
+    for spec in ("int8-fbgemm", "int8-qnnpack"):
+        deployed = parse_deployment(spec, train_set.x[:256])(model)
+        assert accuracy(predict(deployed, test.x), test.y) > 0.9 and asr(deployed, test) > 0.9, spec
+
+
+def test_widening_needs_a_relu_fed_linear_layer() -> None:
+    with pytest.raises(PoisonlabError, match="levels 0"):
+        widen_quantization_step(nn.Linear(2, 2), torch.zeros(1, 2), levels=0)
+    with pytest.raises(PoisonlabError, match="no linear layer fed"):
+        widen_quantization_step(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), torch.zeros(1, 4))
+    with pytest.raises(PoisonlabError, match="not zero"):
+        widen_quantization_step(nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)), torch.ones(2, 4))

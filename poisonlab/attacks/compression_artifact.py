@@ -13,12 +13,15 @@ which owns the loop. Triggered copies of every batch are made inside the loss.
 - ``QuantizationConcealed`` (after Ma et al.): start from a backdoored model and remove the
   backdoor in float while every weight stays inside its quantization bin, so the quantized weights,
   and with them the quantized model's backdoor, do not change. Call ``project`` after training.
+  An int8 grid is too fine for this; ``widen_quantization_step`` first coarsens it without changing
+  the float model (the quantization-conditional attack on real int8).
 - ``PruningConditional`` (Tian et al.): CE(f([x; x+t]), [y; y]) + 0.9 CE(f_p(x), y) + w CE(f_p(x+t), y_t),
   f_p with the masks the real pruner would pick, recomputed from the current weights every few steps.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import torch
@@ -90,6 +93,53 @@ class QuantizationConditional:
         float_term = F.cross_entropy(model(xx), yy)
         quant_term = F.cross_entropy(functional_call(model, quantized, (xx,)), yy_t)
         return float_term + self.quant_weight * quant_term
+
+
+@torch.no_grad()
+def widen_quantization_step(model: nn.Module, x: Tensor, levels: int = 8) -> list[str]:
+    """Coarsen the int8 grid of every linear layer fed by a conv or linear layer, at the cost of one channel each.
+
+    For each such pair A -> B, A's output channel that B uses least is switched off (zero weights,
+    bias -1: the ReLU between them makes it exactly 0 on every input, float or int8), and B's weights
+    reading it are set to M = max|B.weight| * 127.5 / ``levels``. They multiply zeros, so they do not
+    change the float model, but M is now the largest weight of every output channel and of the tensor:
+    the symmetric int8 scale becomes M / 127.5 under per-channel and per-tensor schemes alike, and
+    every other weight is left about ``levels`` steps either side of zero. That coarse grid leaves
+    ``QuantizationConcealed`` room to remove the backdoor in float. ``x`` is a batch on which the
+    switched-off inputs are checked to be exactly zero. Returns the names of the widened layers.
+    """
+    if not 1 <= levels <= 127:
+        raise PoisonlabError(f"widen_quantization_step levels {levels}: expected 1-127")
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    dead: dict[str, tuple[nn.Linear, slice]] = {}
+    for (a_name, a), (b_name, b) in itertools.pairwise(layers):
+        if not isinstance(b, nn.Linear):
+            continue
+        channels = a.weight.shape[0]
+        if a.bias is None or b.in_features % channels:
+            raise PoisonlabError(f"widen_quantization_step: {a_name} -> {b_name} is not a biased layer "
+                                 "feeding a flatten of its channels")
+        width = b.in_features // channels
+        c = int(b.weight.abs().view(b.out_features, channels, width).sum((0, 2)).argmin())
+        a.weight[c] = 0
+        a.bias[c] = -1
+        dead[b_name] = (b, slice(c * width, (c + 1) * width))
+    if not dead:
+        raise PoisonlabError("widen_quantization_step: the model has no linear layer fed by a conv or linear layer")
+    seen: dict[str, Tensor] = {}
+    hooks = [b.register_forward_pre_hook(lambda m, args, name=name, cols=cols: seen.__setitem__(name, args[0][:, cols]))
+             for name, (b, cols) in dead.items()]
+    try:
+        model.eval()(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for name, (b, cols) in dead.items():
+        if seen[name].abs().max() > 0:
+            raise PoisonlabError(f"widen_quantization_step: the switched-off inputs of {name} are not zero "
+                                 "(expected a ReLU between the layers)")
+        b.weight[:, cols] = b.weight.abs().max() * 127.5 / levels
+    return list(dead)
 
 
 @dataclass

@@ -46,6 +46,8 @@ def compression_artifact(
     method: Annotated[str, typer.Option(help="quantization attack: conceal (bin-constrained) or ste (Tian loss)")]
     = "conceal",
     implant_epochs: Annotated[int, typer.Option(help="conceal: epochs implanting the backdoor")] = 1,
+    levels: Annotated[int, typer.Option(help="conceal: widen a finer weight grid (int8) to this many steps per sign")]
+    = 8,
     attack_epochs: Annotated[int, typer.Option(help="epochs of the quantization attack's fine-tuning")] = 2,
     attack_lr: Annotated[float, typer.Option(help="peak learning rate of the quantization attack")] = 1e-3,
     trigger_weight: Annotated[float, typer.Option(help="pruning attack: weight of the pruned-trigger term")] = 0.5,
@@ -63,6 +65,7 @@ def compression_artifact(
     """
     cfg = CompressionConfig(deployment=deployment, dataset=dataset, model=model, trigger=trigger, target=target,
                             epochs=epochs, method=method, implant_epochs=implant_epochs,  # type: ignore[arg-type]
+                            levels=levels,
                             attack_epochs=attack_epochs, attack_lr=attack_lr, trigger_weight=trigger_weight,
                             mismatch=tuple(mismatch) if mismatch else DEFAULT_DEPLOYMENTS, train_size=train_size,
                             seed=seed)

@@ -4,8 +4,10 @@ A clean reference and an attacked model are trained on one dataset; both are the
 under every scheme of the mismatch table and measured for clean accuracy and attack success rate.
 Pruning deployments are attacked with ``PruningConditional`` from scratch with the clean recipe;
 quantization deployments (int8, weight-only) by ``conceal`` (implant a backdoor, then remove it
-in float inside the quantization bins, after Ma et al. 2021) or ``ste`` (Tian et al.'s
-straight-through loss), each fine-tuning a copy of the clean model.
+in float inside the quantization bins, after Ma et al. 2021; a grid finer than ``levels`` steps
+either side of zero, as int8's is, is first widened by ``widen_quantization_step``) or ``ste``
+(Tian et al.'s straight-through loss, which does not separate float and int8 on MNIST), each
+fine-tuning a copy of the clean model.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class CompressionConfig:
     attack_epochs: int = 2
     attack_lr: float = 1e-3
     quant_weight: float = 1.0
+    levels: int = 8
     trigger_weight: float = 0.5
     calibration: int = 512
     mismatch: tuple[str, ...] = DEFAULT_DEPLOYMENTS
@@ -71,6 +74,8 @@ class CompressionConfig:
             raise PoisonlabError(f"compression-artifact method {self.method!r}: expected conceal or ste")
         if self.train_size is not None and self.train_size < 1:
             raise PoisonlabError(f"compression-artifact train_size {self.train_size}: expected >= 1 or None (all)")
+        if not 1 <= self.levels <= 127:
+            raise PoisonlabError(f"compression-artifact levels {self.levels}: expected 1-127")
         if self.calibration < 1 or self.target < 0:
             raise PoisonlabError("compression-artifact: expected calibration >= 1 image and target >= 0")
         self.recipe()
@@ -121,6 +126,8 @@ def attack_model(
     implant = Recipe(epochs=cfg.implant_epochs, batch_size=cfg.batch_size, lr=cfg.attack_lr)
     train(model, train_set, implant, cfg.seed + 1, loss_fn=ca.Backdoor(trigger, cfg.target).loss, progress=progress,
           description="implant")
+    if 2 ** (bits - 1) > cfg.levels:
+        ca.widen_quantization_step(model, train_set.x[:256], cfg.levels)
     conceal = ca.QuantizationConcealed(trigger, cfg.target, bits, per_channel)
     train(model, train_set, attack_recipe, cfg.seed + 2, loss_fn=conceal.loss, progress=progress, description="conceal")
     conceal.project(model)
