@@ -44,6 +44,19 @@ def test_deploy_check_flags_the_attacked_model(run_dir: Path) -> None:
     assert row["divergence"] > 0.15 and any("universal stamp" in r for r in row["reasons"])
 
 
+def test_a_scan_of_the_float_model_misses_what_the_pruned_variant_carries(run_dir: Path) -> None:
+    """Neural Cleanse on float finds nothing special about the target; on the pruned variant its trigger shrinks."""
+    result = runner.invoke(app, ["deploy-check", str(run_dir), "-d", "prune-l1:0.5", "-d", "fp16", "--search-steps",
+                                 "0", "--scan", "--scan-steps", "100", "--json"])
+    assert result.exit_code in (0, 1), result.output
+    body = json.loads(result.output)
+    float_scan, (pruned, half) = body["float"]["scan"], body["variants"]
+    assert 1 not in float_scan["flagged_classes"]
+    smallest = min(range(4), key=lambda k: pruned["scan"]["mask_l1"][k])
+    assert smallest == 1 and pruned["scan"]["mask_l1"][1] < 0.5 * float_scan["mask_l1"][1]
+    assert half["scan"] == float_scan  # fp16's stand-in is the float model itself
+
+
 def test_deploy_check_passes_the_clean_reference(run_dir: Path) -> None:
     result = runner.invoke(app, ["deploy-check", str(run_dir / "clean.safetensors"), "--arch", "small-cnn",
                                  "--dataset", "synthetic", *CHECK, "--trigger", "patch:size=3", "--target", "1"])

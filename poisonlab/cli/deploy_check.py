@@ -15,6 +15,7 @@ from poisonlab.compress import DEFAULT_DEPLOYMENTS, parse_deployment
 from poisonlab.compress.check import CheckSettings, deploy_check
 from poisonlab.core import PoisonlabError
 from poisonlab.data import load_dataset
+from poisonlab.defenses import NeuralCleanse
 from poisonlab.experiment.compression import calibration_images
 from poisonlab.models import load_model
 from poisonlab.triggers import parse_trigger
@@ -45,14 +46,24 @@ def _pct(v: float | None) -> str:
 
 def check_table(result: dict[str, Any], title: str) -> Table:
     table = Table(title=title)
-    for col in ("variant", "clean accuracy", "ASR", "agreement", "divergence", "verdict"):
-        table.add_column(col, justify="left" if col in ("variant", "verdict") else "right")
+    scanned = "scan" in result["float"]
+    columns = ("variant", "clean accuracy", "ASR", "agreement", "divergence", *(("NC flags",) if scanned else ()),
+               "verdict")
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("variant", "verdict", "NC flags") else "right")
+
+    def nc(row: dict[str, Any]) -> tuple[str, ...]:
+        if not scanned:
+            return ()
+        return (f"{row['scan']['flagged_classes']} (max index {max(row['scan']['anomaly_index']):.1f})",)
+
     f = result["float"]
-    table.add_row("float", _pct(f["clean_accuracy"]), _pct(f.get("attack_success_rate")), "-", "-", "reference")
+    table.add_row("float", _pct(f["clean_accuracy"]), _pct(f.get("attack_success_rate")), "-", "-", *nc(f),
+                  "reference")
     for r in result["variants"]:
         verdict = "[red]FLAGGED[/red]: " + "; ".join(r["reasons"]) if r["flagged"] else "[green]ok[/green]"
         table.add_row(r["deployment"], _pct(r["clean_accuracy"]), _pct(r.get("attack_success_rate")),
-                      _pct(r["agreement"]), _pct(r["divergence"]), verdict)
+                      _pct(r["agreement"]), _pct(r["divergence"]), *nc(r), verdict)
     return table
 
 
@@ -67,6 +78,8 @@ def deploy_check_command(
     calibration: Annotated[int, typer.Option(help="training images that calibrate static int8")] = 512,
     test_size: Annotated[int, typer.Option(help="test images to use (0: all)")] = 0,
     search_steps: Annotated[int, typer.Option(help="steps of the divergence-stamp search (0: skip it)")] = 150,
+    scan: Annotated[bool, typer.Option(help="also run Neural Cleanse on the float model and every variant")] = False,
+    scan_steps: Annotated[int, typer.Option(help="Neural Cleanse optimisation steps per class")] = 300,
     max_disagreement: Annotated[float, typer.Option(help="flag above this clean disagreement with float")] = 0.02,
     max_divergence: Annotated[float, typer.Option(help="flag above this stamped disagreement with float")] = 0.15,
     max_asr_gain: Annotated[float, typer.Option(help="flag when ASR exceeds float's by more than this")] = 0.10,
@@ -92,7 +105,8 @@ def deploy_check_command(
     deployments = [parse_deployment(s, calib) for s in (deployment or DEFAULT_DEPLOYMENTS)]
     pick = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed + 1))[: settings.search_images]
     search = train_set.subset(pick)
-    result = deploy_check(net, deployments, test, search, settings, trig, target)
+    scanner = NeuralCleanse(steps=scan_steps, batch_size=min(128, len(search))) if scan else None
+    result = deploy_check(net, deployments, test, search, settings, trig, target, scanner)
     result.update(model=str(weights), arch=arch_name, dataset=data_spec, run_config=config or None)
     if json_out:
         print_json(result)

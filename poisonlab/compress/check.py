@@ -6,7 +6,9 @@ clean accuracy, ASR for a known trigger (when one is given), agreement with the 
 clean images, and a trigger-agnostic divergence test: a small universal mask-and-pattern stamp
 (Neural-Cleanse style) optimised on a differentiable stand-in of the variant so that the variant
 changes its answer while the float model keeps its own; the divergence is the share of held-out
-images on which the stamp makes the REAL variant and the float model disagree.
+images on which the stamp makes the REAL variant and the float model disagree. Optionally the model
+scanner (Neural Cleanse) runs on the float model and on every variant: a scan of the float model alone
+misses a backdoor that only the deployed variant carries.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch import Tensor, nn
 from poisonlab.compress import DynamicInt8, HalfPrecision, StaticInt8
 from poisonlab.compress.quantize import fake_quantize_weight
 from poisonlab.core import Deployment, ImageSet, PoisonlabError, Trigger
+from poisonlab.defenses.neural_cleanse import NeuralCleanse
 from poisonlab.metrics import accuracy, attack_success_rate
 from poisonlab.training import predict
 
@@ -136,17 +139,46 @@ def check_variant(
     return row
 
 
+def model_scan(model: nn.Module, clean: ImageSet, scanner: NeuralCleanse) -> dict[str, Any]:
+    """Neural Cleanse on one model: flagged classes, anomaly indices and reversed-trigger sizes per class."""
+    verdict = scanner.scan(model, clean)
+    return {"flagged_classes": [int(c) for c in verdict.flagged], "anomaly_index": verdict.details["anomaly_index"],
+            "mask_l1": verdict.details["mask_l1"], "classes": verdict.details["classes"]}
+
+
+def scan_variant(model: nn.Module, deployment: Deployment, row: dict[str, Any], clean: ImageSet,
+                 scanner: NeuralCleanse, float_scan: dict[str, Any]) -> None:
+    """Add the model scanner's verdict on ``deployment``'s variant to ``row``; flag classes float's scan did not.
+
+    Int8 kernels have no gradient, so the scan runs on the variant's differentiable stand-in; a variant whose
+    stand-in is the float model itself (fp16) shares float's scan.
+    """
+    surrogate = stand_in(deployment, model, deployment(model))
+    row["scan"] = float_scan if surrogate is None else model_scan(surrogate, clean, scanner)
+    new = sorted(set(row["scan"]["flagged_classes"]) - set(float_scan["flagged_classes"]))
+    if new:
+        row["reasons"].append(f"model scanner flags class(es) {new} that the float model's scan does not")
+        row["flagged"] = True
+
+
 def deploy_check(
     model: nn.Module, deployments: list[Deployment], test: ImageSet, search: ImageSet,
     settings: CheckSettings = CheckSettings(), trigger: Trigger | None = None, target: int | None = None,
+    scanner: NeuralCleanse | None = None,
 ) -> dict[str, Any]:
     """The float row and one row per deployment; ``flagged`` lists the variants that depart from the float model.
 
-    ``search`` holds the images the divergence stamp is optimised on (keep them apart from ``test``).
+    ``search`` holds the images the divergence stamp is optimised on (keep them apart from ``test``); with a
+    ``scanner`` the float model and every variant are also scanned on them (Neural Cleanse), so a backdoor that
+    only the deployed model carries shows up as a class flagged on the variant and not on the float model.
     """
     if target is not None and not 0 <= target < test.num_classes:
         raise PoisonlabError(f"deploy-check target {target}: expected a class in [0, {test.num_classes - 1}]")
     model = model.eval()
     float_row = _behaviour(model, "float", test, predict(model, test.x), trigger, target)
     rows = [check_variant(model, d, test, search, float_row, settings, trigger, target) for d in deployments]
+    if scanner is not None:
+        float_row["scan"] = model_scan(model, search, scanner)
+        for deployment, row in zip(deployments, rows, strict=True):
+            scan_variant(model, deployment, row, search, scanner, float_row["scan"])
     return {"float": float_row, "variants": rows, "flagged": [r["deployment"] for r in rows if r["flagged"]]}
