@@ -2,9 +2,10 @@
 
 Paper: arXiv 1708.08689.
 
-Adds a few optimised points to the training set. Each starts as a label-flipped clone of a training point and
-is moved, by projected gradient ascent with a line search, to maximise the attacker's objective on validation
-data after the victim's training procedure (T steps of gradient descent, run on a surrogate of the learner):
+Adds a few optimised points to the training set. Each starts as a label-flipped clone of a training point (for the
+generic goal relabelled as the class the clean surrogate finds least likely) and is moved, by projected gradient
+ascent with a line search, to maximise the attacker's objective on validation data after the victim's training
+procedure (T steps of gradient descent, run on a surrogate of the learner):
 
 - error-generic (``goal="availability"``): maximise the validation loss;
 - error-specific (``goal="targeted"``): minimise the loss on validation data whose ``source`` images are
@@ -98,7 +99,7 @@ class BackGradientPoisoning:
     weight_decay: float = 1e-3
     center: bool = True
     passes: int = 1
-    iterations: int = 2
+    iterations: int = 3
     step: float = 0.5
     line_search: int = 3
     refine: int = 1
@@ -141,8 +142,10 @@ class BackGradientPoisoning:
         y = SourceToTarget(self.source, self.target)(validation.y)
         return lambda w: -learner.sample_losses(learner.logits(w, x), y).mean()
 
-    def _start(self, train: ImageSet, m: int, rng: torch.Generator) -> tuple[Tensor, Tensor]:
-        """Label-flipped clones: random images relabelled at random (generic), or source images labelled target."""
+    def _start(self, train: ImageSet, m: int, rng: torch.Generator, learner: Learner,
+               w_clean: Tensor) -> tuple[Tensor, Tensor]:
+        """Label-flipped clones: source images labelled target (specific), or random images (generic) each given
+        the label the clean surrogate ``w_clean`` finds least likely."""
         k = train.num_classes
         if self.goal == "targeted":
             for c in (self.source, self.target):
@@ -155,8 +158,9 @@ class BackGradientPoisoning:
             return train.x[idx].double(), torch.full((m,), self.target, dtype=torch.int64)
         idx = torch.randperm(len(train), generator=rng)[:m] if m <= len(train) else torch.randint(
             len(train), (m,), generator=rng)
-        flip = torch.randint(1, k, (m,), generator=rng)
-        return train.x[idx].double(), (train.y[idx] + flip) % k
+        x = train.x[idx].double()
+        with torch.no_grad():
+            return x, learner.logits(w_clean, x).argmin(1)
 
     def poison(self, train: ImageSet, rng: torch.Generator) -> Poisoned:
         return self.craft(train, rng).poisoned
@@ -171,13 +175,14 @@ class BackGradientPoisoning:
             raise PoisonlabError(f"back-gradient validation set {validation.shape}: expected images like {train.shape}")
         learner = self.surrogate(train)
         objective = self.objective(learner, validation)
-        start, labels = self._start(train, m, rng)
-        xp = start.clone()
         x_train = train.x.double()
         w0 = learner.init(self.seed, torch.float64)
         if self.warm_start:
             clean = Descent(self.warm_start, self.lr, self.batch_size, self.seed)
             w0 = train_weights(learner, w0, x_train, train.y, clean)
+        start, labels = self._start(train, m, rng, learner, train_weights(learner, w0, x_train, train.y,
+                                                                          self.descent()))
+        xp = start.clone()
         history: list[float] = []
         w0_error = 0.0
         with Progress(disable=not self.progress, transient=True) as bar:

@@ -19,6 +19,10 @@ def _pct(v: float) -> str:
     return f"{100 * v:.2f}%"
 
 
+def _ratio(v: float, clean: float) -> str:
+    return f"x{v / clean:.2f}" if clean > 0 else "-"
+
+
 def _fractions(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(f) for f in text.split(",") if f.strip())
@@ -32,15 +36,18 @@ def curve_table(body: dict[str, Any]) -> Table:
     key = m["error_metric"]
     what = f"error on class {cfg['source']}" if cfg["goal"] == "targeted" else "test error"
     table = Table(title=f"back-gradient {cfg['goal']} poisoning, {cfg['dataset']} {cfg['learner']}: {what}")
-    for col in ("fraction", "points", "back-gradient", "label flip"):
+    for col in ("fraction", "points", "back-gradient", "x clean", "label flip", "x clean"):
         table.add_column(col, justify="right")
+    clean = m["clean_error"]
     for row in m["curve"]:
-        table.add_row(_pct(row["fraction"]), str(row["count"]), _pct(row["backgradient"][key]),
-                      _pct(row["label_flip"][key]))
+        bg, flip = row["backgradient"][key], row["label_flip"][key]
+        table.add_row(_pct(row["fraction"]), str(row["count"]), _pct(bg), _ratio(bg, clean), _pct(flip),
+                      _ratio(flip, clean))
     for name, t in m["transfer"].items():
         if "skipped" not in t:
-            table.add_row(f"-> {name}", str(t["count"]), f"{_pct(t['clean'][key])} -> {_pct(t['backgradient'][key])}",
-                          _pct(t["label_flip"][key]))
+            c, bg, flip = t["clean"][key], t["backgradient"][key], t["label_flip"][key]
+            table.add_row(f"-> {name}", str(t["count"]), f"{_pct(c)} -> {_pct(bg)}", _ratio(bg, c), _pct(flip),
+                          _ratio(flip, c))
     return table
 
 
@@ -53,14 +60,18 @@ def backgradient(
     target: Annotated[int, typer.Option(help="targeted: the class it should be read as")] = 3,
     fractions: Annotated[str, typer.Option(help="comma-separated poison fractions of the training set")] = (
         "0.01,0.02,0.03,0.04,0.05,0.06"),
-    train_size: Annotated[int, typer.Option(help="training points (the paper: 1000)")] = 1000,
-    val_size: Annotated[int, typer.Option(help="attacker's validation points")] = 1000,
-    test_size: Annotated[int, typer.Option(help="test points")] = 8000,
-    steps: Annotated[int, typer.Option(help="descent steps differentiated through (T)")] = 20,
-    warm_start: Annotated[int, typer.Option(help="clean descent steps before the T differentiated ones")] = 100,
-    lr: Annotated[float, typer.Option(help="descent step size of the learner")] = 0.3,
-    iterations: Annotated[int, typer.Option(help="gradient steps per poisoning point per pass")] = 2,
-    passes: Annotated[int, typer.Option(help="passes over the poisoning points")] = 1,
+    train_size: Annotated[int, typer.Option(help="training points (the paper: 1000)")] = (
+        BackgradientConfig.train_size),
+    val_size: Annotated[int, typer.Option(help="attacker's validation points")] = BackgradientConfig.val_size,
+    test_size: Annotated[int, typer.Option(help="test points")] = BackgradientConfig.test_size,
+    steps: Annotated[int, typer.Option(help="descent steps differentiated through (T)")] = (
+        BackgradientConfig.steps),
+    warm_start: Annotated[int, typer.Option(help="clean descent steps before the T differentiated ones")] = (
+        BackgradientConfig.warm_start),
+    lr: Annotated[float, typer.Option(help="descent step size of the learner")] = BackgradientConfig.lr,
+    iterations: Annotated[int, typer.Option(help="gradient steps per poisoning point per pass")] = (
+        BackgradientConfig.iterations),
+    passes: Annotated[int, typer.Option(help="passes over the poisoning points")] = BackgradientConfig.passes,
     transfer: Annotated[str, typer.Option(help="comma-separated learners to transfer the poison to")] = "mlp,cnn",
     seed: Annotated[int, typer.Option(help="seed for the split, starting points and weights")] = 0,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="run folder (default runs/backgradient-TIME)")] = None,

@@ -2,7 +2,7 @@
 
 Optimises the largest budget once (the attack's first pass is greedy, so its first k points are the attack
 with budget k), then trains the victim from scratch on the clean set plus the first k points for every
-fraction, beside the unoptimised label-flipped starting points (the random label-flip baseline), and
+fraction, beside the unoptimised label-flipped starting points (the label-flip baseline), and
 evaluates the same points on other learners (transfer).
 """
 
@@ -63,6 +63,10 @@ class BackgradientConfig:
 
     Defaults follow the paper's MNIST setting as we read it: 1,000 training, 1,000 validation (the
     attacker's) and 8,000 test images, poison fractions up to 6% (generic) or 4% (specific, 8 -> 3).
+    The victim is trained by ``warm_start + steps`` descent steps from scratch; by default the attacker
+    differentiates through all of them (no warm start), so its surrogate sees exactly the victim's training.
+    40 steps at step 2.0 reach the test error that 270 steps at 0.3 do on centred MNIST logistic regression;
+    the measured figures behind these defaults are in bench/backgradient.py --part quality.
     """
 
     dataset: str = "mnist"
@@ -74,12 +78,12 @@ class BackgradientConfig:
     val_size: int = 1000
     test_size: int = 8000
     fractions: tuple[float, ...] = (0.01, 0.02, 0.03, 0.04, 0.05, 0.06)
-    steps: int = 20
-    warm_start: int = 100
-    lr: float = 0.3
+    steps: int = 40
+    warm_start: int = 0
+    lr: float = 2.0
     weight_decay: float = 1e-3
     passes: int = 1
-    iterations: int = 2
+    iterations: int = 3
     step: float = 0.5
     refine: int = 1
     transfer: tuple[str, ...] = ("mlp", "cnn")
