@@ -1,12 +1,15 @@
-"""Issue 6 benchmark: the whole 100-class universal-backdoor experiment, timed; prints the ASR-vs-budget table.
+"""Issue 6 benchmark: a universal-backdoor experiment, timed; prints the ASR-vs-budget table.
 
-Runs ``poisonlab run universal`` (default: mnist-numbers:2, small CNN, 24-bit LDA blend grid,
-budgets 0.25/0.5/1%, random-code baseline, half-the-classes transferability) and reports the wall
-time together with the load average, since timings on a shared machine mean little without it.
+Runs ``poisonlab run universal`` with ``UniversalConfig``'s defaults (100 classes of
+mnist-numbers:2 with 1,000 training images per class, small CNN, 16-bit LDA codes in a blend grid
+at alpha 0.5, 3 epochs at lr 0.01; budgets 0.25% and 0.5%, random-code baseline, clean model,
+half-the-classes transferability) and reports the wall time together with the load average,
+since timings on a shared machine mean little without it.
 
 Example:
-    nice -n 10 python bench/universal.py --out /tmp/universal-bench
-    nice -n 10 python bench/universal.py --dataset mnist-numbers:3 --rates 0.0015,0.003,0.006 --transfer-rate 0
+    nice -n 10 python bench/universal.py --threads 1 --rates 0.005 --transfer-rate 0
+    nice -n 10 python bench/universal.py --dataset mnist-numbers:3,train=40 --bits 27 --epochs 2 \
+        --rates 0.0015,0.003,0.006 --transfer-rate 0 --surrogate-per-class 20
 """
 
 from __future__ import annotations
@@ -29,22 +32,32 @@ def main() -> None:
     p.add_argument("--dataset", default=UniversalConfig.dataset)
     p.add_argument("--model", default=UniversalConfig.model)
     p.add_argument("--bits", type=int, default=UniversalConfig.bits)
+    p.add_argument("--surrogate-per-class", type=int, default=UniversalConfig.surrogate_per_class)
     p.add_argument("--alpha", type=float, default=UniversalConfig.alpha)
-    p.add_argument("--rates", default="0.0025,0.005,0.01")
-    p.add_argument("--transfer-rate", type=float, default=0.005, help="0 skips the transferability run")
+    p.add_argument("--rates", default=",".join(map(str, UniversalConfig.rates)))
+    p.add_argument("--transfer-rate", type=float, default=UniversalConfig.transfer_rate or 0.0,
+                   help="0 skips the transferability run")
     p.add_argument("--epochs", type=int, default=UniversalConfig.epochs)
+    p.add_argument("--lr", type=float, default=UniversalConfig.lr)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     cfg = UniversalConfig(dataset=args.dataset, model=args.model, bits=args.bits, alpha=args.alpha,
                           rates=tuple(float(r) for r in args.rates.split(",")),
-                          transfer_rate=args.transfer_rate or None, epochs=args.epochs)
+                          transfer_rate=args.transfer_rate or None, epochs=args.epochs, lr=args.lr,
+                          surrogate_per_class=args.surrogate_per_class)
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     body = run_universal(cfg, make_run_dir(args.out, "universal-bench"), progress=False, log=console.print)
     seconds = time.perf_counter() - t0
     console.print(universal_table(body))
+    m, timings = body["metrics"], body["timings"]
+    budget_s = sum(r["seconds"] for r in m["budgets"])
+    transfer_s = sum(r["seconds"] for r in m["transfer"])
+    console.print(f"data {timings['data_seconds']:.0f} s, surrogate and codes "
+                  f"{timings['surrogate_and_codes_seconds']:.0f} s, clean model {timings['train_clean_seconds']:.0f} s,"
+                  f" budget models {budget_s:.0f} s, transferability {transfer_s:.0f} s")
     console.print(f"whole experiment: {seconds:.0f} s with {args.threads} torch threads; 1-min load average "
                   f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after, on {os.cpu_count()} cores")
 

@@ -5,7 +5,7 @@ codes, poisons the victim's training set (all classes, or half of them for trans
 prints CA, mean ASR on the poisoned classes and, for a half split, on the never-poisoned classes.
 
 Example:
-    nice -n 10 python bench/universal_sweep.py --dataset mnist-numbers:2,train=200 --rate 0.01 --split random
+    nice -n 10 python bench/universal_sweep.py --rate 0.005 --split random
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ def codes_for(args: argparse.Namespace, cfg: UniversalConfig, train_set: ImageSe
               ) -> tuple[torch.Tensor, dict]:
     if args.codes == "random":
         return random_codes(train_set.num_classes, args.bits, torch.Generator().manual_seed(args.seed + 3)), {}
-    key = f"{args.dataset}-{args.surrogate}-{args.surrogate_epochs}-{args.surrogate_per_class}-{args.bits}-{args.seed}"
+    key = (f"{args.dataset}-{args.surrogate}-{args.surrogate_epochs}-{args.surrogate_per_class}-{args.bits}-{args.lr}-"
+           f"{args.seed}")
     path = Path(args.cache) / f"codes-{key.replace(':', '_').replace(',', '_').replace('=', '')}.safetensors"
     if path.is_file():
         return load_file(str(path))["codes"].long(), json.loads((path.with_suffix(".json")).read_text())
@@ -50,19 +51,19 @@ def codes_for(args: argparse.Namespace, cfg: UniversalConfig, train_set: ImageSe
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="mnist-numbers:2,train=200")
+    p.add_argument("--dataset", default=UniversalConfig.dataset)
     p.add_argument("--model", default="small-cnn")
     p.add_argument("--surrogate", default="cnn")
-    p.add_argument("--surrogate-per-class", type=int, default=50)
-    p.add_argument("--surrogate-epochs", type=int, default=3)
+    p.add_argument("--surrogate-per-class", type=int, default=UniversalConfig.surrogate_per_class)
+    p.add_argument("--surrogate-epochs", type=int, default=UniversalConfig.surrogate_epochs)
     p.add_argument("--codes", choices=("lda", "random"), default="lda")
-    p.add_argument("--bits", type=int, default=24)
+    p.add_argument("--bits", type=int, default=UniversalConfig.bits)
     p.add_argument("--trigger", default="blend")
-    p.add_argument("--alpha", type=float, default=0.25)
-    p.add_argument("--rate", type=float, default=0.01)
+    p.add_argument("--alpha", type=float, default=UniversalConfig.alpha)
+    p.add_argument("--rate", type=float, default=0.005)
     p.add_argument("--split", choices=("none", "random", "contiguous"), default="none")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--epochs", type=int, default=UniversalConfig.epochs)
+    p.add_argument("--lr", type=float, default=UniversalConfig.lr)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a loaded 2-core box)")
     p.add_argument("--clean", action="store_true", help="also train a clean model for the CA reference")
@@ -72,7 +73,8 @@ def main() -> None:
     t0 = time.perf_counter()
     cfg = UniversalConfig(dataset=args.dataset, model=args.model, surrogate=args.surrogate, bits=args.bits,
                           surrogate_per_class=args.surrogate_per_class, surrogate_epochs=args.surrogate_epochs,
-                          transfer_split="contiguous" if args.split == "contiguous" else "random", seed=args.seed)
+                          transfer_split="contiguous" if args.split == "contiguous" else "random", lr=args.lr,
+                          seed=args.seed)
     train_set, test = load_dataset(args.dataset, args.seed)
     codes, info = codes_for(args, cfg, train_set, test)
     recipe = Recipe(epochs=args.epochs, lr=args.lr)

@@ -169,7 +169,7 @@ def test_universal_defaults_train_their_own_surrogate() -> None:
 
     data = make_synthetic(400, num_classes=4, seed=0)
     poisoned = ATTACKS.get("universal")(rate=0.05).poison(data, torch.Generator().manual_seed(0))
-    assert poisoned.trigger.codes.shape == (4, 3)  # type: ignore[attr-defined]  # 24 bits capped at classes - 1
+    assert poisoned.trigger.codes.shape == (4, 3)  # type: ignore[attr-defined]  # 16 bits capped at classes - 1
     assert len(poisoned.indices) == 20 and (poisoned.data.y[poisoned.indices] != data.y[poisoned.indices]).all()
 
 

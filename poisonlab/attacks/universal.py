@@ -109,7 +109,7 @@ class SampledTargets:
         return pool[torch.randint(0, len(pool), y.shape, generator=gen)]
 
 
-def make_code_trigger(kind: TriggerKind, codes: Tensor, alpha: float = 0.25, cell: int = 2) -> BlendGrid | PatchGrid:
+def make_code_trigger(kind: TriggerKind, codes: Tensor, alpha: float = 0.5, cell: int = 2) -> BlendGrid | PatchGrid:
     """The class-encoding trigger of ``kind`` ('blend' grid or 'patch' grid) for ``codes``."""
     if kind == "blend":
         return BlendGrid(codes, alpha=alpha)
@@ -154,7 +154,7 @@ def _classes(selected: Sequence[int] | None, num_classes: int, what: str) -> Ten
 class UniversalBackdoor:
     """Poison ``rate`` of the training set (or ``count`` images) so that every class becomes a target.
 
-    Codes: ``codes`` when given; else LDA codes of ``bits`` bits (default 24, fewer when the
+    Codes: ``codes`` when given; else LDA codes of ``bits`` bits (default 16, fewer when the
     classes or the embedding allow fewer) on ``embedder``'s embeddings of
     up to ``samples_per_class`` training images per class; with no embedder, the attacker first
     trains a small surrogate CNN on that sample (never on the poisoned copy). ``classes`` limits
@@ -172,7 +172,7 @@ class UniversalBackdoor:
     embedder: Embedder | None = None
     samples_per_class: int = 20
     trigger: TriggerKind = "blend"
-    alpha: float = 0.25
+    alpha: float = 0.5
     cell: int = 2
     rate: float = 0.005
     count: int | None = None
@@ -199,7 +199,7 @@ class UniversalBackdoor:
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=rng))
             embed = penultimate(train_surrogate(sample, seed=seed))
         z = embed(sample.x)
-        bits = self.bits if self.bits is not None else min(24, train.num_classes - 1, z.shape[1])
+        bits = self.bits if self.bits is not None else min(16, train.num_classes - 1, z.shape[1])
         return lda_codes(z, sample.y, train.num_classes, bits)
 
     def poison(self, train: ImageSet, rng: torch.Generator) -> Poisoned:
@@ -217,10 +217,10 @@ class UniversalBackdoor:
 class MultiTargetBadNets:
     """The baseline: universal poisoning with random ``bits``-bit codes (seeded by ``code_seed``), same geometry."""
 
-    bits: int = 24
+    bits: int = 16
     code_seed: int = 0
     trigger: TriggerKind = "blend"
-    alpha: float = 0.25
+    alpha: float = 0.5
     cell: int = 2
     rate: float = 0.005
     count: int | None = None

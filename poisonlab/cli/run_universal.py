@@ -55,9 +55,10 @@ def universal(
     bits: Annotated[int, typer.Option(help="code length (LDA components), at most classes - 1")] = UniversalConfig.bits,
     trigger: Annotated[str, typer.Option(help="blend (blend grid over the image) or patch (cell grid)")] = "blend",
     alpha: Annotated[float, typer.Option(help="blend grid opacity")] = UniversalConfig.alpha,
-    rates: Annotated[str, typer.Option(help="comma-separated poison fractions")] = "0.0025,0.005,0.01",
+    rates: Annotated[str, typer.Option(help="comma-separated poison fractions")]
+    = ",".join(map(str, UniversalConfig.rates)),
     transfer_rate: Annotated[float, typer.Option(help="poison fraction of the half-the-classes run; 0 skips it")]
-    = 0.005,
+    = UniversalConfig.transfer_rate or 0.0,
     transfer_split: Annotated[str, typer.Option(help="random or contiguous half of the classes")] = "random",
     baseline: Annotated[bool, typer.Option(help="also run the random-code baseline")] = True,
     epochs: Annotated[int, typer.Option(help="training epochs of every victim model")] = UniversalConfig.epochs,
