@@ -130,8 +130,9 @@ def config(
 ) -> None:
     """Run the experiment a TOML config describes; its resolved config.toml in the run folder re-runs it exactly.
 
-    A config with an ``experiment`` key (universal, backgradient, compression-artifact) runs that paper's
-    experiment with the config's fields; without one it runs the attack pipeline.
+    A config with an ``experiment`` key (any name in poisonlab.experiment.papers.EXPERIMENTS: universal,
+    backgradient, compression-artifact, scaling-audit, scaling-camouflage, defense-matrix) runs that experiment
+    with the config's fields; without one it runs the attack pipeline.
 
     Example: poisonlab run examples/badnets-mnist.toml
     """
