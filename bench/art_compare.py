@@ -7,7 +7,8 @@ it import the project venv's torch, numpy and scikit-learn, so no second torch i
 
 The poisoned set and the model are written to a work folder as safetensors; poisonlab's
 Spectral Signatures and Activation Clustering run here, ART's SpectralSignatureDefense and
-ActivationDefence run in the ART venv on the same files. Times include feature extraction.
+ActivationDefence run in the ART venv on the same files. Times include feature extraction (both read
+the data through the model once; poisonlab keeps its features within a memory budget).
 
     nice -n 10 python bench/art_compare.py --rate 0.01
 """

@@ -85,15 +85,16 @@ def test_textbook_spectral_misses_what_whitening_finds():
 
 
 class _Counting(nn.Sequential):
-    """Records the largest batch its layers are run on."""
+    """Records the largest batch its layers are run on, and how many images they saw in all."""
 
     def __init__(self, *mods: nn.Module) -> None:
         super().__init__(*mods)
-        self.largest = 0
+        self.largest = self.seen = 0
         self[0].register_forward_pre_hook(self._see)
 
     def _see(self, _m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
         self.largest = max(self.largest, len(args[0]))
+        self.seen += len(args[0])
 
 
 @pytest.mark.parametrize("scanner", [SpectralSignatures(batch_size=64), ActivationClustering(batch_size=64)])
@@ -102,6 +103,17 @@ def test_features_are_computed_batch_by_batch(scanner):
     model = _Counting(*_feature_model())
     scanner.scan(model, data)
     assert 0 < model.largest <= 64
+
+
+@pytest.mark.parametrize("scanner", [SpectralSignatures, ActivationClustering])
+def test_features_kept_within_budget_read_the_data_once(scanner):
+    data, idx = _planted(100, 10)
+    kept, recomputed = _Counting(*_feature_model()), _Counting(*_feature_model())
+    recomputed.load_state_dict(kept.state_dict())
+    once, twice = scanner().scan(kept, data), scanner(keep_mb=0).scan(recomputed, data)
+    assert torch.equal(once.flagged, twice.flagged) and torch.equal(once.scores, twice.scores)
+    assert detection_metrics(once, idx, len(data))["recall"] >= 0.8
+    assert recomputed.seen - kept.seen == len(data)  # the budget of 0 MB costs a second pass, nothing else
 
 
 def test_layer_selection_and_bad_layers():

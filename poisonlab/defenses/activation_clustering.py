@@ -21,9 +21,8 @@ import torch
 from torch import nn
 
 from poisonlab.core import ImageSet, PoisonlabError, Verdict
-from poisonlab.defenses.features import iter_features
-from poisonlab.defenses.provenance import class_means, foreign_share
-from poisonlab.defenses.spectral import class_stats
+from poisonlab.defenses.features import ClassPass
+from poisonlab.defenses.provenance import foreign_share
 from poisonlab.defenses.split import poison_cluster, suspicious_classes, two_means
 from poisonlab.defenses.whitening import whitener
 
@@ -31,6 +30,9 @@ from poisonlab.defenses.whitening import whitener
 @dataclass(frozen=True)
 class ActivationClustering:
     """Data scanner.
+
+    The data go through the model once when the scanned features fit in ``keep_mb`` megabytes
+    (60,000 MNIST images at 512 features: 117 MB); beyond it the rest is recomputed batch by batch.
 
     Example:
         >>> verdict = ActivationClustering().scan(model_trained_on_data, data)
@@ -47,7 +49,8 @@ class ActivationClustering:
     min_foreign: float = 0.5
     rule: Literal["whitened", "size"] = "whitened"
     size_ratio: float = 0.35
-    batch_size: int = 1024
+    batch_size: int = 512
+    keep_mb: float = 512.0
 
     def __post_init__(self) -> None:
         if self.rule not in ("whitened", "size"):
@@ -56,7 +59,8 @@ class ActivationClustering:
             raise PoisonlabError(f"activation clustering: expected dims >= 1 and size_ratio in (0, 0.5), got {self}")
 
     def scan(self, model: nn.Module, data: ImageSet) -> Verdict:
-        stats = class_stats(model, data, self.layer, self.batch_size)
+        seen = ClassPass.run(model, data, self.layer, self.provenance_layer, self.batch_size, self.keep_mb)
+        stats = seen.stats
         dim = next(iter(stats.sums.values())).shape[0]
         w = whitener(stats.pooled_covariance()) if self.whiten else torch.eye(dim, dtype=torch.float64)
         scores = torch.zeros(len(data))
@@ -64,10 +68,10 @@ class ActivationClustering:
         separation: dict[int, float] = {}
         clusters: dict[str, dict[str, float]] = {}
         for k in stats.counts:
-            idx = torch.nonzero(data.y == k).flatten()
-            z = torch.cat([(f.double() - stats.mean(k)) @ w
-                           for f in iter_features(model, data.x[idx], self.layer, self.batch_size)])
-            basis = torch.linalg.svd(z, full_matrices=False)[2][: self.dims]
+            idx = seen.indices(k)
+            z = ((seen.features(k) - stats.mean(k).float()) @ w.float()).double()
+            # the top right singular vectors of z, from its covariance (= z.T z / n) without the (n, d) product
+            basis = torch.linalg.eigh(w.T @ stats.covariance(k) @ w)[1].flip(1)[:, : self.dims].T
             reduced = z @ basis.T
             labels = two_means(reduced)
             sizes = torch.bincount(labels, minlength=2)
@@ -86,8 +90,7 @@ class ActivationClustering:
             suspicious = {k for k in groups if len(groups[k]) < self.size_ratio * clusters[str(k)]["class_size"]}
         else:
             outliers = suspicious_classes(separation, self.class_threshold, self.min_separation)
-            means = class_means(model, data, self.provenance_layer, self.batch_size) if outliers else None
-            foreign = {k: foreign_share(model, data.x[groups[k]], k, means, self.provenance_layer, self.batch_size)
+            foreign = {k: foreign_share(model, data.x[groups[k]], k, seen.means, self.provenance_layer, self.batch_size)
                        for k in sorted(outliers)}
             suspicious = {k for k, share in foreign.items() if share >= self.min_foreign}
             for k, share in foreign.items():

@@ -6,12 +6,14 @@ only the requested images' features are kept, so a full-dataset activation tenso
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from poisonlab.core import ImageSet, PoisonlabError
+from poisonlab.defenses.whitening import ClassStats
 
 LAYERS = ("penultimate", "pre-activation", "conv")
 """Named layers: the input of the last Linear (post-ReLU), the same units before their ReLU,
@@ -47,31 +49,95 @@ def layer_cut(model: nn.Module, layer: str | int) -> int:
     return linear[0]
 
 
-def iter_features(
-    model: nn.Module, x: Tensor, layer: str | int = "penultimate", batch_size: int = 1024
-) -> Iterator[Tensor]:
-    """Yield the flattened ``layer`` features of ``x``, ``batch_size`` images at a time."""
+def iter_layers(
+    model: nn.Module, x: Tensor, layers: Sequence[str | int], batch_size: int = 512
+) -> Iterator[list[Tensor]]:
+    """Yield, ``batch_size`` images at a time, the flattened features of every layer in ``layers``.
+
+    The model runs once per batch: a layer's features come from the same forward pass that goes
+    on to the next, deeper one. Image-shaped activations are kept channels-last, where CPU
+    pooling is several times faster than on the (N, C, H, W) layout a one-channel input leaves.
+    """
     if batch_size < 1:
         raise PoisonlabError(f"batch size {batch_size}: expected at least 1")
-    head = nn.Sequential(*list(model)[: layer_cut(model, layer)])  # type: ignore[call-overload]
-    head.eval()
+    cuts = [layer_cut(model, layer) for layer in layers]
+    mods = list(model)[: max(cuts)]  # type: ignore[call-overload]
+    for m in mods:
+        m.eval()
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
-            batch = x[i : i + batch_size].contiguous(memory_format=torch.channels_last)
-            yield head(batch).flatten(1).float()
+            h, out = x[i : i + batch_size], {}
+            for depth, m in enumerate(mods, 1):
+                h = m(h)
+                if h.dim() == 4:
+                    h = h.contiguous(memory_format=torch.channels_last)
+                out[depth] = h
+            yield [out[c].flatten(1).float() for c in cuts]
 
 
-def features(model: nn.Module, x: Tensor, layer: str | int = "penultimate", batch_size: int = 1024) -> Tensor:
+def iter_features(
+    model: nn.Module, x: Tensor, layer: str | int = "penultimate", batch_size: int = 512
+) -> Iterator[Tensor]:
+    """Yield the flattened ``layer`` features of ``x``, ``batch_size`` images at a time."""
+    for (f,) in iter_layers(model, x, [layer], batch_size):
+        yield f
+
+
+def features(model: nn.Module, x: Tensor, layer: str | int = "penultimate", batch_size: int = 512) -> Tensor:
     """The ``layer`` features of ``x`` as one (N, D) tensor; call it per class, not on a whole dataset."""
     parts = list(iter_features(model, x, layer, batch_size))
     return torch.cat(parts) if parts else torch.empty(0, 0)
 
 
-def class_features(
-    model: nn.Module, data: ImageSet, layer: str | int = "penultimate", batch_size: int = 1024
-) -> Iterator[tuple[int, Tensor, Tensor]]:
-    """Yield (class, indices of its samples in ``data``, their features), one class at a time."""
-    for k in range(data.num_classes):
-        idx = torch.nonzero(data.y == k).flatten()
-        if len(idx):
-            yield k, idx, features(model, data.x[idx], layer, batch_size)
+@dataclass
+class ClassPass:
+    """What the data scanners learn from one batched pass over a dataset, class by class.
+
+    ``stats`` are the per-class statistics of the scanned layer, ``means`` the (C, D') class means
+    of the provenance layer (computed on the way, as it lies before the scanned layer), and
+    ``kept`` the scanned features of each class while their total fits in the ``keep_mb`` budget.
+    A class not kept is recomputed batch by batch when asked for, so memory stays within the
+    budget plus one class's features however large the dataset, and a dataset that fits is read
+    through the model once instead of twice.
+    """
+
+    model: nn.Module
+    data: ImageSet
+    layer: str | int
+    batch_size: int
+    stats: ClassStats
+    means: Tensor
+    kept: dict[int, Tensor]
+
+    @staticmethod
+    def run(model: nn.Module, data: ImageSet, layer: str | int, provenance_layer: str | int, batch_size: int,
+            keep_mb: float) -> ClassPass:
+        stats, kept, budget = ClassStats(), {}, keep_mb * 2**20
+        early_sums: list[Tensor | None] = []
+        for k in range(data.num_classes):
+            idx = torch.nonzero(data.y == k).flatten()
+            parts: list[Tensor] = []
+            early_sum: Tensor | None = None
+            for f, early in iter_layers(model, data.x[idx], [layer, provenance_layer], batch_size):
+                stats.add(k, f)
+                parts.append(f)
+                early_sum = early.double().sum(0) + (0 if early_sum is None else early_sum)
+            early_sums.append(early_sum)
+            size = sum(f.numel() * f.element_size() for f in parts)
+            if parts and size <= budget:
+                kept[k], budget = torch.cat(parts), budget - size
+        dim = next(len(s) for s in early_sums if s is not None)
+        counts = torch.bincount(data.y, minlength=data.num_classes).clamp_min(1).double()
+        means = torch.stack([torch.zeros(dim, dtype=torch.float64) if s is None else s for s in early_sums])
+        means = means / counts[:, None]
+        return ClassPass(model, data, layer, batch_size, stats, means, kept)
+
+    def indices(self, k: int) -> Tensor:
+        """Positions in the dataset of class ``k``'s samples, in the order of its features."""
+        return torch.nonzero(self.data.y == k).flatten()
+
+    def features(self, k: int) -> Tensor:
+        """Class ``k``'s scanned features: kept from the pass, or recomputed batch by batch."""
+        if k in self.kept:
+            return self.kept[k]
+        return features(self.model, self.data.x[self.indices(k)], self.layer, self.batch_size)

@@ -12,23 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from poisonlab.core import ImageSet
 from poisonlab.defenses.features import iter_features
-
-
-def class_means(model: nn.Module, data: ImageSet, layer: str | int, batch_size: int) -> Tensor:
-    """(C, D) mean ``layer`` features of each class, accumulated batch by batch."""
-    sums: Tensor | None = None
-    counts = torch.zeros(data.num_classes, dtype=torch.float64)
-    for start, f in zip(range(0, len(data), batch_size), iter_features(model, data.x, layer, batch_size),
-                        strict=True):
-        y = data.y[start : start + batch_size]
-        if sums is None:
-            sums = torch.zeros(data.num_classes, f.shape[1], dtype=torch.float64)
-        sums.index_add_(0, y, f.double())
-        counts += torch.bincount(y, minlength=data.num_classes).double()
-    assert sums is not None
-    return sums / counts.clamp_min(1)[:, None]
 
 
 def foreign_share(model: nn.Module, x: Tensor, label: int, means: Tensor, layer: str | int, batch_size: int) -> float:

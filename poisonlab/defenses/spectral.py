@@ -20,25 +20,18 @@ import torch
 from torch import nn
 
 from poisonlab.core import ImageSet, PoisonlabError, Verdict
-from poisonlab.defenses.features import iter_features
-from poisonlab.defenses.provenance import class_means, foreign_share
+from poisonlab.defenses.features import ClassPass
+from poisonlab.defenses.provenance import foreign_share
 from poisonlab.defenses.split import ClassSplit, poison_cluster, suspicious_classes
-from poisonlab.defenses.whitening import ClassStats, top_direction, whitener
-
-
-def class_stats(model: nn.Module, data: ImageSet, layer: str | int, batch_size: int) -> ClassStats:
-    """First pass: per-class feature statistics, one batch at a time."""
-    stats = ClassStats()
-    for k in range(data.num_classes):
-        idx = torch.nonzero(data.y == k).flatten()
-        for f in iter_features(model, data.x[idx], layer, batch_size):
-            stats.add(k, f)
-    return stats
+from poisonlab.defenses.whitening import top_direction, whitener
 
 
 @dataclass(frozen=True)
 class SpectralSignatures:
     """Data scanner; ``removal`` (e.g. 1.5 x the expected poison rate) switches to the paper's per-class removal rule.
+
+    The data go through the model once when the scanned features fit in ``keep_mb`` megabytes
+    (60,000 MNIST images at 512 features: 117 MB); beyond it the rest is recomputed batch by batch.
 
     Example:
         >>> verdict = SpectralSignatures().scan(model_trained_on_data, data)
@@ -53,24 +46,25 @@ class SpectralSignatures:
     provenance_layer: str | int = "conv"
     min_foreign: float = 0.5
     removal: float | None = None
-    batch_size: int = 1024
+    batch_size: int = 512
+    keep_mb: float = 512.0
 
     def __post_init__(self) -> None:
         if self.removal is not None and not 0.0 < self.removal < 1.0:
             raise PoisonlabError(f"spectral removal share {self.removal}: expected a fraction in (0, 1)")
 
     def scan(self, model: nn.Module, data: ImageSet) -> Verdict:
-        stats = class_stats(model, data, self.layer, self.batch_size)
+        seen = ClassPass.run(model, data, self.layer, self.provenance_layer, self.batch_size, self.keep_mb)
+        stats = seen.stats
         dim = next(iter(stats.sums.values())).shape[0]
         w = whitener(stats.pooled_covariance()) if self.whiten else torch.eye(dim, dtype=torch.float64)
         scores = torch.zeros(len(data))
         sides: dict[int, torch.Tensor] = {}
         splits: dict[int, ClassSplit] = {}
         for k in stats.counts:
-            idx = torch.nonzero(data.y == k).flatten()
-            z = torch.cat([(f.double() - stats.mean(k)) @ w
-                           for f in iter_features(model, data.x[idx], self.layer, self.batch_size)])
-            _, top = top_direction(z.T @ z / len(z))
+            idx = seen.indices(k)
+            z = ((seen.features(k) - stats.mean(k).float()) @ w.float()).double()
+            _, top = top_direction(w.T @ stats.covariance(k) @ w)  # = z.T z / n, without the (n, d) product
             proj = z @ top
             if self.removal is not None:
                 score = proj**2
@@ -88,9 +82,9 @@ class SpectralSignatures:
         else:
             outliers = suspicious_classes({k: s.separation for k, s in splits.items()}, self.class_threshold,
                                           self.min_separation)
-            means = class_means(model, data, self.provenance_layer, self.batch_size) if outliers else None
             for k in sorted(outliers):
-                foreign[k] = foreign_share(model, data.x[sides[k]], k, means, self.provenance_layer, self.batch_size)
+                foreign[k] = foreign_share(model, data.x[sides[k]], k, seen.means, self.provenance_layer,
+                                           self.batch_size)
             suspicious = {k for k, share in foreign.items() if share >= self.min_foreign}
         flagged = [sides[k] for k in sorted(suspicious)]
         flagged_idx = torch.cat(flagged).sort().values if flagged else torch.empty(0, dtype=torch.long)
