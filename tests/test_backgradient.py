@@ -161,8 +161,9 @@ def test_cli_writes_a_run_folder(tmp_path: Path) -> None:
     curve = body["metrics"]["curve"]
     assert [row["count"] for row in curve] == [0, 3]
     assert "test_error" in body["metrics"]["transfer"]["mlp"]["backgradient"]
-    for name in ("report.json", "curves.png", "poisons.png", "poison.safetensors", "config.json"):
+    for name in ("report.json", "curves.png", "poisons.png", "poison.safetensors", "config.json", "config.toml"):
         assert (out / name).is_file()
+    assert 'experiment = "backgradient"' in (out / "config.toml").read_text()
 
 
 @pytest.mark.parametrize(("extra", "message"), [(["--learner", "svm"], "unknown learner"),

@@ -29,6 +29,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert table["attacked"]["prune-l1:0.5"]["attack_success_rate"] > 0.8
     assert table["clean"]["prune-l1:0.5"]["attack_success_rate"] < 0.2
     assert set(table["attacked"]) == {"float", "prune-l1:0.5", "prune-l1:0.3", "fp16"}
+    assert 'experiment = "compression-artifact"' in (out / "config.toml").read_text()
     return out
 
 

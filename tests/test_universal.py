@@ -196,6 +196,7 @@ def test_cli_universal_end_to_end(tmp_path: object) -> None:
     body = json.loads(result.output)
     assert body["kind"] == "universal" and len(body["metrics"]["budgets"]) == 2
     assert (out / "asr_vs_budget.png").is_file() and (out / "examples.png").is_file()
+    assert 'experiment = "universal"' in (out / "config.toml").read_text()  # what `poisonlab run` repeats
     args = ["run", "universal", "--dataset", "synthetic", "--bits", "9", "--out", str(out / "b")]
     bad = CliRunner().invoke(app, args)
     assert bad.exit_code == 2 and "bits" in bad.output

@@ -43,14 +43,18 @@ def print_json(obj: Any) -> None:
 
 
 def run_and_print(experiment: str, cfg: Any, out: Path | None, json_out: bool, quiet: bool,
-                  table: Callable[[dict[str, Any]], Table]) -> None:
-    """Run a registered experiment's config into a new run folder, then print its table (or its report as JSON)."""
+                  table: Callable[[dict[str, Any]], Table], **extra: Any) -> None:
+    """Run a registered experiment's config into a new run folder, then print its table (or its report as JSON).
+
+    The folder gets the resolved ``config.toml``, so ``poisonlab run RUN/config.toml`` repeats the run;
+    ``extra`` goes to the experiment's run function.
+    """
     from poisonlab.experiment.papers import PaperConfig
     from poisonlab.experiment.rundir import make_run_dir
 
     cfg.validate()
     run_dir = make_run_dir(out, experiment)
-    body = PaperConfig(experiment, cfg, experiment).run(run_dir, progress=not (quiet or json_out))
+    body = PaperConfig(experiment, cfg, experiment).run(run_dir, progress=not (quiet or json_out), **extra)
     if json_out:
         print_json({"run_dir": str(run_dir), **body})
         return

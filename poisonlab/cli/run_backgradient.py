@@ -5,14 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-import torch
 import typer
 from rich.table import Table
 
-from poisonlab.cli.common import console, one_line_errors, print_json
+from poisonlab.cli.common import one_line_errors, run_and_print
 from poisonlab.core import PoisonlabError
-from poisonlab.experiment.backgradient import BackgradientConfig, run_backgradient
-from poisonlab.experiment.rundir import make_run_dir
+from poisonlab.experiment.backgradient import BackgradientConfig
 
 
 def _pct(v: float) -> str:
@@ -87,16 +85,4 @@ def backgradient(
         train_size=train_size, val_size=val_size, test_size=test_size, fractions=_fractions(fractions),
         steps=steps, warm_start=warm_start, lr=lr, iterations=iterations, passes=passes,
         transfer=tuple(t for t in transfer.split(",") if t), seed=seed)
-    cfg.validate()
-    run_dir = make_run_dir(out, "backgradient")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small per-step tensors: one thread is faster than two fighting for a loaded CPU
-    try:
-        body = run_backgradient(cfg, run_dir, progress=not (quiet or json_out))
-    finally:
-        torch.set_num_threads(threads)
-    if json_out:
-        print_json({"run_dir": str(run_dir), **body})
-        return
-    console.print(curve_table(body))
-    console.print(f"run folder: {run_dir}  ({body['timings']['total_seconds']:.1f} s)")
+    run_and_print("backgradient", cfg, out, json_out, quiet, curve_table)

@@ -8,10 +8,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from poisonlab.cli.common import console, one_line_errors, print_json
+from poisonlab.cli.common import one_line_errors, run_and_print
 from poisonlab.compress import DEFAULT_DEPLOYMENTS
-from poisonlab.experiment.compression import CompressionConfig, run_compression
-from poisonlab.experiment.rundir import make_run_dir
+from poisonlab.experiment.compression import CompressionConfig
 
 
 def _pct(v: float) -> str:
@@ -69,11 +68,4 @@ def compression_artifact(
                             attack_epochs=attack_epochs, attack_lr=attack_lr, trigger_weight=trigger_weight,
                             mismatch=tuple(mismatch) if mismatch else DEFAULT_DEPLOYMENTS, train_size=train_size,
                             seed=seed)
-    cfg.validate()
-    run_dir = make_run_dir(out, "compression-artifact")
-    body = run_compression(cfg, run_dir, progress=not (quiet or json_out))
-    if json_out:
-        print_json({"run_dir": str(run_dir), **body})
-        return
-    console.print(compression_table(body))
-    console.print(f"run folder: {run_dir}  ({body['timings']['total_seconds']:.1f} s)")
+    run_and_print("compression-artifact", cfg, out, json_out, quiet, compression_table)

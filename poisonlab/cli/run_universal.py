@@ -8,9 +8,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from poisonlab.cli.common import console, err_console, one_line_errors, print_json
-from poisonlab.experiment.rundir import make_run_dir
-from poisonlab.experiment.universal import UniversalConfig, run_universal
+from poisonlab.cli.common import err_console, one_line_errors, run_and_print
+from poisonlab.experiment.universal import UniversalConfig
 
 
 def _pct(v: float) -> str:
@@ -76,12 +75,5 @@ def universal(
                           trigger=trigger, alpha=alpha, rates=_rates(rates),  # type: ignore[arg-type]
                           transfer_rate=transfer_rate or None, transfer_split=transfer_split,  # type: ignore[arg-type]
                           baseline=baseline, epochs=epochs, lr=lr, seed=seed)
-    cfg.validate()
-    run_dir = make_run_dir(out, "universal")
-    quiet = quiet or json_out
-    body = run_universal(cfg, run_dir, progress=not quiet, log=None if quiet else err_console.print)
-    if json_out:
-        print_json({"run_dir": str(run_dir), **body})
-        return
-    console.print(universal_table(body))
-    console.print(f"run folder: {run_dir}  ({body['timings']['total_seconds']:.0f} s)")
+    run_and_print("universal", cfg, out, json_out, quiet, universal_table,
+                  log=None if quiet or json_out else err_console.print)

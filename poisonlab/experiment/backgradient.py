@@ -8,7 +8,6 @@ evaluates the same points on other learners (transfer).
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from poisonlab.backgradient.learners import LEARNERS, Descent, build_learner, tr
 from poisonlab.core import ImageSet, PoisonlabError
 from poisonlab.data import DATASETS, load_dataset
 from poisonlab.data.validate import to_image_set
-from poisonlab.experiment.rundir import atomic_write_json, report
+from poisonlab.experiment.rundir import finish_run
 from poisonlab.report.figures import image_grid, save_figure
 
 
@@ -182,7 +181,20 @@ def _poison_grid(crafted: Crafted, classes: tuple[str, ...], count: int = 10) ->
 
 
 def run_backgradient(cfg: BackgradientConfig, out: Path, progress: bool = True) -> dict[str, Any]:
-    """Craft the poison, sweep the fractions, evaluate transfer, write the run folder ``out``; return the report."""
+    """Craft the poison, sweep the fractions, evaluate transfer, write the run folder ``out``; return the report.
+
+    Runs on one torch thread however it is started (command line or config file): the learners'
+    per-step tensors are small, so a second thread costs more in synchronisation than it gives.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run(cfg, out, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(cfg: BackgradientConfig, out: Path, progress: bool) -> dict[str, Any]:
     cfg.validate()
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
@@ -239,10 +251,5 @@ def run_backgradient(cfg: BackgradientConfig, out: Path, progress: bool = True) 
               str(out / "poison.safetensors"))
     save_figure(_curves(cfg, curve), out / "curves.png")
     save_figure(_poison_grid(crafted, train_set.classes), out / "poisons.png")
-    config = dataclasses.asdict(cfg)
-    atomic_write_json(out / "config.json", {"experiment": "backgradient", **config})
     timings["total_seconds"] = time.perf_counter() - t0
-    body = report("backgradient", config, metrics, timings=timings,
-                  files=["poison.safetensors", "curves.png", "poisons.png", "config.json"])
-    atomic_write_json(out / "report.json", body)
-    return body
+    return finish_run(out, "backgradient", cfg, metrics, timings, ["poison.safetensors", "curves.png", "poisons.png"])

@@ -13,7 +13,6 @@ fine-tuning a copy of the clean model.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from poisonlab.compress import DEFAULT_DEPLOYMENTS, DynamicInt8, Prune, StaticIn
 from poisonlab.compress.quantize import WEIGHT_SCHEMES
 from poisonlab.core import Deployment, ImageSet, PoisonlabError, Trigger
 from poisonlab.data import DATASETS, load_dataset
-from poisonlab.experiment.rundir import atomic_write_json, report
+from poisonlab.experiment.rundir import finish_run
 from poisonlab.metrics import ASR_DEFINITION, accuracy, attack_success_rate
 from poisonlab.models import MODELS, build_model, save_model
 from poisonlab.training import Recipe, predict, train
@@ -177,10 +176,5 @@ def run_compression(cfg: CompressionConfig, out: Path, progress: bool = True) ->
                                "train_size": len(train_set), "test_size": len(test)}
     for name, m in models.items():
         save_model(m, out / f"{name}.safetensors")
-    config = {"experiment": "compression-artifact", **dataclasses.asdict(cfg), "mismatch": list(cfg.mismatch)}
-    atomic_write_json(out / "config.json", config)
     timings["total_seconds"] = time.perf_counter() - t0
-    body = report("compression-artifact", config, metrics, timings=timings,
-                  files=["clean.safetensors", "attacked.safetensors", "config.json"])
-    atomic_write_json(out / "report.json", body)
-    return body
+    return finish_run(out, "compression-artifact", cfg, metrics, timings, ["clean.safetensors", "attacked.safetensors"])

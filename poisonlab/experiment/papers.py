@@ -94,10 +94,10 @@ class PaperConfig:
                   for k, v in dataclasses.asdict(self.config).items() if v is not None}
         return {"experiment": self.experiment, "name": self.name, **fields}
 
-    def run(self, out: Path, progress: bool = True) -> dict[str, Any]:
-        """Run into ``out`` and save the resolved config beside the report."""
+    def run(self, out: Path, progress: bool = True, **extra: Any) -> dict[str, Any]:
+        """Run into ``out`` and save the resolved config beside the report; ``extra`` goes to the run function."""
         atomic_write_bytes(out / "config.toml", tomli_w.dumps(self.as_dict()).encode())
-        return EXPERIMENTS.get(self.experiment)().run(self.config, out, progress=progress)
+        return EXPERIMENTS.get(self.experiment)().run(self.config, out, progress=progress, **extra)
 
 
 def resolve(raw: Mapping[str, Any], source: str = "config") -> PaperConfig:

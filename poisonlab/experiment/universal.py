@@ -28,7 +28,7 @@ from poisonlab.core import ImageSet, Poisoned, PoisonlabError
 from poisonlab.data import DATASETS, load_dataset
 from poisonlab.data.mnist import load_mnist
 from poisonlab.data.numbers import compose_numbers, parse_numbers_spec
-from poisonlab.experiment.rundir import atomic_write_json, report
+from poisonlab.experiment.rundir import finish_run
 from poisonlab.metrics import ASR_DEFINITION, accuracy
 from poisonlab.models import MODELS, build_model, save_model
 from poisonlab.report.figures import image_grid, save_figure
@@ -288,7 +288,6 @@ def run_universal(cfg: UniversalConfig, out: Path, progress: bool = True,
     save_figure(examples_figure(test, *example), out / "examples.png")
     save_model(example[1], out / "universal.safetensors")
     save_file({"lda_codes": lda, "random_codes": rnd}, str(out / "codes.safetensors"))
-    atomic_write_json(out / "config.json", {"experiment": "universal", **dataclasses.asdict(cfg)})
     timings["total_seconds"] = time.perf_counter() - t0
     metrics = {
         "clean_accuracy": clean_ca,
@@ -304,8 +303,5 @@ def run_universal(cfg: UniversalConfig, out: Path, progress: bool = True,
         "target_sampling": "one target per test image, drawn uniformly from the other classes with a fixed seed; "
                            "mean ASR averages the per-target ASR over the targets drawn",
     }
-    body = report("universal", dataclasses.asdict(cfg), metrics, timings=timings,
-                  files=["asr_vs_budget.png", "examples.png", "universal.safetensors", "codes.safetensors",
-                         "config.json"])
-    atomic_write_json(out / "report.json", body)
-    return body
+    return finish_run(out, "universal", cfg, metrics, timings,
+                      ["asr_vs_budget.png", "examples.png", "universal.safetensors", "codes.safetensors"])
