@@ -32,6 +32,7 @@ def main() -> None:
     p.add_argument("--dataset", default=UniversalConfig.dataset)
     p.add_argument("--model", default=UniversalConfig.model)
     p.add_argument("--bits", type=int, default=UniversalConfig.bits)
+    p.add_argument("--strips", type=int, default=UniversalConfig.strips)
     p.add_argument("--surrogate-per-class", type=int, default=UniversalConfig.surrogate_per_class)
     p.add_argument("--alpha", type=float, default=UniversalConfig.alpha)
     p.add_argument("--rates", default=",".join(map(str, UniversalConfig.rates)))
@@ -43,7 +44,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = UniversalConfig(dataset=args.dataset, model=args.model, bits=args.bits, alpha=args.alpha,
+    cfg = UniversalConfig(dataset=args.dataset, model=args.model, bits=args.bits, strips=args.strips, alpha=args.alpha,
                           rates=tuple(float(r) for r in args.rates.split(",")),
                           transfer_rate=args.transfer_rate or None, epochs=args.epochs, lr=args.lr,
                           surrogate_per_class=args.surrogate_per_class)

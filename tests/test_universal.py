@@ -14,10 +14,12 @@ from poisonlab.attacks.universal import (
     MultiTargetBadNets,
     SampledTargets,
     UniversalBackdoor,
+    bit_strips,
     code_stats,
     lda_codes,
     random_codes,
     split_budget,
+    strip_lda_codes,
 )
 from poisonlab.cli.app import app
 from poisonlab.core import ImageSet, PoisonlabError
@@ -45,6 +47,32 @@ def test_lda_codes_recover_the_latent_structure() -> None:
     cube = (corners[:, None] != corners[None]).sum(-1)
     code = (codes[:, None] != codes[None]).sum(-1)
     assert code[cube == 1].float().mean() < code[cube == 4].float().mean()
+
+
+def test_bit_strips_follow_the_blend_grid_columns() -> None:
+    regions = BlendGrid(torch.zeros(1, 16), 0.5).regions(28, 56)  # 3 x 6 grid, the last two cells unused
+    strips = bit_strips(regions, 2)
+    assert strips.tolist() == [0, 0, 0, 1, 1, 1] * 2 + [0, 0, 0, 1]
+    assert bit_strips(regions, 1).eq(0).all()
+
+
+def test_strip_codes_give_each_strip_the_bits_of_what_it_sees() -> None:
+    """Two-'digit' classes whose left feature columns show the tens digit and right ones the units digit."""
+    gen = torch.Generator().manual_seed(0)
+    digit = 3.0 * torch.randn(10, 4, generator=gen)  # a 4-channel look per digit
+    y = torch.arange(100).repeat_interleave(8)
+    left, right = digit[y // 10], digit[y % 10]
+    noise = 0.05 * torch.randn(len(y), 4, 1, 4, generator=gen)
+    maps = torch.stack([left, left, right, right], -1)[:, :, None, :] + noise
+    strip_of_bit = torch.tensor([0, 1, 0, 1, 0, 1])
+    codes = strip_lda_codes(maps, y, 100, strip_of_bit)
+    tens, units = codes.view(10, 10, 6)[..., 0::2], codes.view(10, 10, 6)[..., 1::2]
+    # left bits do not change with the units digit, right bits not with the tens digit (a digit whose look
+    # sits on the global mean along an axis may flip one bit with noise)
+    assert (tens == tens[:, :1]).float().mean() > 0.97 and (units == units[:1]).float().mean() > 0.97
+    assert len(torch.unique(tens[:, 0], dim=0)) > 4 and len(torch.unique(units[0], dim=0)) > 4
+    with pytest.raises(PoisonlabError, match="strips"):
+        strip_lda_codes(maps[..., :1], y, 100, strip_of_bit)
 
 
 def test_code_stats_counts_collisions_and_distances() -> None:
@@ -234,6 +262,8 @@ def test_efficientnet_surrogate_embeds_grey_images() -> None:
     from poisonlab.attacks.surrogate import EfficientNetLite0
 
     x = torch.rand(3, 1, 28, 56, generator=torch.Generator().manual_seed(0))
-    emb = EfficientNetLite0(size=64)(x)
+    net = EfficientNetLite0(size=64)
+    emb = net(x)
     assert emb.shape == (3, 1280) and torch.isfinite(emb).all()
+    assert net.maps(x).shape == (3, 1280, 2, 2)
     assert not torch.allclose(emb[0], emb[1])

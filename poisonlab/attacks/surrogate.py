@@ -23,6 +23,9 @@ from poisonlab.training import Recipe, train
 Embedder = Callable[[Tensor], Tensor]
 """Images (N, C, H, W) in [0, 1] -> embeddings (N, D)."""
 
+FeatureMaps = Callable[[Tensor], Tensor]
+"""Images (N, C, H, W) in [0, 1] -> spatial features (N, D, h, w) whose columns follow the image's columns."""
+
 
 def sample_per_class(labels: Tensor, per_class: int, rng: torch.Generator) -> Tensor:
     """Sorted indices of up to ``per_class`` randomly chosen samples of every class present in ``labels``."""
@@ -55,6 +58,21 @@ def penultimate(model: nn.Module, batch_size: int = 2048) -> Embedder:
     return embed
 
 
+def feature_maps(model: nn.Module, batch_size: int = 2048) -> FeatureMaps:
+    """The spatial output of a ``nn.Sequential`` classifier's layers before its first ``nn.Flatten``."""
+    flat = next((i for i, m in enumerate(model) if isinstance(m, nn.Flatten)), None) \
+        if isinstance(model, nn.Sequential) else None
+    if not flat:
+        raise PoisonlabError("surrogate: expected an nn.Sequential classifier with convolutions before an nn.Flatten")
+    body = model[:flat].eval()
+
+    @torch.no_grad()
+    def maps(x: Tensor) -> Tensor:
+        return torch.cat([body(x[i : i + batch_size].contiguous()) for i in range(0, len(x), batch_size)])
+
+    return maps
+
+
 class EfficientNetLite0:
     """ImageNet-pretrained EfficientNet-Lite0 features, average-pooled to 1,280 dimensions.
 
@@ -80,14 +98,17 @@ class EfficientNetLite0:
         self.size = size
         self.batch_size = batch_size
 
-    @torch.no_grad()
     def __call__(self, x: Tensor) -> Tensor:
+        return self.maps(x).mean((2, 3))
+
+    @torch.no_grad()
+    def maps(self, x: Tensor) -> Tensor:
+        """The last convolutional features, (N, 1280, size / 32, size / 32), before average pooling."""
         out = []
         for i in range(0, len(x), self.batch_size):
             batch = x[i : i + self.batch_size]
             if batch.shape[1] == 1:
                 batch = batch.repeat(1, 3, 1, 1)
             batch = F.interpolate(batch, size=(self.size, self.size), mode="bilinear", align_corners=False)
-            features = self.net.extract_features((batch * 255 - 127) / 128)
-            out.append(features.mean((2, 3)))
+            out.append(self.net.extract_features((batch * 255 - 127) / 128))
         return torch.cat(out)

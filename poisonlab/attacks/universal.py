@@ -47,6 +47,37 @@ def lda_codes(embeddings: Tensor, labels: Tensor, num_classes: int, bits: int) -
     return torch.from_numpy(centroids > z.mean(0)).long()
 
 
+def bit_strips(regions: Tensor, strips: int) -> Tensor:
+    """The vertical strip (0 .. strips - 1, left to right) holding the centre of each bit's region (bits, H, W)."""
+    width = regions.shape[-1]
+    columns = regions.sum(1)  # (bits, W)
+    centre = (columns * torch.arange(width)).sum(1) / columns.sum(1).clamp_min(1)
+    return (centre * strips / width).long().clamp(max=strips - 1)
+
+
+def strip_lda_codes(maps: Tensor, labels: Tensor, num_classes: int, strip_of_bit: Tensor) -> Tensor:
+    """(num_classes, bits) codes whose bits in strip g are LDA bits of the surrogate's features over strip g.
+
+    ``maps`` (N, D, h, w) are spatial surrogate features; strip g is the g-th of S equal vertical
+    bands of their columns (S = ``strip_of_bit.max() + 1``), and each band gets as many LDA bits as
+    trigger regions lie in the matching band of the image. A bit then sits where the feature it
+    encodes is seen: on composed numbers the left bits encode the left digit, so poison for class
+    37 also teaches the 3-in-front part of 31's trigger, and never-poisoned classes are reached by
+    combination (the inter-class transferability the paper's global codes aim at).
+    """
+    strips = int(strip_of_bit.max()) + 1
+    width = maps.shape[-1]
+    if strips > width:
+        raise PoisonlabError(f"strip codes: {strips} strips for surrogate features {width} columns wide")
+    codes = torch.zeros(num_classes, len(strip_of_bit), dtype=torch.long)
+    for g in range(strips):
+        bits = torch.nonzero(strip_of_bit == g).flatten()
+        if len(bits):
+            band = maps[..., round(g * width / strips) : round((g + 1) * width / strips)].flatten(1)
+            codes[:, bits] = lda_codes(band, labels, num_classes, len(bits))
+    return codes
+
+
 def random_codes(num_classes: int, bits: int, rng: torch.Generator) -> Tensor:
     """(num_classes, bits) fair coin flips: the baseline's codes, with no latent structure."""
     if bits < 1 or num_classes < 1:

@@ -52,6 +52,9 @@ def universal(
     = UniversalConfig.model,
     surrogate: Annotated[str, typer.Option(help="cnn (attacker-trained) or efficientnet (optional extra)")] = "cnn",
     bits: Annotated[int, typer.Option(help="code length (LDA components), at most classes - 1")] = UniversalConfig.bits,
+    strips: Annotated[int, typer.Option(help="vertical strips whose bits encode the surrogate's features there "
+                                          "(1: the paper's global codes; K for K-digit numbers)")]
+    = UniversalConfig.strips,
     trigger: Annotated[str, typer.Option(help="blend (blend grid over the image) or patch (cell grid)")] = "blend",
     alpha: Annotated[float, typer.Option(help="blend grid opacity")] = UniversalConfig.alpha,
     rates: Annotated[str, typer.Option(help="comma-separated poison fractions")]
@@ -71,7 +74,7 @@ def universal(
 
     Example: poisonlab run universal --dataset mnist-numbers:2 --rates 0.0025,0.005 --bits 24
     """
-    cfg = UniversalConfig(dataset=dataset, model=model, surrogate=surrogate, bits=bits,  # type: ignore[arg-type]
+    cfg = UniversalConfig(dataset=dataset, model=model, surrogate=surrogate, bits=bits, strips=strips,  # type: ignore[arg-type]
                           trigger=trigger, alpha=alpha, rates=_rates(rates),  # type: ignore[arg-type]
                           transfer_rate=transfer_rate or None, transfer_split=transfer_split,  # type: ignore[arg-type]
                           baseline=baseline, epochs=epochs, lr=lr, seed=seed)

@@ -22,8 +22,24 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from poisonlab.attacks.badnets import poison_count
-from poisonlab.attacks.surrogate import EfficientNetLite0, Embedder, penultimate, sample_per_class, train_surrogate
-from poisonlab.attacks.universal import SampledTargets, UniversalBackdoor, code_stats, lda_codes, random_codes
+from poisonlab.attacks.surrogate import (
+    EfficientNetLite0,
+    Embedder,
+    FeatureMaps,
+    feature_maps,
+    penultimate,
+    sample_per_class,
+    train_surrogate,
+)
+from poisonlab.attacks.universal import (
+    SampledTargets,
+    UniversalBackdoor,
+    bit_strips,
+    code_stats,
+    lda_codes,
+    random_codes,
+    strip_lda_codes,
+)
 from poisonlab.core import ImageSet, Poisoned, PoisonlabError
 from poisonlab.data import DATASETS, load_dataset
 from poisonlab.data.mnist import load_mnist
@@ -33,6 +49,7 @@ from poisonlab.metrics import ASR_DEFINITION, accuracy
 from poisonlab.models import MODELS, build_model, save_model
 from poisonlab.report.figures import image_grid, save_figure
 from poisonlab.training import Recipe, predict, train
+from poisonlab.triggers.encoding import BlendGrid
 
 Surrogate = Literal["cnn", "efficientnet"]
 Split = Literal["random", "contiguous"]
@@ -52,6 +69,7 @@ class UniversalConfig:
     surrogate_per_class: int = 50
     surrogate_epochs: int = 3
     bits: int = 16
+    strips: int = 2
     trigger: Literal["blend", "patch"] = "blend"
     alpha: float = 0.5
     cell: int = 2
@@ -78,6 +96,9 @@ class UniversalConfig:
             UniversalBackdoor(codes=torch.zeros(1, 1), rate=rate, trigger=self.trigger, alpha=self.alpha)
         if self.surrogate_per_class < 2 or self.surrogate_epochs < 1:
             raise PoisonlabError("surrogate: expected at least 2 images per class and 1 epoch")
+        if self.strips < 1 or (self.strips > 1 and self.trigger != "blend"):
+            raise PoisonlabError(f"universal strips {self.strips}: expected 1, or more with the blend trigger "
+                                 "(a patch grid sits in one corner, so its bits have no strip of the image)")
         self.recipe()
 
     def recipe(self) -> Recipe:
@@ -148,26 +169,36 @@ def where_triggers_go(model: nn.Module, test: ImageSet, poisoned: Poisoned, choi
     }
 
 
-def surrogate_embedder(cfg: UniversalConfig, own: ImageSet, test: ImageSet, progress: bool) -> tuple[Embedder, dict]:
-    """The attacker's embedder (trained on ``own`` or pretrained) and what to report about it."""
+def surrogate_embedder(cfg: UniversalConfig, own: ImageSet, test: ImageSet, progress: bool
+                       ) -> tuple[Embedder, FeatureMaps, dict]:
+    """The attacker's embedder and spatial features (trained on ``own`` or pretrained), and what to report."""
     if cfg.surrogate == "efficientnet":
-        return EfficientNetLite0(size=112), {"surrogate": "EfficientNet-Lite0 (ImageNet, offline), 112 px input"}
-    net = train_surrogate(own, cfg.model, Recipe(epochs=cfg.surrogate_epochs, batch_size=cfg.batch_size, lr=cfg.lr),
-                          cfg.seed + 1, progress)
+        net = EfficientNetLite0(size=112)
+        return net, net.maps, {"surrogate": "EfficientNet-Lite0 (ImageNet, offline), 112 px input"}
+    model = train_surrogate(own, cfg.model, Recipe(epochs=cfg.surrogate_epochs, batch_size=cfg.batch_size, lr=cfg.lr),
+                            cfg.seed + 1, progress)
     info = {"surrogate": f"{cfg.model} trained by the attacker", "surrogate_test_accuracy":
-            accuracy(predict(net, test.x), test.y)}
-    return penultimate(net), info
+            accuracy(predict(model, test.x), test.y)}
+    return penultimate(model), feature_maps(model), info
 
 
 def attacker_codes(cfg: UniversalConfig, train_set: ImageSet, test: ImageSet, progress: bool = False
                    ) -> tuple[Tensor, dict[str, Any]]:
-    """LDA codes from the attacker's surrogate, and what to report about the surrogate and its data."""
+    """LDA codes from the attacker's surrogate, and what to report about the surrogate and its data.
+
+    One strip: the paper's codes, LDA on the surrogate's embeddings. More: each vertical strip of
+    the blend grid carries LDA bits of the surrogate's features over that strip (``strip_lda_codes``).
+    """
     own, own_source = attacker_data(cfg, train_set)
-    embed, info = surrogate_embedder(cfg, own, test, progress)
+    embed, maps, info = surrogate_embedder(cfg, own, test, progress)
     gen = torch.Generator().manual_seed(cfg.seed)
     sample = own.subset(sample_per_class(own.y, min(cfg.surrogate_per_class, 20), gen))
-    codes = lda_codes(embed(sample.x), sample.y, train_set.num_classes, cfg.bits)
-    return codes, {"attacker_data": own_source, **info}
+    if cfg.strips == 1:
+        codes = lda_codes(embed(sample.x), sample.y, train_set.num_classes, cfg.bits)
+    else:
+        regions = BlendGrid(torch.zeros(1, cfg.bits), cfg.alpha).regions(*train_set.shape[-2:])
+        codes = strip_lda_codes(maps(sample.x), sample.y, train_set.num_classes, bit_strips(regions, cfg.strips))
+    return codes, {"attacker_data": own_source, "code_strips": cfg.strips, **info}
 
 
 def split_classes(cfg: UniversalConfig, num_classes: int) -> tuple[Tensor, Tensor]:
