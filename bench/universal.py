@@ -1,15 +1,15 @@
 """Issue 6 benchmark: a universal-backdoor experiment, timed; prints the ASR-vs-budget table.
 
 Runs ``poisonlab run universal`` with ``UniversalConfig``'s defaults (100 classes of
-mnist-numbers:2 with 1,000 training images per class, small CNN, 16-bit LDA codes in a blend grid
-at alpha 0.5, 3 epochs at lr 0.01; budgets 0.25% and 0.5%, random-code baseline, clean model,
+mnist-numbers:2 with 1,000 training images per class, small CNN, 16-bit LDA strip codes (2 strips)
+in a blend grid at alpha 0.5, 3 epochs at lr 0.01; budgets 0.25% and 0.5%, random-code baseline, clean model,
 half-the-classes transferability) and reports the wall time together with the load average,
 since timings on a shared machine mean little without it.
 
 Example:
     nice -n 10 python bench/universal.py --threads 1 --rates 0.005 --transfer-rate 0
-    nice -n 10 python bench/universal.py --dataset mnist-numbers:3,train=40 --bits 27 --epochs 2 \
-        --rates 0.0015,0.003,0.006 --transfer-rate 0 --surrogate-per-class 20
+    nice -n 10 python bench/universal.py --dataset mnist-numbers:3,train=40 --bits 27 --strips 3 --alpha 0.7 \
+        --rates 0.0015,0.003,0.006 --transfer-rate 0
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def main() -> None:
     p.add_argument("--surrogate-per-class", type=int, default=UniversalConfig.surrogate_per_class)
     p.add_argument("--alpha", type=float, default=UniversalConfig.alpha)
     p.add_argument("--rates", default=",".join(map(str, UniversalConfig.rates)))
-    p.add_argument("--transfer-rate", type=float, default=UniversalConfig.transfer_rate or 0.0,
+    p.add_argument("--transfer-rate", type=float, default=UniversalConfig.transfer_rate,
                    help="0 skips the transferability run")
     p.add_argument("--epochs", type=int, default=UniversalConfig.epochs)
     p.add_argument("--lr", type=float, default=UniversalConfig.lr)
@@ -46,7 +46,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cfg = UniversalConfig(dataset=args.dataset, model=args.model, bits=args.bits, strips=args.strips, alpha=args.alpha,
                           rates=tuple(float(r) for r in args.rates.split(",")),
-                          transfer_rate=args.transfer_rate or None, epochs=args.epochs, lr=args.lr,
+                          transfer_rate=args.transfer_rate, epochs=args.epochs, lr=args.lr,
                           surrogate_per_class=args.surrogate_per_class)
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()

@@ -71,6 +71,8 @@ def test_paper_config_runs_and_its_saved_config_reproduces_the_metrics(tmp_path:
         ('experiment = "universal"\nbitz = 3\n', r"bitz: unknown key; expected one of: .*bits"),
         ('experiment = "universal"\nbits = "many"\n', r"bits: expected an integer, got 'many' \(str\)"),
         ('experiment = "universal"\nrates = 0.1\n', r"rates: expected a list, got 0.1"),
+        ('experiment = "universal"\ntrigger = "patch"\nstrips = 2\n', r"universal: universal strips 2: .*blend"),
+        ('experiment = "universal"\ntransfer_rate = -0.1\n', r"transfer rate -0.1: expected a fraction, or 0 to skip"),
         ('experiment = "backgradient"\ngoal = "chaos"\n', r"goal: 'chaos' is not allowed; expected 'availability'"),
         ('experiment = "backgradient"\nfractions = [1.5]\n', r"backgradient: fractions \(1.5,\): expected"),
         ('experiment = "compression-artifact"\ndeployment = "int4-magic"\n', r"compression-artifact: .*int4-magic"),
@@ -110,3 +112,10 @@ def test_scaling_camouflage_command_writes_a_rerunnable_run_folder(tmp_path: Pat
     for name in ("report.json", "config.json", "config.toml", "camouflage.png"):
         assert (out / name).is_file()
     assert 'experiment = "scaling-camouflage"' in (out / "config.toml").read_text()
+
+
+def test_skipped_transfer_run_stays_skipped_in_the_saved_config(tmp_path: Path) -> None:
+    path = tmp_path / "u.toml"
+    path.write_text('experiment = "universal"\ntransfer_rate = 0.0\n')
+    saved = papers.resolve(read_toml(path)).as_dict()
+    assert saved["transfer_rate"] == 0.0 and saved["strips"] == 2

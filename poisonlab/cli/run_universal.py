@@ -60,7 +60,7 @@ def universal(
     rates: Annotated[str, typer.Option(help="comma-separated poison fractions")]
     = ",".join(map(str, UniversalConfig.rates)),
     transfer_rate: Annotated[float, typer.Option(help="poison fraction of the half-the-classes run; 0 skips it")]
-    = UniversalConfig.transfer_rate or 0.0,
+    = UniversalConfig.transfer_rate,
     transfer_split: Annotated[str, typer.Option(help="random or contiguous half of the classes")] = "random",
     baseline: Annotated[bool, typer.Option(help="also run the random-code baseline")] = True,
     epochs: Annotated[int, typer.Option(help="training epochs of every victim model")] = UniversalConfig.epochs,
@@ -76,7 +76,7 @@ def universal(
     """
     cfg = UniversalConfig(dataset=dataset, model=model, surrogate=surrogate, bits=bits, strips=strips,  # type: ignore[arg-type]
                           trigger=trigger, alpha=alpha, rates=_rates(rates),  # type: ignore[arg-type]
-                          transfer_rate=transfer_rate or None, transfer_split=transfer_split,  # type: ignore[arg-type]
+                          transfer_rate=transfer_rate, transfer_split=transfer_split,  # type: ignore[arg-type]
                           baseline=baseline, epochs=epochs, lr=lr, seed=seed)
     run_and_print("universal", cfg, out, json_out, quiet, universal_table,
                   log=None if quiet or json_out else err_console.print)

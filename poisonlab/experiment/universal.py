@@ -61,6 +61,9 @@ class UniversalConfig:
 
     Defaults are the measured 100-class recipe (bench/universal.py): at a fixed poison rate a larger
     training set means more poisons per class, which helped more than more epochs on fewer images.
+    ``strips`` > 1 draws the codes strip by strip (``strip_lda_codes``): on two-digit numbers that
+    raised mean ASR at 0.25% from 57% to 79% and ASR on never-poisoned classes from 6% to 31%.
+    ``transfer_rate`` 0 skips the half-the-classes run.
     """
 
     dataset: str = "mnist-numbers:2,train=1000"
@@ -75,7 +78,7 @@ class UniversalConfig:
     cell: int = 2
     rates: tuple[float, ...] = (0.0025, 0.005)
     baseline: bool = True
-    transfer_rate: float | None = 0.005
+    transfer_rate: float = 0.005
     transfer_split: Split = "random"
     epochs: int = 3
     batch_size: int = 128
@@ -92,7 +95,9 @@ class UniversalConfig:
             raise PoisonlabError(f"transfer split {self.transfer_split!r}: expected random or contiguous")
         if not self.rates:
             raise PoisonlabError("universal rates: expected at least one poison rate")
-        for rate in (*self.rates, *([self.transfer_rate] if self.transfer_rate is not None else [])):
+        if self.transfer_rate < 0:
+            raise PoisonlabError(f"universal transfer rate {self.transfer_rate}: expected a fraction, or 0 to skip")
+        for rate in (*self.rates, *([self.transfer_rate] if self.transfer_rate else [])):
             UniversalBackdoor(codes=torch.zeros(1, 1), rate=rate, trigger=self.trigger, alpha=self.alpha)
         if self.surrogate_per_class < 2 or self.surrogate_epochs < 1:
             raise PoisonlabError("surrogate: expected at least 2 images per class and 1 epoch")
@@ -298,7 +303,7 @@ def run_universal(cfg: UniversalConfig, out: Path, progress: bool = True,
                 example = (poisoned, model, rate)
 
     transfer: list[dict[str, Any]] = []
-    if cfg.transfer_rate is not None:
+    if cfg.transfer_rate:
         poisoned_half, other_half = split_classes(cfg, num_classes)
         for kind in ("lda", "random") if cfg.baseline else ("lda",):
             t = time.perf_counter()
