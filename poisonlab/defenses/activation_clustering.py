@@ -24,7 +24,6 @@ from poisonlab.core import ImageSet, PoisonlabError, Verdict
 from poisonlab.defenses.features import ClassPass
 from poisonlab.defenses.provenance import foreign_share
 from poisonlab.defenses.split import poison_cluster, suspicious_classes, two_means
-from poisonlab.defenses.whitening import whitener
 
 
 @dataclass(frozen=True)
@@ -60,18 +59,15 @@ class ActivationClustering:
 
     def scan(self, model: nn.Module, data: ImageSet) -> Verdict:
         seen = ClassPass.run(model, data, self.layer, self.provenance_layer, self.batch_size, self.keep_mb)
-        stats = seen.stats
-        dim = next(iter(stats.sums.values())).shape[0]
-        w = whitener(stats.pooled_covariance()) if self.whiten else torch.eye(dim, dtype=torch.float64)
+        w = seen.whitening(self.whiten)
         scores = torch.zeros(len(data))
         groups: dict[int, torch.Tensor] = {}
         separation: dict[int, float] = {}
         clusters: dict[str, dict[str, float]] = {}
-        for k in stats.counts:
+        for k in seen.stats.counts:
             idx = seen.indices(k)
-            z = ((seen.features(k) - stats.mean(k).float()) @ w.float()).double()
-            # the top right singular vectors of z, from its covariance (= z.T z / n) without the (n, d) product
-            basis = torch.linalg.eigh(w.T @ stats.covariance(k) @ w)[1].flip(1)[:, : self.dims].T
+            z, cov = seen.whitened(k, w)
+            basis = torch.linalg.eigh(cov)[1].flip(1)[:, : self.dims].T  # the top right singular vectors of z
             reduced = z @ basis.T
             labels = two_means(reduced)
             sizes = torch.bincount(labels, minlength=2)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from poisonlab.core import ImageSet, PoisonlabError
-from poisonlab.defenses.whitening import ClassStats
+from poisonlab.defenses.whitening import ClassStats, whitener
 
 LAYERS = ("penultimate", "pre-activation", "conv")
 """Named layers: the input of the last Linear (post-ReLU), the same units before their ReLU,
@@ -61,6 +61,7 @@ def iter_layers(
     if batch_size < 1:
         raise PoisonlabError(f"batch size {batch_size}: expected at least 1")
     cuts = [layer_cut(model, layer) for layer in layers]
+    wanted = set(cuts)
     mods = list(model)[: max(cuts)]  # type: ignore[call-overload]
     for m in mods:
         m.eval()
@@ -71,7 +72,8 @@ def iter_layers(
                 h = m(h)
                 if h.dim() == 4:
                     h = h.contiguous(memory_format=torch.channels_last)
-                out[depth] = h
+                if depth in wanted:
+                    out[depth] = h
             yield [out[c].flatten(1).float() for c in cuts]
 
 
@@ -113,24 +115,37 @@ class ClassPass:
     def run(model: nn.Module, data: ImageSet, layer: str | int, provenance_layer: str | int, batch_size: int,
             keep_mb: float) -> ClassPass:
         stats, kept, budget = ClassStats(), {}, keep_mb * 2**20
-        early_sums: list[Tensor | None] = []
+        sums: Tensor | None = None
         for k in range(data.num_classes):
             idx = torch.nonzero(data.y == k).flatten()
             parts: list[Tensor] = []
-            early_sum: Tensor | None = None
             for f, early in iter_layers(model, data.x[idx], [layer, provenance_layer], batch_size):
+                if sums is None:
+                    sums = torch.zeros(data.num_classes, early.shape[1], dtype=torch.float64)
                 stats.add(k, f)
+                sums[k] += early.double().sum(0)
                 parts.append(f)
-                early_sum = early.double().sum(0) + (0 if early_sum is None else early_sum)
-            early_sums.append(early_sum)
             size = sum(f.numel() * f.element_size() for f in parts)
             if parts and size <= budget:
                 kept[k], budget = torch.cat(parts), budget - size
-        dim = next(len(s) for s in early_sums if s is not None)
-        counts = torch.bincount(data.y, minlength=data.num_classes).clamp_min(1).double()
-        means = torch.stack([torch.zeros(dim, dtype=torch.float64) if s is None else s for s in early_sums])
-        means = means / counts[:, None]
+        if sums is None:
+            raise PoisonlabError("data scanner: expected at least one sample")
+        means = sums / torch.bincount(data.y, minlength=data.num_classes).clamp_min(1).double()[:, None]
         return ClassPass(model, data, layer, batch_size, stats, means, kept)
+
+    def whitening(self, whiten: bool) -> Tensor:
+        """The (D, d) whitener of the pooled within-class covariance, or the identity when ``whiten`` is off."""
+        if not whiten:
+            return torch.eye(next(iter(self.stats.sums.values())).shape[0], dtype=torch.float64)
+        return whitener(self.stats.pooled_covariance())
+
+    def whitened(self, k: int, w: Tensor) -> tuple[Tensor, Tensor]:
+        """Class ``k``'s features centred and whitened by ``w`` (n, d), and their covariance (d, d).
+
+        The covariance comes from the pass's statistics (it equals z.T z / n) without the (n, d) product.
+        """
+        z = ((self.features(k) - self.stats.mean(k).float()) @ w.float()).double()
+        return z, w.T @ self.stats.covariance(k) @ w
 
     def indices(self, k: int) -> Tensor:
         """Positions in the dataset of class ``k``'s samples, in the order of its features."""

@@ -23,7 +23,7 @@ from poisonlab.core import ImageSet, PoisonlabError, Verdict
 from poisonlab.defenses.features import ClassPass
 from poisonlab.defenses.provenance import foreign_share
 from poisonlab.defenses.split import ClassSplit, poison_cluster, suspicious_classes
-from poisonlab.defenses.whitening import top_direction, whitener
+from poisonlab.defenses.whitening import top_direction
 
 
 @dataclass(frozen=True)
@@ -55,16 +55,14 @@ class SpectralSignatures:
 
     def scan(self, model: nn.Module, data: ImageSet) -> Verdict:
         seen = ClassPass.run(model, data, self.layer, self.provenance_layer, self.batch_size, self.keep_mb)
-        stats = seen.stats
-        dim = next(iter(stats.sums.values())).shape[0]
-        w = whitener(stats.pooled_covariance()) if self.whiten else torch.eye(dim, dtype=torch.float64)
+        w = seen.whitening(self.whiten)
         scores = torch.zeros(len(data))
         sides: dict[int, torch.Tensor] = {}
         splits: dict[int, ClassSplit] = {}
-        for k in stats.counts:
+        for k in seen.stats.counts:
             idx = seen.indices(k)
-            z = ((seen.features(k) - stats.mean(k).float()) @ w.float()).double()
-            _, top = top_direction(w.T @ stats.covariance(k) @ w)  # = z.T z / n, without the (n, d) product
+            z, cov = seen.whitened(k, w)
+            _, top = top_direction(cov)
             proj = z @ top
             if self.removal is not None:
                 score = proj**2
