@@ -20,6 +20,7 @@ from poisonlab.attacks.universal import (
     random_codes,
     split_budget,
     strip_lda_codes,
+    surrogate_codes,
 )
 from poisonlab.cli.app import app
 from poisonlab.core import ImageSet, PoisonlabError
@@ -73,6 +74,16 @@ def test_strip_codes_give_each_strip_the_bits_of_what_it_sees() -> None:
     assert len(torch.unique(tens[:, 0], dim=0)) > 4 and len(torch.unique(units[0], dim=0)) > 4
     with pytest.raises(PoisonlabError, match="strips"):
         strip_lda_codes(maps[..., :1], y, 100, strip_of_bit)
+
+
+def test_strip_codes_need_the_blend_trigger_and_spatial_features() -> None:
+    with pytest.raises(PoisonlabError, match="strips 2"):
+        UniversalBackdoor(strips=2, trigger="patch")
+    emb, y, _ = toy_latent()
+    x = torch.zeros(len(y), 1, 4, 8)
+    with pytest.raises(PoisonlabError, match="no spatial features"):
+        surrogate_codes(lambda _: emb, None, x, y, 16, 4, strips=2)
+    assert torch.equal(surrogate_codes(lambda _: emb, None, x, y, 16, 4), lda_codes(emb, y, 16, 4))
 
 
 def test_code_stats_counts_collisions_and_distances() -> None:

@@ -22,7 +22,14 @@ from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from torch import Tensor
 
 from poisonlab.attacks.badnets import check_budget, poison_count
-from poisonlab.attacks.surrogate import Embedder, penultimate, sample_per_class, train_surrogate
+from poisonlab.attacks.surrogate import (
+    Embedder,
+    FeatureMaps,
+    feature_maps,
+    penultimate,
+    sample_per_class,
+    train_surrogate,
+)
 from poisonlab.core import ImageSet, Poisoned, PoisonlabError
 from poisonlab.triggers.encoding import BlendGrid, PatchGrid
 
@@ -76,6 +83,23 @@ def strip_lda_codes(maps: Tensor, labels: Tensor, num_classes: int, strip_of_bit
             band = maps[..., round(g * width / strips) : round((g + 1) * width / strips)].flatten(1)
             codes[:, bits] = lda_codes(band, labels, num_classes, len(bits))
     return codes
+
+
+def surrogate_codes(embed: Embedder, maps: FeatureMaps | None, x: Tensor, y: Tensor, num_classes: int,
+                    bits: int | None = None, strips: int = 1) -> Tensor:
+    """Class codes from a surrogate's view of the attacker's sample ``x`` (labels ``y``).
+
+    One strip: the paper's codes, LDA on the embeddings. More: the blend grid's bits in each vertical
+    strip are LDA bits of the surrogate's spatial features ``maps`` over that strip (``strip_lda_codes``).
+    ``bits`` defaults to 16, fewer when the classes or the embedding allow fewer.
+    """
+    if strips == 1:
+        z = embed(x)
+        return lda_codes(z, y, num_classes, bits or min(16, num_classes - 1, z.shape[1]))
+    if maps is None:
+        raise PoisonlabError("strip codes: the surrogate gives no spatial features (expected a CNN or EfficientNet)")
+    regions = BlendGrid(torch.zeros(1, bits or min(16, num_classes - 1))).regions(*x.shape[-2:])
+    return strip_lda_codes(maps(x), y, num_classes, bit_strips(regions, strips))
 
 
 def random_codes(num_classes: int, bits: int, rng: torch.Generator) -> Tensor:
@@ -188,7 +212,8 @@ class UniversalBackdoor:
     Codes: ``codes`` when given; else LDA codes of ``bits`` bits (default 16, fewer when the
     classes or the embedding allow fewer) on ``embedder``'s embeddings of
     up to ``samples_per_class`` training images per class; with no embedder, the attacker first
-    trains a small surrogate CNN on that sample (never on the poisoned copy). ``classes`` limits
+    trains a small surrogate CNN on that sample (never on the poisoned copy). ``strips`` > 1
+    draws them strip by strip (``surrogate_codes``; the embedder must then have ``maps``). ``classes`` limits
     which classes receive poison (the transferability experiment); ``eval_classes`` limits the
     targets sampled for the ASR test set (default: every class, a random one per image, seeded
     by ``target_seed``).
@@ -202,6 +227,7 @@ class UniversalBackdoor:
     bits: int | None = None
     embedder: Embedder | None = None
     samples_per_class: int = 20
+    strips: int = 1
     trigger: TriggerKind = "blend"
     alpha: float = 0.5
     cell: int = 2
@@ -215,6 +241,9 @@ class UniversalBackdoor:
         check_budget(self.rate, self.count)
         if self.trigger not in ("blend", "patch"):
             raise PoisonlabError(f"universal trigger {self.trigger!r}: expected blend or patch")
+        if self.strips < 1 or (self.strips > 1 and self.trigger != "blend"):
+            raise PoisonlabError(f"universal strips {self.strips}: expected 1, or more with the blend trigger "
+                                 "(a patch grid sits in one corner, so its bits have no strip of the image)")
         if self.codes is None and self.bits is not None and self.bits < 1:
             raise PoisonlabError(f"universal bits {self.bits}: expected at least 1")
 
@@ -225,13 +254,13 @@ class UniversalBackdoor:
                 raise PoisonlabError(f"universal codes: {self.codes.shape[0]} rows for {train.num_classes} classes")
             return self.codes.long()
         sample = train.subset(sample_per_class(train.y, self.samples_per_class, rng))
-        embed = self.embedder
-        if embed is None:
+        if self.embedder is None:
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=rng))
-            embed = penultimate(train_surrogate(sample, seed=seed))
-        z = embed(sample.x)
-        bits = self.bits if self.bits is not None else min(16, train.num_classes - 1, z.shape[1])
-        return lda_codes(z, sample.y, train.num_classes, bits)
+            net = train_surrogate(sample, seed=seed)
+            embed, maps = penultimate(net), feature_maps(net)
+        else:
+            embed, maps = self.embedder, getattr(self.embedder, "maps", None)
+        return surrogate_codes(embed, maps, sample.x, sample.y, train.num_classes, self.bits, self.strips)
 
     def poison(self, train: ImageSet, rng: torch.Generator) -> Poisoned:
         codes = self.class_codes(train, rng)

@@ -31,15 +31,7 @@ from poisonlab.attacks.surrogate import (
     sample_per_class,
     train_surrogate,
 )
-from poisonlab.attacks.universal import (
-    SampledTargets,
-    UniversalBackdoor,
-    bit_strips,
-    code_stats,
-    lda_codes,
-    random_codes,
-    strip_lda_codes,
-)
+from poisonlab.attacks.universal import SampledTargets, UniversalBackdoor, code_stats, random_codes, surrogate_codes
 from poisonlab.core import ImageSet, Poisoned, PoisonlabError
 from poisonlab.data import DATASETS, load_dataset
 from poisonlab.data.mnist import load_mnist
@@ -49,7 +41,6 @@ from poisonlab.metrics import ASR_DEFINITION, accuracy
 from poisonlab.models import MODELS, build_model, save_model
 from poisonlab.report.figures import image_grid, save_figure
 from poisonlab.training import Recipe, predict, train
-from poisonlab.triggers.encoding import BlendGrid
 
 Surrogate = Literal["cnn", "efficientnet"]
 Split = Literal["random", "contiguous"]
@@ -98,12 +89,10 @@ class UniversalConfig:
         if self.transfer_rate < 0:
             raise PoisonlabError(f"universal transfer rate {self.transfer_rate}: expected a fraction, or 0 to skip")
         for rate in (*self.rates, *([self.transfer_rate] if self.transfer_rate else [])):
-            UniversalBackdoor(codes=torch.zeros(1, 1), rate=rate, trigger=self.trigger, alpha=self.alpha)
+            UniversalBackdoor(codes=torch.zeros(1, 1), rate=rate, trigger=self.trigger, alpha=self.alpha,
+                              strips=self.strips)
         if self.surrogate_per_class < 2 or self.surrogate_epochs < 1:
             raise PoisonlabError("surrogate: expected at least 2 images per class and 1 epoch")
-        if self.strips < 1 or (self.strips > 1 and self.trigger != "blend"):
-            raise PoisonlabError(f"universal strips {self.strips}: expected 1, or more with the blend trigger "
-                                 "(a patch grid sits in one corner, so its bits have no strip of the image)")
         self.recipe()
 
     def recipe(self) -> Recipe:
@@ -192,17 +181,13 @@ def attacker_codes(cfg: UniversalConfig, train_set: ImageSet, test: ImageSet, pr
     """LDA codes from the attacker's surrogate, and what to report about the surrogate and its data.
 
     One strip: the paper's codes, LDA on the surrogate's embeddings. More: each vertical strip of
-    the blend grid carries LDA bits of the surrogate's features over that strip (``strip_lda_codes``).
+    the blend grid carries LDA bits of the surrogate's features over that strip (``surrogate_codes``).
     """
     own, own_source = attacker_data(cfg, train_set)
     embed, maps, info = surrogate_embedder(cfg, own, test, progress)
     gen = torch.Generator().manual_seed(cfg.seed)
     sample = own.subset(sample_per_class(own.y, min(cfg.surrogate_per_class, 20), gen))
-    if cfg.strips == 1:
-        codes = lda_codes(embed(sample.x), sample.y, train_set.num_classes, cfg.bits)
-    else:
-        regions = BlendGrid(torch.zeros(1, cfg.bits), cfg.alpha).regions(*train_set.shape[-2:])
-        codes = strip_lda_codes(maps(sample.x), sample.y, train_set.num_classes, bit_strips(regions, cfg.strips))
+    codes = surrogate_codes(embed, maps, sample.x, sample.y, train_set.num_classes, cfg.bits, cfg.strips)
     return codes, {"attacker_data": own_source, "code_strips": cfg.strips, **info}
 
 
