@@ -33,6 +33,7 @@ def main() -> None:
     p.add_argument("--model", default=UniversalConfig.model)
     p.add_argument("--bits", type=int, default=UniversalConfig.bits)
     p.add_argument("--strips", type=int, default=UniversalConfig.strips)
+    p.add_argument("--threshold", default=UniversalConfig.code_threshold, help="LDA bit rule: mean or split")
     p.add_argument("--surrogate-per-class", type=int, default=UniversalConfig.surrogate_per_class)
     p.add_argument("--alpha", type=float, default=UniversalConfig.alpha)
     p.add_argument("--rates", default=",".join(map(str, UniversalConfig.rates)))
@@ -45,6 +46,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     cfg = UniversalConfig(dataset=args.dataset, model=args.model, bits=args.bits, strips=args.strips, alpha=args.alpha,
+                          code_threshold=args.threshold,
                           rates=tuple(float(r) for r in args.rates.split(",")),
                           transfer_rate=args.transfer_rate, epochs=args.epochs, lr=args.lr,
                           surrogate_per_class=args.surrogate_per_class)

@@ -19,6 +19,7 @@ from poisonlab.attacks.universal import (
     lda_codes,
     random_codes,
     split_budget,
+    split_point,
     strip_lda_codes,
     surrogate_codes,
 )
@@ -74,6 +75,42 @@ def test_strip_codes_give_each_strip_the_bits_of_what_it_sees() -> None:
     assert len(torch.unique(tens[:, 0], dim=0)) > 4 and len(torch.unique(units[0], dim=0)) > 4
     with pytest.raises(PoisonlabError, match="strips"):
         strip_lda_codes(maps[..., :1], y, 100, strip_of_bit)
+
+
+def test_strip_codes_with_split_thresholds_depend_on_their_digit_only() -> None:
+    """Same toy as above: cutting each axis between groups of centroids leaves no bit to noise."""
+    gen = torch.Generator().manual_seed(0)
+    digit = 3.0 * torch.randn(10, 4, generator=gen)
+    y = torch.arange(100).repeat_interleave(8)
+    maps = torch.stack([digit[y // 10]] * 2 + [digit[y % 10]] * 2, -1)[:, :, None, :]
+    maps = maps + 0.05 * torch.randn(maps.shape, generator=gen)
+    codes = strip_lda_codes(maps, y, 100, torch.tensor([0, 1, 0, 1, 0, 1]), threshold="split").view(10, 10, 6)
+    tens, units = codes[..., 0::2], codes[..., 1::2]
+    assert torch.equal(tens, tens[:, :1].expand_as(tens)) and torch.equal(units, units[:1].expand_as(units))
+    assert len(torch.unique(tens[:, 0], dim=0)) > 4 and len(torch.unique(units[0], dim=0)) > 4
+
+
+def test_split_point_never_cuts_through_a_cluster() -> None:
+    gen = torch.Generator().manual_seed(0)
+    clusters = torch.tensor([-10.0, 0.0, 10.0]).repeat_interleave(20) + 0.5 * torch.randn(60, generator=gen)
+    values = clusters.numpy()
+    cut = split_point(values)
+    for group in values.reshape(3, 20):
+        assert (group > cut).all() or (group < cut).all()
+    # the paper's global mean sits inside the middle cluster, so its members fall on both sides
+    middle = values[20:40]
+    assert (middle > values.mean()).any() and (middle < values.mean()).any()
+    assert split_point([1.0, 3.0]) == 2.0
+    with pytest.raises(PoisonlabError, match="at least 2 values"):
+        split_point([1.0])
+
+
+def test_a_bad_code_threshold_is_refused() -> None:
+    emb, y, _ = toy_latent()
+    with pytest.raises(PoisonlabError, match="threshold 'median'"):
+        lda_codes(emb, y, 16, 4, threshold="median")  # type: ignore[arg-type]
+    with pytest.raises(PoisonlabError, match="threshold 'median'"):
+        UniversalBackdoor(threshold="median")  # type: ignore[arg-type]
 
 
 def test_strip_codes_need_the_blend_trigger_and_spatial_features() -> None:
@@ -229,13 +266,14 @@ def test_cli_universal_end_to_end(tmp_path: object) -> None:
     out = tmp_path / "run"  # type: ignore[operator]
     result = CliRunner().invoke(app, [
         "run", "universal", "--dataset", "synthetic", "--bits", "2", "--rates", "0.02", "--transfer-rate", "0",
-        "--epochs", "1", "--out", str(out), "--json",
+        "--epochs", "1", "--code-threshold", "split", "--out", str(out), "--json",
     ])
     assert result.exit_code == 0, result.output
     body = json.loads(result.output)
     assert body["kind"] == "universal" and len(body["metrics"]["budgets"]) == 2
     assert (out / "asr_vs_budget.png").is_file() and (out / "examples.png").is_file()
-    assert 'experiment = "universal"' in (out / "config.toml").read_text()  # what `poisonlab run` repeats
+    config = (out / "config.toml").read_text()  # what `poisonlab run` repeats
+    assert 'experiment = "universal"' in config and 'code_threshold = "split"' in config
     args = ["run", "universal", "--dataset", "synthetic", "--bits", "9", "--out", str(out / "b")]
     bad = CliRunner().invoke(app, args)
     assert bad.exit_code == 2 and "bits" in bad.output

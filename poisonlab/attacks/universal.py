@@ -34,13 +34,39 @@ from poisonlab.core import ImageSet, Poisoned, PoisonlabError
 from poisonlab.triggers.encoding import BlendGrid, PatchGrid
 
 TriggerKind = Literal["blend", "patch"]
+Threshold = Literal["mean", "split"]
 
 
-def lda_codes(embeddings: Tensor, labels: Tensor, num_classes: int, bits: int) -> Tensor:
-    """(num_classes, bits) 0/1 codes: bit j of class k is 1 where k's centroid lies above the mean on LDA axis j.
+def split_point(values: np.ndarray) -> float:
+    """The cut between the two groups of ``values`` that best separates them (1-D two-means, Otsu's criterion).
 
+    Maximises w0 * w1 * (m0 - m1)^2 over the cuts between consecutive sorted values and returns the
+    midpoint of the winning gap, so no tight cluster of values is ever cut through.
+    """
+    s = np.sort(np.asarray(values, dtype=np.float64))
+    if len(s) < 2:
+        raise PoisonlabError(f"split point: expected at least 2 values, got {len(s)}")
+    left = np.arange(1, len(s))
+    sums = np.cumsum(s)[:-1]
+    m0, m1 = sums / left, (s.sum() - sums) / (len(s) - left)
+    share = left / len(s)
+    best = int(np.argmax(share * (1 - share) * (m0 - m1) ** 2))
+    return float((s[best] + s[best + 1]) / 2)
+
+
+def lda_codes(embeddings: Tensor, labels: Tensor, num_classes: int, bits: int, threshold: Threshold = "mean"
+              ) -> Tensor:
+    """(num_classes, bits) 0/1 codes: bit j of class k is 1 where k's centroid lies above a threshold on LDA axis j.
+
+    ``threshold`` "mean" is the paper's rule (the global mean). "split" cuts each axis where the
+    class centroids split best into two groups (``split_point``): when centroids gather in clusters
+    (on composed numbers, all classes with the same digit in a place) the mean can fall inside a
+    cluster, and its classes' bits then flip with sampling noise; a split keeps each cluster on one
+    side, so classes that look alike in the surrogate share the bit, which is what transfer needs.
     Every class must have at least two embeddings; ``bits`` must be at most min(classes - 1, dimensions).
     """
+    if threshold not in ("mean", "split"):
+        raise PoisonlabError(f"LDA code threshold {threshold!r}: expected mean or split")
     counts = torch.bincount(labels, minlength=num_classes)
     if len(counts) != num_classes or int(counts.min()) < 2:
         raise PoisonlabError(f"LDA codes: expected at least 2 embeddings of each of {num_classes} classes")
@@ -51,7 +77,8 @@ def lda_codes(embeddings: Tensor, labels: Tensor, num_classes: int, bits: int) -
     lda = LinearDiscriminantAnalysis(n_components=bits, solver="eigen", shrinkage="auto")
     z = lda.fit(x, labels.numpy()).transform(x)
     centroids = np.stack([z[labels.numpy() == k].mean(0) for k in range(num_classes)])
-    return torch.from_numpy(centroids > z.mean(0)).long()
+    cut = z.mean(0) if threshold == "mean" else np.array([split_point(centroids[:, j]) for j in range(bits)])
+    return torch.from_numpy(centroids > cut).long()
 
 
 def bit_strips(regions: Tensor, strips: int) -> Tensor:
@@ -62,7 +89,8 @@ def bit_strips(regions: Tensor, strips: int) -> Tensor:
     return (centre * strips / width).long().clamp(max=strips - 1)
 
 
-def strip_lda_codes(maps: Tensor, labels: Tensor, num_classes: int, strip_of_bit: Tensor) -> Tensor:
+def strip_lda_codes(maps: Tensor, labels: Tensor, num_classes: int, strip_of_bit: Tensor,
+                    threshold: Threshold = "mean") -> Tensor:
     """(num_classes, bits) codes whose bits in strip g are LDA bits of the surrogate's features over strip g.
 
     ``maps`` (N, D, h, w) are spatial surrogate features; strip g is the g-th of S equal vertical
@@ -81,25 +109,25 @@ def strip_lda_codes(maps: Tensor, labels: Tensor, num_classes: int, strip_of_bit
         bits = torch.nonzero(strip_of_bit == g).flatten()
         if len(bits):
             band = maps[..., round(g * width / strips) : round((g + 1) * width / strips)].flatten(1)
-            codes[:, bits] = lda_codes(band, labels, num_classes, len(bits))
+            codes[:, bits] = lda_codes(band, labels, num_classes, len(bits), threshold)
     return codes
 
 
 def surrogate_codes(embed: Embedder, maps: FeatureMaps | None, x: Tensor, y: Tensor, num_classes: int,
-                    bits: int | None = None, strips: int = 1) -> Tensor:
+                    bits: int | None = None, strips: int = 1, threshold: Threshold = "mean") -> Tensor:
     """Class codes from a surrogate's view of the attacker's sample ``x`` (labels ``y``).
 
     One strip: the paper's codes, LDA on the embeddings. More: the blend grid's bits in each vertical
     strip are LDA bits of the surrogate's spatial features ``maps`` over that strip (``strip_lda_codes``).
-    ``bits`` defaults to 16, fewer when the classes or the embedding allow fewer.
+    ``bits`` defaults to 16, fewer when the classes or the embedding allow fewer; ``threshold`` as in ``lda_codes``.
     """
     if strips == 1:
         z = embed(x)
-        return lda_codes(z, y, num_classes, bits or min(16, num_classes - 1, z.shape[1]))
+        return lda_codes(z, y, num_classes, bits or min(16, num_classes - 1, z.shape[1]), threshold)
     if maps is None:
         raise PoisonlabError("strip codes: the surrogate gives no spatial features (expected a CNN or EfficientNet)")
     regions = BlendGrid(torch.zeros(1, bits or min(16, num_classes - 1))).regions(*x.shape[-2:])
-    return strip_lda_codes(maps(x), y, num_classes, bit_strips(regions, strips))
+    return strip_lda_codes(maps(x), y, num_classes, bit_strips(regions, strips), threshold)
 
 
 def random_codes(num_classes: int, bits: int, rng: torch.Generator) -> Tensor:
@@ -213,7 +241,8 @@ class UniversalBackdoor:
     classes or the embedding allow fewer) on ``embedder``'s embeddings of
     up to ``samples_per_class`` training images per class; with no embedder, the attacker first
     trains a small surrogate CNN on that sample (never on the poisoned copy). ``strips`` > 1
-    draws them strip by strip (``surrogate_codes``; the embedder must then have ``maps``). ``classes`` limits
+    draws them strip by strip (``surrogate_codes``; the embedder must then have ``maps``); ``threshold``
+    picks the bit rule (``lda_codes``). ``classes`` limits
     which classes receive poison (the transferability experiment); ``eval_classes`` limits the
     targets sampled for the ASR test set (default: every class, a random one per image, seeded
     by ``target_seed``).
@@ -228,6 +257,7 @@ class UniversalBackdoor:
     embedder: Embedder | None = None
     samples_per_class: int = 20
     strips: int = 1
+    threshold: Threshold = "mean"
     trigger: TriggerKind = "blend"
     alpha: float = 0.5
     cell: int = 2
@@ -239,6 +269,8 @@ class UniversalBackdoor:
 
     def __post_init__(self) -> None:
         check_budget(self.rate, self.count)
+        if self.threshold not in ("mean", "split"):
+            raise PoisonlabError(f"universal code threshold {self.threshold!r}: expected mean or split")
         if self.trigger not in ("blend", "patch"):
             raise PoisonlabError(f"universal trigger {self.trigger!r}: expected blend or patch")
         if self.strips < 1 or (self.strips > 1 and self.trigger != "blend"):
@@ -260,7 +292,8 @@ class UniversalBackdoor:
             embed, maps = penultimate(net), feature_maps(net)
         else:
             embed, maps = self.embedder, getattr(self.embedder, "maps", None)
-        return surrogate_codes(embed, maps, sample.x, sample.y, train.num_classes, self.bits, self.strips)
+        return surrogate_codes(embed, maps, sample.x, sample.y, train.num_classes, self.bits, self.strips,
+                               self.threshold)
 
     def poison(self, train: ImageSet, rng: torch.Generator) -> Poisoned:
         codes = self.class_codes(train, rng)

@@ -30,14 +30,17 @@ def universal_table(body: dict[str, Any]) -> Table:
     m, cfg = body["metrics"], body["config"]
     table = Table(title=f"Universal backdoor on {cfg['dataset']} ({m['num_classes']} classes, {m['train_size']} "
                         f"training images), clean CA {_pct(m['clean_accuracy'])}")
-    for col in ("codes", "poison", "per class", "mean ASR", "worst-10% ASR", "CA"):
+    for col in ("codes", "poison", "per class", "mean ASR", "worst-10% ASR", "unpoisoned targets: ASR", "CA"):
         table.add_column(col, justify="left" if col == "codes" else "right")
     for r in m["budgets"]:
+        never = r.get("mean_asr_never_poisoned_targets")
         table.add_row(r["codes"], f"{100 * r['rate']:g}% ({r['poisoned_samples']})", f"{r['per_class']:.2f}",
-                      _pct(r["mean_asr"]), _pct(r["per_target_asr_quantiles"]["p10"]), _pct(r["clean_accuracy"]))
+                      _pct(r["mean_asr"]), _pct(r["per_target_asr_quantiles"]["p10"]),
+                      "-" if never is None else f"{_pct(never)} ({r['never_poisoned_targets']})",
+                      _pct(r["clean_accuracy"]))
     for r in m["transfer"]:
         table.add_row(f"{r['codes']}, half the classes ({r['split']})", f"{100 * r['rate']:g}%", "",
-                      f"{_pct(r['asr_poisoned_classes'])} / {_pct(r['asr_unpoisoned_classes'])} unseen", "",
+                      _pct(r["asr_poisoned_classes"]), "", _pct(r["asr_unpoisoned_classes"]),
                       _pct(r["clean_accuracy"]))
     table.caption = (f"lda = universal (LDA codes, {m['surrogate']}); random = multi-target BadNets baseline. "
                      f"{m['asr_definition']}; {m['target_sampling']}.")
@@ -55,6 +58,9 @@ def universal(
     strips: Annotated[int, typer.Option(help="vertical strips whose bits encode the surrogate's features there "
                                           "(1: the paper's global codes; K for K-digit numbers)")]
     = UniversalConfig.strips,
+    code_threshold: Annotated[str, typer.Option(help="bit rule on each LDA axis: mean (the paper's) or split "
+                                                  "(the best two-group cut of the class centroids)")]
+    = UniversalConfig.code_threshold,
     trigger: Annotated[str, typer.Option(help="blend (blend grid over the image) or patch (cell grid)")] = "blend",
     alpha: Annotated[float, typer.Option(help="blend grid opacity")] = UniversalConfig.alpha,
     rates: Annotated[str, typer.Option(help="comma-separated poison fractions")]
@@ -75,6 +81,7 @@ def universal(
     Example: poisonlab run universal --dataset mnist-numbers:2 --rates 0.0025,0.005 --bits 24
     """
     cfg = UniversalConfig(dataset=dataset, model=model, surrogate=surrogate, bits=bits, strips=strips,  # type: ignore[arg-type]
+                          code_threshold=code_threshold,  # type: ignore[arg-type]
                           trigger=trigger, alpha=alpha, rates=_rates(rates),  # type: ignore[arg-type]
                           transfer_rate=transfer_rate, transfer_split=transfer_split,  # type: ignore[arg-type]
                           baseline=baseline, epochs=epochs, lr=lr, seed=seed)
