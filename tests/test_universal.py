@@ -26,7 +26,7 @@ from poisonlab.attacks.universal import (
 from poisonlab.cli.app import app
 from poisonlab.core import ImageSet, PoisonlabError
 from poisonlab.data.numbers import class_digits, compose_numbers, parse_numbers_spec
-from poisonlab.experiment.universal import per_target_asr
+from poisonlab.experiment.universal import per_target_asr, universal_metrics
 from poisonlab.triggers.encoding import BlendGrid, PatchGrid, grid_shape
 
 
@@ -204,6 +204,31 @@ def test_per_target_asr() -> None:
     true = torch.tensor([0, 2, 1, 0, 2])
     asr = per_target_asr(pred, target, true, 3)
     assert asr[1] == pytest.approx(1.0) and asr[2] == pytest.approx(1.0) and asr[0].isnan()
+
+
+class Constant(torch.nn.Module):
+    """A 'model' that answers ``k`` for every image."""
+
+    def __init__(self, k: int, num_classes: int) -> None:
+        super().__init__()
+        self.register_buffer("logits", torch.nn.functional.one_hot(torch.tensor(k), num_classes).float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(len(x), -1)
+
+
+def test_universal_metrics_separate_targets_that_received_no_poison() -> None:
+    y = torch.arange(4).repeat_interleave(10)
+    data = ImageSet(torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(0)), y, tuple("abcd"))
+    poisoned = UniversalBackdoor(codes=random_codes(4, 4, torch.Generator().manual_seed(1)), count=1).poison(
+        data, torch.Generator().manual_seed(2))
+    hit = poisoned.data.y[poisoned.indices].unique()
+    other = int(next(k for k in range(4) if k not in hit.tolist()))
+    on_hit = universal_metrics(Constant(int(hit), 4), data, poisoned, poisoned_targets=hit)
+    on_other = universal_metrics(Constant(other, 4), data, poisoned, poisoned_targets=hit)
+    assert on_hit["never_poisoned_targets"] == 3 and on_hit["mean_asr_never_poisoned_targets"] == 0.0
+    assert on_other["mean_asr_never_poisoned_targets"] == pytest.approx(1 / 3)
+    assert "never_poisoned_targets" not in universal_metrics(Constant(other, 4), data, poisoned)
 
 
 def test_compose_numbers_sizes_balance_and_digits() -> None:
