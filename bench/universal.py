@@ -1,7 +1,7 @@
 """Issue 6 benchmark: a universal-backdoor experiment, timed; prints the ASR-vs-budget table.
 
 Runs ``poisonlab run universal`` with ``UniversalConfig``'s defaults (100 classes of
-mnist-numbers:2 with 1,000 training images per class, small CNN, 16-bit LDA strip codes (2 strips)
+mnist-numbers:2 with 1,000 training images per class, small CNN, 16-bit LDA strip codes (2 strips, split thresholds)
 in a blend grid at alpha 0.5, 3 epochs at lr 0.01; budgets 0.25% and 0.5%, random-code baseline, clean model,
 half-the-classes transferability) and reports the wall time together with the load average,
 since timings on a shared machine mean little without it.

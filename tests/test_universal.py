@@ -291,14 +291,14 @@ def test_cli_universal_end_to_end(tmp_path: object) -> None:
     out = tmp_path / "run"  # type: ignore[operator]
     result = CliRunner().invoke(app, [
         "run", "universal", "--dataset", "synthetic", "--bits", "2", "--rates", "0.02", "--transfer-rate", "0",
-        "--epochs", "1", "--code-threshold", "split", "--out", str(out), "--json",
+        "--epochs", "1", "--code-threshold", "mean", "--out", str(out), "--json",
     ])
     assert result.exit_code == 0, result.output
     body = json.loads(result.output)
     assert body["kind"] == "universal" and len(body["metrics"]["budgets"]) == 2
     assert (out / "asr_vs_budget.png").is_file() and (out / "examples.png").is_file()
     config = (out / "config.toml").read_text()  # what `poisonlab run` repeats
-    assert 'experiment = "universal"' in config and 'code_threshold = "split"' in config
+    assert 'experiment = "universal"' in config and 'code_threshold = "mean"' in config
     args = ["run", "universal", "--dataset", "synthetic", "--bits", "9", "--out", str(out / "b")]
     bad = CliRunner().invoke(app, args)
     assert bad.exit_code == 2 and "bits" in bad.output

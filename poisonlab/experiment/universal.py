@@ -62,9 +62,9 @@ class UniversalConfig:
     ``strips`` > 1 draws the codes strip by strip (``strip_lda_codes``): on two-digit numbers that
     raised mean ASR at 0.25% from 57% to 79% and ASR on never-poisoned classes from 6% to 31%.
     ``code_threshold`` "split" cuts each LDA axis between groups of class centroids instead of at the
-    mean (``lda_codes``); it helps at 1,000 classes (examples/universal-mnist-numbers-1000.toml) and
-    not clearly at 100, so the paper's "mean" stays the default. ``transfer_rate`` 0 skips the
-    half-the-classes run.
+    paper's mean (``lda_codes``): at 1,000 classes and 0.3% poison it raised mean ASR from 79% to 85%
+    (examples/universal-mnist-numbers-1000.toml); at 100 classes the two rules measured within noise
+    (0.25%: 76.2% vs 77.1%, 0.5%: 97.2% vs 94.8%). ``transfer_rate`` 0 skips the half-the-classes run.
     """
 
     dataset: str = "mnist-numbers:2,train=1000"
@@ -74,7 +74,7 @@ class UniversalConfig:
     surrogate_epochs: int = 3
     bits: int = 16
     strips: int = 2
-    code_threshold: Threshold = "mean"
+    code_threshold: Threshold = "split"
     trigger: Literal["blend", "patch"] = "blend"
     alpha: float = 0.5
     cell: int = 2
