@@ -18,6 +18,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from torch import Tensor
 
@@ -37,7 +38,13 @@ TriggerKind = Literal["blend", "patch"]
 Threshold = Literal["mean", "split"]
 
 
-def split_point(values: np.ndarray) -> float:
+def check_threshold(threshold: str) -> None:
+    """Refuse a bit rule other than ``Threshold``'s, before any surrogate is trained."""
+    if threshold not in ("mean", "split"):
+        raise PoisonlabError(f"LDA code threshold {threshold!r}: expected mean or split")
+
+
+def split_point(values: ArrayLike) -> float:
     """The cut between the two groups of ``values`` that best separates them (1-D two-means, Otsu's criterion).
 
     Maximises w0 * w1 * (m0 - m1)^2 over the cuts between consecutive sorted values and returns the
@@ -65,8 +72,7 @@ def lda_codes(embeddings: Tensor, labels: Tensor, num_classes: int, bits: int, t
     side, so classes that look alike in the surrogate share the bit, which is what transfer needs.
     Every class must have at least two embeddings; ``bits`` must be at most min(classes - 1, dimensions).
     """
-    if threshold not in ("mean", "split"):
-        raise PoisonlabError(f"LDA code threshold {threshold!r}: expected mean or split")
+    check_threshold(threshold)
     counts = torch.bincount(labels, minlength=num_classes)
     if len(counts) != num_classes or int(counts.min()) < 2:
         raise PoisonlabError(f"LDA codes: expected at least 2 embeddings of each of {num_classes} classes")
@@ -269,8 +275,7 @@ class UniversalBackdoor:
 
     def __post_init__(self) -> None:
         check_budget(self.rate, self.count)
-        if self.threshold not in ("mean", "split"):
-            raise PoisonlabError(f"universal code threshold {self.threshold!r}: expected mean or split")
+        check_threshold(self.threshold)
         if self.trigger not in ("blend", "patch"):
             raise PoisonlabError(f"universal trigger {self.trigger!r}: expected blend or patch")
         if self.strips < 1 or (self.strips > 1 and self.trigger != "blend"):
