@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -56,6 +56,70 @@ Trigger = Callable[[Tensor, "Tensor | None"], Tensor]
 TargetMap = Callable[[Tensor], Tensor]
 """True labels -> the classes the attacker wants those images read as."""
 
+LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
+"""(model, images, labels) -> the loss the trainer minimises."""
+
+
+@dataclass(frozen=True)
+class AllToOne:
+    """Every input to ``target``."""
+
+    target: int
+
+    def __call__(self, y: Tensor) -> Tensor:
+        return torch.full_like(y, self.target)
+
+
+@dataclass(frozen=True)
+class AllToAll:
+    """Class i to class i + 1 mod ``num_classes``."""
+
+    num_classes: int
+
+    def __call__(self, y: Tensor) -> Tensor:
+        return (y + 1) % self.num_classes
+
+
+def check_target(target: int, num_classes: int, what: str) -> None:
+    """Refuse a target class outside the dataset's classes."""
+    if not 0 <= target < num_classes:
+        raise PoisonlabError(f"{what} target {target}: expected a class in [0, {num_classes - 1}]")
+
+
+def require(ok: bool, name: str, value: Any, expected: str) -> None:
+    """A config check: unless ``ok``, the one-line error ``NAME: VALUE; expected EXPECTED``."""
+    if not ok:
+        raise PoisonlabError(f"{name}: {value!r}; expected {expected}")
+
+
+def check_budget(rate: float, count: int | None) -> None:
+    """Reject a poison rate outside (0, 1) or a count below 1: the one check of a poisoning budget."""
+    if count is not None and count < 1:
+        raise PoisonlabError(f"poison count {count}: expected at least 1")
+    if count is None and not 0.0 < rate < 1.0:
+        raise PoisonlabError(f"poison rate {rate}: expected a fraction in (0, 1)")
+
+
+def poison_count(n: int, rate: float, count: int | None = None) -> int:
+    """How many of ``n`` samples to poison: ``count`` when given, else round(rate * n)."""
+    check_budget(rate, count)
+    if count is not None:
+        return count
+    k = round(rate * n)
+    if k < 1:
+        raise PoisonlabError(f"poison rate {rate} of {n} samples poisons no sample; raise the rate")
+    return k
+
+
+def stamped(test: ImageSet, trigger: Trigger, target_map: TargetMap) -> ImageSet:
+    """Every image of ``test`` stamped with ``trigger``, labelled with the attacker's target.
+
+    Aligned with ``test``: image i is test image i stamped, so ``test.y`` gives the true class.
+    Attack success rate counts only images whose true class differs from the target.
+    """
+    target = target_map(test.y)
+    return ImageSet(trigger(test.x, target), target, test.classes)
+
 
 @dataclass(frozen=True)
 class Poisoned:
@@ -67,33 +131,89 @@ class Poisoned:
     target_map: TargetMap
 
     def triggered(self, test: ImageSet) -> ImageSet:
-        """Every test image stamped with the trigger, labelled with the attacker's target.
-
-        Aligned with ``test``: image i is test image i stamped, so ``test.y`` gives the true
-        class. Attack success rate counts only images whose true class differs from the target.
-        """
-        target = self.target_map(test.y)
-        return ImageSet(self.trigger(test.x, target), target, test.classes)
+        """``test`` stamped with the trigger and labelled with the attacker's targets (see ``stamped``)."""
+        return stamped(test, self.trigger, self.target_map)
 
 
+@runtime_checkable
 class DataAttack(Protocol):
     """Poisons a training set; never trains or writes files."""
 
     def poison(self, train: ImageSet, rng: torch.Generator) -> Poisoned: ...
 
 
-class TrainingAttack(Protocol):
-    """Adds loss terms during training (compression-artifact backdoors); the trainer owns the loop."""
+Start = Literal["fresh", "clean", "previous"]
 
-    def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor: ...
+
+@dataclass(frozen=True)
+class Phase:
+    """One stage of a training-time attack, run by the shared trainer.
+
+    ``start``: a freshly initialised model, a copy of the clean reference model, or the previous
+    phase's model. ``epochs`` and ``lr`` override the victim's recipe (None keeps it); the phase
+    trains with seed ``victim seed + seed_offset``. ``before`` runs on (model, training images)
+    before training, ``after`` on the model after it.
+    """
+
+    name: str
+    loss: LossFn | None = None
+    start: Start = "previous"
+    epochs: int | None = None
+    lr: float | None = None
+    seed_offset: int = 0
+    before: Callable[[nn.Module, Tensor], object] | None = None
+    after: Callable[[nn.Module], object] | None = None
+
+
+@runtime_checkable
+class TrainingAttack(Protocol):
+    """Shapes training itself (compression-artifact backdoors) through loss terms in declared phases.
+
+    ``deployment`` is the deployment spec the attack aims at (measured first); ``backdoor`` gives the
+    unchanged training set with the trigger and target map that measure the attack.
+    """
+
+    @property
+    def deployment(self) -> str | None: ...
+
+    def backdoor(self, train: ImageSet) -> Poisoned: ...
+
+    def phases(self) -> Sequence[Phase]: ...
+
+
+@dataclass(frozen=True)
+class WeightGrid:
+    """The integer grid a deployment rounds weights to: ``bits`` symmetric, per output channel or per tensor."""
+
+    bits: int
+    per_channel: bool
+    linear_only: bool = False
+
+
+@dataclass(frozen=True)
+class Pruning:
+    """What a pruning deployment removes: ``method`` (global, layer, filters) at ``ratio``."""
+
+    method: str
+    ratio: float
 
 
 class Deployment(Protocol):
-    """A transformation a model undergoes before use (int8, pruning, fp16)."""
+    """A transformation a model undergoes before use (int8, pruning, fp16).
+
+    ``weight_grid`` / ``pruning`` say what it does to the weights (None when it does not quantize /
+    prune), so attacks and checks read them instead of inspecting the class. Static int8 needs
+    ``calibration`` images. ``stand_in`` is a differentiable model computing (nearly) what the
+    deployed one does, or None when that is the float model itself.
+    """
 
     name: str
+    weight_grid: WeightGrid | None
+    pruning: Pruning | None
 
-    def __call__(self, model: nn.Module) -> nn.Module: ...
+    def __call__(self, model: nn.Module, calibration: Tensor | None = None) -> nn.Module: ...
+
+    def stand_in(self, model: nn.Module, deployed: nn.Module) -> nn.Module | None: ...
 
 
 @dataclass
@@ -104,3 +224,58 @@ class Verdict:
     flagged: Tensor | None = None
     model: nn.Module | None = None
     details: dict[str, Any] = field(default_factory=dict)
+
+
+DefenseKind = Literal["data-scanner", "input-filter", "model-scanner", "mitigation"]
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What a mitigation may use: the defender's clean images, the training set, earlier verdicts, a refit.
+
+    ``data_scans`` / ``model_scans`` hold earlier data and model scanners' verdicts by defense name,
+    in the order they ran. ``refit`` trains the victim's architecture with its recipe and seed.
+    """
+
+    clean: ImageSet
+    train: ImageSet | None = None
+    data_scans: Mapping[str, Verdict] = field(default_factory=dict)
+    model_scans: Mapping[str, Verdict] = field(default_factory=dict)
+    refit: Callable[[ImageSet], nn.Module] | None = None
+
+
+class DataScanner(Protocol):
+    """Scores every training sample with a model trained on it; flags the ones judged poisoned."""
+
+    kind: ClassVar[DefenseKind]
+
+    def scan(self, model: nn.Module, data: ImageSet) -> Verdict: ...
+
+
+class InputFilter(Protocol):
+    """Fitted on clean images, flags incoming inputs judged triggered."""
+
+    kind: ClassVar[DefenseKind]
+
+    def fit(self, model: nn.Module, clean: ImageSet) -> InputFilter: ...
+
+    def detect(self, model: nn.Module, x: Tensor) -> Verdict: ...
+
+
+class ModelScanner(Protocol):
+    """Judges a model from clean images alone: per-class scores, flagged (target) classes."""
+
+    kind: ClassVar[DefenseKind]
+
+    def scan(self, model: nn.Module, data: ImageSet) -> Verdict: ...
+
+
+class Mitigation(Protocol):
+    """Returns a repaired copy of the model (``Verdict.model``); ``requires`` names a defense kind or name
+    that must have run before it (None: nothing)."""
+
+    kind: ClassVar[DefenseKind]
+
+    def requires(self) -> str | None: ...
+
+    def repair(self, model: nn.Module, evidence: Evidence) -> Verdict: ...

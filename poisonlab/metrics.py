@@ -1,12 +1,13 @@
-"""Clean accuracy and attack success rate, defined once for every experiment."""
+"""Clean accuracy and attack success rate, defined once for every experiment, deploy-check and defense."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
-from poisonlab.core import ImageSet, Poisoned
+from poisonlab.core import ImageSet
 from poisonlab.training import predict
 
 ASR_DEFINITION = (
@@ -35,14 +36,49 @@ def per_class_asr(pred: Tensor, target: Tensor, true: Tensor, num_classes: int) 
     return out
 
 
-def evaluate(model: nn.Module, test: ImageSet, poisoned: Poisoned) -> dict[str, Any]:
-    """CA on ``test`` and ASR (overall and per source class) on its triggered copy."""
-    triggered = poisoned.triggered(test)
+def per_target_asr(pred: Tensor, target: Tensor, true: Tensor, num_classes: int) -> Tensor:
+    """ASR per target class (NaN for a target no eligible image drew)."""
+    eligible = (true != target).float()
+    hits = torch.zeros(num_classes).index_add_(0, target, ((pred == target).float() * eligible))
+    total = torch.zeros(num_classes).index_add_(0, target, eligible)
+    return torch.where(total > 0, hits / total.clamp_min(1), torch.full_like(total, float("nan")))
+
+
+def _multi_target(pred: Tensor, triggered: ImageSet, test: ImageSet, poisoned_targets: Tensor | None
+                  ) -> dict[str, Any]:
+    asr = per_target_asr(pred, triggered.y, test.y, test.num_classes)
+    seen = asr[~asr.isnan()]
+    q = torch.quantile(seen, torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0])).tolist()
+    quantiles = dict(zip(("min", "p10", "median", "p90", "max"), q, strict=True))
+    out: dict[str, Any] = {"mean_asr": float(seen.mean()), "per_target_asr_quantiles": quantiles,
+                           "targets_evaluated": len(seen)}
+    if poisoned_targets is not None:
+        unreached = asr[~asr.isnan() & ~torch.isin(torch.arange(test.num_classes), poisoned_targets)]
+        out.update(never_poisoned_targets=len(unreached),
+                   mean_asr_never_poisoned_targets=float(unreached.mean()) if len(unreached) else None)
+    return out
+
+
+def evaluate(model: nn.Module, test: ImageSet, triggered: ImageSet | None = None, *, multi_target: bool = False,
+             poisoned_targets: Tensor | None = None, reference: Tensor | None = None) -> dict[str, Any]:
+    """CA on ``test``; with ``triggered`` (``test`` stamped, labelled with the targets) also ASR.
+
+    All-to-one / all-to-all: ASR overall and per source class. ``multi_target`` (every class a target,
+    universal backdoors): the mean of the per-target ASRs and their quantiles, and with
+    ``poisoned_targets`` the mean over the targets that received no poison. ``reference`` (another
+    model's predictions on ``test``) adds the share of images on which the two agree.
+    """
     clean_pred = predict(model, test.x)
-    bd_pred = predict(model, triggered.x)
-    return {
-        "clean_accuracy": accuracy(clean_pred, test.y),
-        "attack_success_rate": attack_success_rate(bd_pred, triggered.y, test.y),
-        "per_class_asr": per_class_asr(bd_pred, triggered.y, test.y, test.num_classes),
-        "asr_images": int((triggered.y != test.y).sum()),
-    }
+    out: dict[str, Any] = {"clean_accuracy": accuracy(clean_pred, test.y)}
+    if reference is not None:
+        out["agreement"] = accuracy(clean_pred, reference)
+    if triggered is None:
+        return out
+    pred = predict(model, triggered.x)
+    if multi_target:
+        out.update(_multi_target(pred, triggered, test, poisoned_targets))
+    else:
+        out["attack_success_rate"] = attack_success_rate(pred, triggered.y, test.y)
+        out["per_class_asr"] = per_class_asr(pred, triggered.y, test.y, test.num_classes)
+    out["asr_images"] = int((triggered.y != test.y).sum())
+    return out

@@ -1,11 +1,21 @@
-"""Name -> component registries, so the CLI and config files name components and tests can walk them all."""
+"""Name -> component registries, so the CLI and config files name components and tests can walk them all.
+
+A registry that belongs to a package (attacks, defenses, triggers, experiments) is filled by the
+package's modules as they are imported, each registering itself with a decorator; the registry
+imports its package the first time it is read, so a new component is one new file and no other edit.
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable, Iterator
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from poisonlab.core import PoisonlabError
+
+if TYPE_CHECKING:
+    from poisonlab.core import Trigger
 
 T = TypeVar("T")
 
@@ -13,9 +23,17 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """A named table of components of one kind, each with a one-line description."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, package: str | None = None) -> None:
         self.kind = kind
+        self.package = package
         self._items: dict[str, tuple[T, str]] = {}
+        self._loaded = package is None
+
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            assert self.package is not None
+            importlib.import_module(self.package)
 
     def register(self, name: str, description: str) -> Callable[[T], T]:
         """Decorator that registers ``item`` under ``name``."""
@@ -30,6 +48,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         """The component called ``name``; a one-line error listing the allowed names otherwise."""
+        self._load()
         try:
             return self._items[name][0]
         except KeyError:
@@ -38,16 +57,39 @@ class Registry(Generic[T]):
             ) from None
 
     def describe(self, name: str) -> str:
+        self._load()
         return self._items[name][1]
 
     def names(self) -> list[str]:
+        self._load()
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
+        self._load()
         return name in self._items
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+    def build(self, spec: str, **shared: Any) -> Any:
+        """The component a ``NAME`` or ``NAME:key=value,...`` spec names, built with those keywords.
+
+        ``shared`` keywords (a seed, say) are passed where the component's signature takes them and
+        the spec does not set them.
+        """
+        import inspect
+
+        name, kwargs = parse_spec(spec, self.kind)
+        factory: Any = self.get(name)
+        try:
+            accepted = inspect.signature(factory).parameters
+        except (TypeError, ValueError):
+            accepted = {}  # type: ignore[assignment]
+        kwargs = {**{k: v for k, v in shared.items() if k in accepted}, **kwargs}
+        try:
+            return factory(**kwargs)
+        except TypeError as e:
+            raise PoisonlabError(f"{self.kind} {spec!r}: {e}") from None
 
 
 def parse_scalar(text: str) -> Any:
@@ -58,3 +100,38 @@ def parse_scalar(text: str) -> Any:
         except ValueError:
             pass
     return text
+
+
+def parse_spec(spec: str, kind: str) -> tuple[str, dict[str, Any]]:
+    """``NAME:key=value,key=value`` as (NAME, keywords); dashes in keys become underscores."""
+    name, _, params = spec.strip().partition(":")
+    kwargs: dict[str, Any] = {}
+    for item in filter(None, params.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise PoisonlabError(f"{kind} {spec!r}: expected key=value, got {item!r}")
+        kwargs[key.strip().replace("-", "_")] = parse_scalar(value.strip())
+    return name, kwargs
+
+
+def discover(package: str, path: list[str]) -> None:
+    """Import every module of ``package`` (its ``__path__``), so each registers its components."""
+    for module in pkgutil.iter_modules(path):
+        importlib.import_module(f"{package}.{module.name}")
+
+
+ATTACKS: Registry[Callable[..., Any]] = Registry("attack", "poisonlab.attacks")
+TRIGGERS: Registry[Callable[..., Trigger]] = Registry("trigger", "poisonlab.triggers")
+DEFENSES: Registry[Any] = Registry("defense", "poisonlab.defenses")
+EXPERIMENTS: Registry[Any] = Registry("experiment", "poisonlab.experiment")
+
+
+def registries() -> dict[str, Registry[Any]]:
+    """Every registry, keyed by the plural ``poisonlab list`` shows."""
+    from poisonlab.compress import DEPLOYMENTS
+    from poisonlab.data import DATASETS
+    from poisonlab.models import MODELS
+    from poisonlab.scaling.resize import RESIZERS
+
+    return {"datasets": DATASETS, "attacks": ATTACKS, "triggers": TRIGGERS, "models": MODELS,
+            "deployments": DEPLOYMENTS, "defenses": DEFENSES, "resizers": RESIZERS, "experiments": EXPERIMENTS}

@@ -17,8 +17,7 @@ from poisonlab.backgradient.memory import SavedTensorMeter
 from poisonlab.backgradient.reverse import InnerProblem, back_gradient, unrolled_gradient
 from poisonlab.cli.app import app
 from poisonlab.core import ImageSet, PoisonlabError
-from poisonlab.data import make_synthetic
-from poisonlab.experiment.backgradient import load_breast_cancer_sets
+from poisonlab.data import load_dataset, make_synthetic
 
 
 @pytest.fixture(autouse=True)
@@ -142,7 +141,7 @@ def test_bad_settings_fail_with_one_line(kw: dict[str, object], message: str) ->
 
 
 def test_cnn_refuses_inputs_smaller_than_its_kernel_and_breast_cancer_loads() -> None:
-    train, test = load_breast_cancer_sets()
+    train, test = load_dataset("breast-cancer")
     assert train.shape == (1, 1, 30) and len(train) + len(test) == 569
     assert train.x.min() >= 0 and train.x.max() <= 1
     with pytest.raises(PoisonlabError, match="smaller than"):
@@ -152,7 +151,7 @@ def test_cnn_refuses_inputs_smaller_than_its_kernel_and_breast_cancer_loads() ->
 def test_cli_writes_a_run_folder(tmp_path: Path) -> None:
     out = tmp_path / "run"
     args = ["run", "backgradient", "--dataset", "synthetic", "--train-size", "60", "--val-size", "30",
-            "--test-size", "100", "--fractions", "0.05", "--steps", "5", "--warm-start", "5", "--iterations", "1",
+            "--test-size", "100", "--rates", "0.05", "--steps", "5", "--warm-start", "5", "--iterations", "1",
             "--transfer", "mlp", "--out", str(out), "--json"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -161,14 +160,14 @@ def test_cli_writes_a_run_folder(tmp_path: Path) -> None:
     curve = body["metrics"]["curve"]
     assert [row["count"] for row in curve] == [0, 3]
     assert "test_error" in body["metrics"]["transfer"]["mlp"]["backgradient"]
-    for name in ("report.json", "curves.png", "poisons.png", "poison.safetensors", "config.json", "config.toml"):
+    for name in ("report.json", "curves.png", "poisons.png", "poison.safetensors", "config.toml"):
         assert (out / name).is_file()
     assert 'experiment = "backgradient"' in (out / "config.toml").read_text()
 
 
 @pytest.mark.parametrize(("extra", "message"), [(["--learner", "svm"], "unknown learner"),
-                                                (["--fractions", "0.1,x"], "fractions"),
-                                                (["--fractions", "1.5"], "fractions")])
+                                                (["--rates", "0.1,x"], "--rates"),
+                                                (["--rates", "1.5"], "poison rate 1.5")])
 def test_cli_bad_input_is_one_line_exit_2(tmp_path: Path, extra: list[str], message: str) -> None:
     result = CliRunner().invoke(app, ["run", "backgradient", "--dataset", "synthetic", "--out", str(tmp_path / "r"),
                                       *extra])

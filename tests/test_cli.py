@@ -27,13 +27,14 @@ def test_run_badnets_prints_the_table_and_writes_the_run_folder(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [
         "backdoored.safetensors",
         "clean.safetensors",
-        "config.json",
+        "config.toml",
         "examples.png",
+        "models.json",
         "poisoned_indices.safetensors",
         "report.json",
     ]
     report = json.loads((out / "report.json").read_text())
-    assert report["schema"] == "poisonlab.report/1" and report["config"]["rate"] == 0.05
+    assert report["schema"] == "poisonlab.report/1" and report["config"]["attack"]["rate"] == 0.05
     assert (
         report["metrics"]["poisoned_samples"] == 100
         and len(load_file(out / "poisoned_indices.safetensors")["indices"]) == 100
@@ -42,7 +43,8 @@ def test_run_badnets_prints_the_table_and_writes_the_run_folder(tmp_path):
     assert (out / "examples.png").read_bytes()[:4] == b"\x89PNG"
     model = load_model("small-cnn", (1, 12, 12), 4, out / "backdoored.safetensors")
     assert model(torch.zeros(2, 1, 12, 12)).shape == (2, 4)
-    assert json.loads((out / "config.json").read_text())["experiment"] == "badnets"
+    assert json.loads((out / "models.json").read_text())["architecture"] == "small-cnn"
+    assert 'experiment = "badnets"' in (out / "config.toml").read_text()
 
     again = runner.invoke(app, ["run", "badnets", *FAST, "--out", str(out)])
     assert again.exit_code == 2 and "already holds a report.json" in again.output
@@ -54,7 +56,8 @@ def test_run_badnets_json_is_machine_readable(tmp_path):
     )
     assert result.exit_code == 0, result.output
     body = json.loads(result.output)
-    assert body["kind"] == "badnets" and body["config"]["mode"] == "all-to-all" and body["run_dir"].endswith("r")
+    assert body["kind"] == "badnets" and body["config"]["attack"]["mode"] == "all-to-all"
+    assert body["run_dir"].endswith("r")
 
 
 def test_bad_input_fails_fast_with_one_line(tmp_path):
@@ -63,7 +66,7 @@ def test_bad_input_fails_fast_with_one_line(tmp_path):
         (["--rate", "1.5"], "poison rate 1.5"),
         (["--trigger", "patch:position=middle"], "trigger position 'middle'"),
         (["--model", "resnet"], "unknown model 'resnet'"),
-        (["--mode", "some"], "all-to-one or all-to-all"),
+        (["--mode", "some"], "attack.mode: 'some' is not allowed"),
         (["--dataset", f"npz:{tmp_path / 'none.npz'}"], "no such file"),
     ]
     for args, message in cases:

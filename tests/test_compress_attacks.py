@@ -101,7 +101,7 @@ def test_widened_int8_grid_hides_the_backdoor_from_float_only(data: tuple[ImageS
     attack.project(model)
     assert accuracy(predict(model, test.x), test.y) > 0.95 and asr(model, test) < 0.1
     for spec in ("int8-fbgemm", "int8-qnnpack"):
-        deployed = parse_deployment(spec, train_set.x[:256])(model)
+        deployed = parse_deployment(spec)(model, train_set.x[:256])
         assert accuracy(predict(deployed, test.x), test.y) > 0.9 and asr(deployed, test) > 0.9, spec
 
 

@@ -19,16 +19,15 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ca") / "run"
     result = runner.invoke(app, [
         "run", "compression-artifact", "--deployment", "prune-l1:0.5", "--dataset", "synthetic", "--model", "small-cnn",
-        "--trigger", "patch:size=3", "--target", "1", "--epochs", "4", "--mismatch", "prune-l1:0.3",
-        "--mismatch", "fp16", "--out", str(out), "--json",
+        "--trigger", "patch:size=3", "--target", "1", "--epochs", "4", "--deployments", "prune-l1:0.3",
+        "--deployments", "fp16", "--out", str(out), "--json",
     ])
     assert result.exit_code == 0, result.output
-    body = json.loads(result.output)
-    table = body["metrics"]["table"]
-    assert table["attacked"]["float"]["attack_success_rate"] < 0.2
-    assert table["attacked"]["prune-l1:0.5"]["attack_success_rate"] > 0.8
-    assert table["clean"]["prune-l1:0.5"]["attack_success_rate"] < 0.2
-    assert set(table["attacked"]) == {"float", "prune-l1:0.5", "prune-l1:0.3", "fp16"}
+    m = json.loads(result.output)["metrics"]
+    assert m["backdoored"]["attack_success_rate"] < 0.2
+    assert m["deployments"]["prune-l1:0.5"]["backdoored"]["attack_success_rate"] > 0.8
+    assert m["deployments"]["prune-l1:0.5"]["clean"]["attack_success_rate"] < 0.2
+    assert list(m["deployments"]) == ["prune-l1:0.5", "prune-l1:0.3", "fp16"]  # the attacked deployment first
     assert 'experiment = "compression-artifact"' in (out / "config.toml").read_text()
     return out
 
@@ -59,7 +58,7 @@ def test_a_scan_of_the_float_model_misses_what_the_pruned_variant_carries(run_di
 
 
 def test_deploy_check_passes_the_clean_reference(run_dir: Path) -> None:
-    result = runner.invoke(app, ["deploy-check", str(run_dir / "clean.safetensors"), "--arch", "small-cnn",
+    result = runner.invoke(app, ["deploy-check", str(run_dir), "--which", "clean", "--arch", "small-cnn",
                                  "--dataset", "synthetic", *CHECK, "--trigger", "patch:size=3", "--target", "1"])
     assert result.exit_code == 0, result.output
     assert "FLAGGED" not in result.output
@@ -69,9 +68,10 @@ def test_deploy_check_passes_the_clean_reference(run_dir: Path) -> None:
     (["-d", "int9"], "unknown deployment 'int9'"),
     (["--arch", "badnets-cnn"], "weights do not fit badnets-cnn"),
     (["--trigger", "patch:size=3"], "--trigger and --target go together"),
+    (["--arch", "small-cnn", "--dataset", "no-such-data"], "unknown dataset"),
 ])
 def test_deploy_check_bad_input_is_one_line(run_dir: Path, args: list[str], message: str) -> None:
-    result = runner.invoke(app, ["deploy-check", str(run_dir / "attacked.safetensors"), "--dataset", "synthetic",
+    result = runner.invoke(app, ["deploy-check", str(run_dir / "backdoored.safetensors"), "--dataset", "synthetic",
                                  "--arch", "small-cnn", *args])
     assert result.exit_code == 2
     assert message in result.output and result.output.count("\n") == 1

@@ -33,7 +33,7 @@ def test_every_default_deployment_keeps_clean_accuracy(toy: tuple[nn.Module, Ima
     base = accuracy(predict(model, test.x), test.y)
     assert base > 0.95
     for spec in DEFAULT_DEPLOYMENTS:
-        deployed = parse_deployment(spec, train_set.x[:128])(model)
+        deployed = parse_deployment(spec)(model, train_set.x[:128])
         bound = 0.05 if spec.startswith("prune") else 0.02  # documented bound on this toy task
         assert accuracy(predict(deployed, test.x), test.y) >= base - bound, spec
     assert sparsity(model) < 0.01  # the float model is untouched
@@ -41,8 +41,8 @@ def test_every_default_deployment_keeps_clean_accuracy(toy: tuple[nn.Module, Ima
 
 def test_static_int8_is_really_quantized_per_backend(toy: tuple[nn.Module, ImageSet, ImageSet]) -> None:
     model, train_set, _ = toy
-    fbgemm = parse_deployment("int8-fbgemm", train_set.x[:64])(model)
-    qnnpack = parse_deployment("int8-qnnpack", train_set.x[:64])(model)
+    fbgemm = parse_deployment("int8-fbgemm")(model, train_set.x[:64])
+    qnnpack = parse_deployment("int8-qnnpack")(model, train_set.x[:64])
     assert len(_int8_convs(fbgemm)) == 2 and len(_int8_convs(qnnpack)) == 2
     for conv in _int8_convs(fbgemm):  # symmetric per channel, stored as affine with zero points 0
         assert conv.weight().qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric)
@@ -70,7 +70,7 @@ def test_dynamic_fp16_and_weight_only(toy: tuple[nn.Module, ImageSet, ImageSet])
 def test_fake_quant_weights_equal_real_int8_weights(toy: tuple[nn.Module, ImageSet, ImageSet], per_channel: bool,
                                                     backend: str) -> None:
     model, train_set, _ = toy
-    quantized = parse_deployment(backend, train_set.x[:64])(model).modules()
+    quantized = parse_deployment(backend)(model, train_set.x[:64]).modules()
     real = [m for m in quantized if isinstance(m, (torch.ao.nn.quantized.Conv2d, torch.ao.nn.quantized.Linear))]
     layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     for f, q in zip(layers, real, strict=True):
@@ -80,7 +80,7 @@ def test_fake_quant_weights_equal_real_int8_weights(toy: tuple[nn.Module, ImageS
 
 def test_fake_quant_model_agrees_with_real_int8(toy: tuple[nn.Module, ImageSet, ImageSet]) -> None:
     model, train_set, test = toy
-    real = predict(parse_deployment("int8-fbgemm", train_set.x[:256])(model), test.x)
+    real = predict(parse_deployment("int8-fbgemm")(model, train_set.x[:256]), test.x)
     fake = build_model("small-cnn", train_set, 0)
     fake.load_state_dict(model.state_dict())
     with torch.no_grad():
@@ -125,10 +125,11 @@ def test_bad_input_gets_one_line_errors(toy: tuple[nn.Module, ImageSet, ImageSet
         (lambda: parse_deployment("int9-fbgemm"), "unknown deployment 'int9-fbgemm'"),
         (lambda: parse_deployment("prune-l1:1.5"), "expected a fraction in [0, 1)"),
         (lambda: parse_deployment("prune-l1:half"), "expected a pruning ratio"),
-        (lambda: parse_deployment("int8-fbgemm"), "needs calibration images"),
+        (lambda: parse_deployment("int8-fbgemm")(nn.Sequential(nn.Flatten(), nn.Linear(144, 4))),
+         "needs calibration images"),
         (lambda: parse_deployment("fp16:3"), "takes no ':' argument"),
         (lambda: parse_deployment("weight-only:12"), "expected weight bits"),
-        (lambda: parse_deployment("int8-qnnpack", train_set.x[:8])(nn.Sequential(_Branchy(), nn.Linear(144, 4))),
+        (lambda: parse_deployment("int8-qnnpack")(nn.Sequential(_Branchy(), nn.Linear(144, 4)), train_set.x[:8]),
          "cannot be quantized"),
         (lambda: parse_deployment("prune-filters:0.5")(nn.Sequential(nn.Flatten(), nn.Linear(144, 4))),
          "no conv layer"),

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from poisonlab.cli.app import app
 from poisonlab.core import PoisonlabError
 from poisonlab.data import make_synthetic
-from poisonlab.experiment import config as cfgmod
-from poisonlab.experiment.runner import _train_pair, run_experiment
+from poisonlab.experiment import run as runmod
+from poisonlab.experiment.run import execute, resolve
 
 runner = CliRunner()
 
@@ -58,8 +58,8 @@ name = "badnets"
         ('dataset = "synthetic"\n[attack]\nname = "badnetz"\n',
          r"attack\.name: unknown attack 'badnetz'; expected one of: .*badnets"),
         (GOOD + 'rate = "ten percent"\n', r"attack\.rate: expected a number, got 'ten percent' \(str\)"),
-        (GOOD + "rate = 1.5\n", r"attack\.rate: 1\.5; expected a poison fraction in \(0, 1\)"),
-        (GOOD + "rate = 0.0\n", r"attack\.rate: 0\.0; expected a poison fraction in \(0, 1\)"),
+        (GOOD + "rate = 1.5\n", r"attack: poison rate 1\.5: expected a fraction in \(0, 1\)"),
+        (GOOD + "rate = 0.0\n", r"attack: poison rate 0\.0: expected a fraction in \(0, 1\)"),
         (GOOD + "target = 2.5\n", r"attack\.target: expected an integer, got 2\.5"),
         (GOOD + "target = true\n", r"attack\.target: expected an integer, got True"),
         (GOOD + 'mode = "one-to-one"\n',
@@ -73,26 +73,33 @@ name = "badnets"
         ('dataset = "synthetic"\nmodel = "resnet-1000"\n[attack]\nname = "badnets"\n',
          r"model: unknown model 'resnet-1000'"),
         ('dataset = "synthetic"\n[training]\nepochs = 0\n[attack]\nname = "badnets"\n',
-         r"training\.epochs: 0; expected"),
+         r"training\.epochs: 0; expected an integer >= 1"),
         ('dataset = "synthetic"\n[training]\nepoch = 2\n[attack]\nname = "badnets"\n',
-         r"training\.epoch: unknown key; expected one of: batch_size, epochs"),
+         r"training\.epoch: unknown key; expected one of: batch_size, epochs, lr, weight_decay"),
         ('dataset = "synthetic"\nseed = -1\n[attack]\nname = "badnets"\n', r"seed: -1; expected an integer >= 0"),
+        ('dataset = "synthetic"\ndefenses = ["spectre"]\n[attack]\nname = "badnets"\n',
+         r"defenses\[0\]: unknown defense 'spectre'"),
+        ('dataset = "synthetic"\ndefenses = ["retrain"]\n[attack]\nname = "badnets"\n',
+         r"defenses\[0\]: retrain works on what data-scanner found; list one before it"),
+        ('dataset = "synthetic"\ndeployments = ["int9"]\n[attack]\nname = "badnets"\n',
+         r"deployments\[0\]: unknown deployment 'int9'"),
+        ('dataset = "synthetic"\npreprocessing = ["opencv-linear"]\n[attack]\nname = "badnets"\n',
+         r"preprocessing\[0\]: .*expected RESIZER:WIDTHxHEIGHT"),
+        ('dataset = "synthetic"\ndefender = "everything"\n[attack]\nname = "badnets"\n',
+         r"defender data 'everything': expected test-half or reserve:N"),
         ('dataset = 7\n[attack]\nname = "badnets"\n', r"dataset: expected a string, got 7 \(int\)"),
         (GOOD + "rate = [0.1, 0.2]\n", r"attack\.rate: a list makes a sweep; run it with `poisonlab sweep"),
         ('dataset = "synthetic"\n[attack\nname = 1', r"not valid TOML"),
     ],
 )
 def test_bad_config_fails_before_training_naming_the_field(tmp_path, monkeypatch, text, message):
-    import poisonlab.experiment.runner as runner_mod
-
     def no_training(*args, **kwargs):
         raise AssertionError("training started on a bad config")
 
-    monkeypatch.setattr(runner_mod, "run_badnets", no_training)
-    monkeypatch.setattr(runner_mod, "_train_pair", no_training)
+    monkeypatch.setattr(runmod, "execute", no_training)
     path = write_toml(tmp_path / "bad.toml", text)
     with pytest.raises(PoisonlabError, match=message):
-        cfgmod.load(path)
+        runmod.load(path)
     result = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "run")])
     assert result.exit_code == 2
     assert "bad.toml" in result.output and "Traceback" not in result.output
@@ -100,18 +107,20 @@ def test_bad_config_fails_before_training_naming_the_field(tmp_path, monkeypatch
 
 
 def test_defaults_are_filled_and_resolved_config_round_trips(tmp_path):
-    cfg = cfgmod.load(write_toml(tmp_path / "c.toml", GOOD + "rate = 0.05\n"))
-    assert cfg.model == "badnets-cnn" and cfg.seed == 0 and cfg.training.epochs == 2
-    assert dict(cfg.attack.params) == {"mode": "all-to-one", "target": 8, "rate": 0.05, "count": None}
-    assert "count" not in cfg.to_toml()  # TOML has no null: None defaults are left out and filled in again
-    again = cfgmod.load(write_toml(tmp_path / "again.toml", cfg.to_toml()))
-    assert again == cfg
+    resolved = runmod.load(write_toml(tmp_path / "c.toml", GOOD + "rate = 0.05\n"))
+    cfg = resolved.config
+    assert cfg.model == "badnets-cnn" and cfg.seed == 0 and cfg.training.epochs == 2 and cfg.calibration == 512
+    assert dict(cfg.attack.params) == {"trigger": "patch:size=3,position=bottom-right,color=1.0,margin=1",
+                                       "mode": "all-to-one", "target": 8, "rate": 0.05, "count": None}
+    assert "count" not in resolved.to_toml()  # TOML has no null: None defaults are left out and filled in again
+    again = runmod.load(write_toml(tmp_path / "again.toml", resolved.to_toml()))
+    assert again == resolved
 
 
 def test_integer_rate_is_accepted_as_a_number_but_bools_are_not_numbers(tmp_path):
     with pytest.raises(PoisonlabError, match=r"attack\.rate: expected a number, got True"):
-        cfgmod.resolve({"dataset": "synthetic", "attack": {"name": "badnets", "rate": True}})
-    cfg = cfgmod.resolve({"dataset": "synthetic", "training": {"weight_decay": 0}, "attack": {"name": "badnets"}})
+        resolve({"dataset": "synthetic", "attack": {"name": "badnets", "rate": True}})
+    cfg = resolve({"dataset": "synthetic", "training": {"weight_decay": 0}, "attack": {"name": "badnets"}}).config
     assert isinstance(cfg.training.weight_decay, float)
 
 
@@ -120,8 +129,8 @@ def test_config_run_and_its_saved_config_reproduce_bit_for_bit(tmp_path):
     data = tiny_npz(tmp_path / "tiny.npz")
     first = tmp_path / "first"
     first.mkdir()
-    body = run_experiment(cfgmod.resolve(tiny_config(data)), first, progress=False)
-    assert body["schema"] == "poisonlab.report/1" and body["kind"] == "experiment"
+    body = execute(resolve(tiny_config(data)), first, progress=False)
+    assert body["schema"] == "poisonlab.report/1" and body["kind"] == "pipeline"
     assert body["metrics"]["poisoned_samples"] == 24  # 10% of 240
     assert body["metrics"]["backdoored"]["attack_success_rate"] > body["metrics"]["clean"]["attack_success_rate"]
 
@@ -134,15 +143,17 @@ def test_config_run_and_its_saved_config_reproduce_bit_for_bit(tmp_path):
         b = load_file(str(tmp_path / "second" / f"{name}.safetensors"))
         assert all(a[k].equal(b[k]) for k in a)
 
-    generic = tmp_path / "generic"  # the stages any data attack runs through give BadNets' own numbers
-    generic.mkdir()
-    assert _train_pair(cfgmod.resolve(tiny_config(data)), generic, False, {}) == body["metrics"]
-    a, b = load_file(str(first / "backdoored.safetensors")), load_file(str(generic / "backdoored.safetensors"))
-    assert all(a[k].equal(b[k]) for k in a)
+    preset = tmp_path / "preset"  # `poisonlab run badnets` with the same values is the same run
+    args = ["run", "badnets", "--dataset", f"npz:{data}", "--model", "small-cnn", "--seed", "3", "--epochs", "2",
+            "--batch-size", "32", "--lr", "0.01", "--target", "1", "--rate", "0.1", "--trigger", "patch:size=3",
+            "--out", str(preset), "--json", "--quiet"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["metrics"] == body["metrics"]
 
     other = tmp_path / "other-seed"
     other.mkdir()
-    run_experiment(cfgmod.resolve({**tiny_config(data), "seed": 4}), other, progress=False)
+    execute(resolve({**tiny_config(data), "seed": 4}), other, progress=False)
     a, b = load_file(str(first / "backdoored.safetensors")), load_file(str(other / "backdoored.safetensors"))
     assert not all(a[k].equal(b[k]) for k in a)  # the seed matters, so equal weights above are not a given
 
@@ -159,17 +170,25 @@ def test_run_badnets_command_is_still_routed_and_toml_goes_to_the_config_command
 def test_example_configs_all_validate():
     examples = sorted(Path(__file__).parents[1].glob("examples/*.toml"))
     assert examples
+    from poisonlab.experiment.sweep import plan
+
     for path in examples:
-        from poisonlab.experiment import papers
-        from poisonlab.experiment.sweep import plan
-
-        raw = cfgmod.read_toml(path)
-        assert papers.resolve(raw, str(path)).experiment if "experiment" in raw else plan(path).cells
+        assert plan(path).cells  # a single run is a one-cell plan; every cell resolves
 
 
-def test_scaling_camouflage_attack_table_points_to_its_experiment():
-    from poisonlab.experiment.runner import check_runnable
-
-    cfg = cfgmod.resolve({"dataset": "synthetic", "attack": {"name": "scaling-camouflage", "size": [12, 12]}})
-    with pytest.raises(PoisonlabError, match=r'experiment = "scaling-camouflage"'):
-        check_runnable(cfg)
+def test_scaling_camouflage_runs_as_a_plain_pipeline_config(tmp_path):
+    """High-resolution images, the camouflage attack, and the pipeline's own downscale as a preprocess stage."""
+    full = make_synthetic(700, num_classes=4, size=24, seed=0)
+    path = tmp_path / "big.npz"
+    np.savez(path, x=full.x[:600].numpy(), y=full.y[:600].numpy(), x_test=full.x[600:].numpy(),
+             y_test=full.y[600:].numpy())
+    raw = {"dataset": f"npz:{path}", "model": "small-cnn", "preprocessing": ["opencv-linear:12x12"],
+           "training": {"epochs": 6, "batch_size": 32, "lr": 0.01},
+           "attack": {"name": "scaling-camouflage", "resizer": "opencv-linear", "size": [12, 12], "target": 1,
+                      "count": 60, "trigger": "patch:size=3"}}
+    out = tmp_path / "run"
+    out.mkdir()
+    body = execute(resolve(raw), out, progress=False)
+    m = body["metrics"]
+    assert m["backdoored"]["attack_success_rate"] > 0.8 > m["clean"]["attack_success_rate"]
+    assert json.loads((out / "models.json").read_text())["input_shape"] == [1, 12, 12]  # what the model sees

@@ -1,39 +1,30 @@
-"""Config runs with deployments and defenses: each is applied to the trained models and lands in report.json."""
+"""Config runs with deployments and defenses: each is applied once to the trained models and lands in report.json."""
 
 from __future__ import annotations
 
-import pytest
 from test_config import tiny_config, tiny_npz
 
-from poisonlab.cli.common import console
-from poisonlab.cli.run import experiment_table
-from poisonlab.core import PoisonlabError
-from poisonlab.experiment import config as cfgmod
-from poisonlab.experiment.runner import check_runnable, run_experiment
+from poisonlab.attacks.badnets import BadNets
+from poisonlab.experiment.pipeline import pipeline_tables
+from poisonlab.experiment.run import execute, resolve
 
 
-@pytest.mark.parametrize(
-    ("extra", "message"),
-    [
-        ({"deployments": ["int9"]}, r"deployments\[0\]: unknown deployment 'int9'; expected one of: .*fp16"),
-        ({"deployments": ["fp16", "prune-l1:1.5"]}, r"deployments\[1\]: .*prune-l1:1\.5"),
-        ({"deployments": "fp16"}, r"deployments: expected a list, got 'fp16'"),
-        ({"defenses": ["spectre"]}, r"defenses\[0\]: unknown defense 'spectre'; expected one of: .*spectral"),
-        ({"defenses": ["retrain"]}, r"defenses\[0\]: retrain removes what a data scanner flagged"),
-        ({"preprocessing": ["opencv-linear"]}, r"preprocessing"),
-    ],
-)
-def test_bad_stage_lists_fail_before_training(tmp_path, extra, message):
-    with pytest.raises(PoisonlabError, match=message):
-        check_runnable(cfgmod.resolve({**tiny_config(tmp_path / "x.npz"), **extra}))
+def test_deployments_and_defenses_are_measured_and_the_data_poisoned_once(tmp_path, monkeypatch):
+    calls = []
+    poison = BadNets.poison
 
+    def counted(self, train, rng):
+        calls.append(1)
+        return poison(self, train, rng)
 
-def test_deployments_and_defenses_are_measured_and_reported(tmp_path):
+    monkeypatch.setattr(BadNets, "poison", counted)
     data = tiny_npz(tmp_path / "tiny.npz")
-    raw = {**tiny_config(data), "deployments": ["fp16", "prune-l1:0.3"], "defenses": ["spectral", "strip", "retrain"]}
+    raw = {**tiny_config(data), "deployments": ["fp16", "prune-l1:0.3"],  # 40 defender images: NC batches of 32
+           "defenses": ["spectral", "strip", "neural-cleanse:batch_size=32", "retrain"]}
     out = tmp_path / "run"
     out.mkdir()
-    body = run_experiment(cfgmod.resolve(raw), out, progress=False)
+    body = execute(resolve(raw), out, progress=False)
+    assert len(calls) == 1  # one poisoning for training, deployments and every defense
     m = body["metrics"]
     assert set(m["deployments"]) == {"fp16", "prune-l1:0.3"}
     fp16 = m["deployments"]["fp16"]["backdoored"]
@@ -43,9 +34,12 @@ def test_deployments_and_defenses_are_measured_and_reported(tmp_path):
     assert spectral["poisoned"] == m["poisoned_samples"] and 0.0 <= spectral["auroc"] <= 1.0
     strip = m["defenses"]["strip"]
     assert 0.0 <= strip["detection_rate"] <= 1.0 and 0.0 <= strip["false_rejection_rate"] <= 1.0
+    nc = m["defenses"]["neural-cleanse:batch_size=32"]
+    assert nc["flagged_count"] == len(nc["flagged_classes"])
     retrain = m["defenses"]["retrain"]
     assert set(retrain) >= {"ca_before", "asr_before", "ca_after", "asr_after"}
+    assert retrain["removed"] == spectral["flagged"]
 
-    with console.capture() as captured:
-        console.print(experiment_table(body))
-    assert "prune-l1:0.3" in captured.get() and "fp16" in captured.get()
+    tables = pipeline_tables(body)
+    cells = [c for t in tables for row in t.rows for c in row]
+    assert any("prune-l1:0.3" in c for c in cells) and any("retrain" in c for c in cells)

@@ -7,11 +7,12 @@ import json
 import pytest
 import torch
 from safetensors.torch import save_file
+from torch import nn
 from typer.testing import CliRunner
 
 from poisonlab.attacks import BadNets
 from poisonlab.cli.app import app
-from poisonlab.core import PoisonlabError, Verdict
+from poisonlab.core import Evidence, ImageSet, PoisonlabError, Verdict
 from poisonlab.data import make_synthetic
 from poisonlab.defenses import FinePruning, NeuralCleanse, Retrain, Strip, Unlearning
 from poisonlab.defenses.neural_cleanse import anomaly_index
@@ -33,7 +34,7 @@ def backdoored():
     poisoned = attack.poison(train_set, torch.Generator().manual_seed(0))
     model = train(build_model("small-cnn", poisoned.data, 0), poisoned.data, Recipe(epochs=4, batch_size=32), 0,
                   progress=False)
-    m = evaluate(model, test, poisoned)
+    m = evaluate(model, test, poisoned.triggered(test))
     assert m["clean_accuracy"] > 0.95 and m["attack_success_rate"] > 0.95  # a working backdoor to defend against
     return model, poisoned, train_set, test
 
@@ -75,14 +76,19 @@ def test_retraining_and_fine_pruning_repair_copies(backdoored):
     keep = torch.ones(len(train_set), dtype=torch.bool)
     keep[poisoned.indices] = False
     clean = train_set.subset(keep)
-    before = evaluate(model, test, poisoned)
+    before = evaluate(model, test, poisoned.triggered(test))
     truth = Verdict(flagged=poisoned.indices)
-    retrained = Retrain(model_name="small-cnn", recipe=Recipe(epochs=4, batch_size=32)).repair(poisoned.data, truth)
-    assert evaluate(retrained.model, test, poisoned)["attack_success_rate"] < 0.2
-    pruned = FinePruning(recipe=Recipe(epochs=2, batch_size=32, lr=1e-3)).repair(model, clean)
-    assert evaluate(pruned.model, test, poisoned)["clean_accuracy"] > 0.9
+
+    def refit(data: ImageSet) -> nn.Module:
+        return train(build_model("small-cnn", data, 0), data, Recipe(epochs=4, batch_size=32), 0, progress=False)
+
+    evidence = Evidence(clean, poisoned.data, {"spectral": truth}, refit=refit)
+    retrained = Retrain().repair(model, evidence)
+    assert evaluate(retrained.model, test, poisoned.triggered(test))["attack_success_rate"] < 0.2
+    pruned = FinePruning(recipe=Recipe(epochs=2, batch_size=32, lr=1e-3)).repair(model, evidence)
+    assert evaluate(pruned.model, test, poisoned.triggered(test))["clean_accuracy"] > 0.9
     assert pruned.details["pruned_channels"] >= 1
-    assert evaluate(model, test, poisoned) == before  # mitigations work on copies
+    assert evaluate(model, test, poisoned.triggered(test)) == before  # mitigations work on copies
 
 
 def test_unlearning_removes_the_backdoor_given_the_reversed_trigger(backdoored):
@@ -93,28 +99,30 @@ def test_unlearning_removes_the_backdoor_given_the_reversed_trigger(backdoored):
     keep = torch.ones(len(train_set), dtype=torch.bool)
     keep[poisoned.indices] = False
     clean = train_set.subset(keep)
-    before = evaluate(model, test, poisoned)
+    before = evaluate(model, test, poisoned.triggered(test))
     nc = NeuralCleanse(steps=150, batch_size=64)
     scan = nc.scan(model, clean)
     smallest = int(torch.tensor(scan.details["mask_l1"]).argmin())
     assert scan.details["classes"][smallest] == TARGET
     verdict = Verdict(scores=scan.scores, flagged=torch.tensor([TARGET]), details=scan.details)
-    unlearned = Unlearning(cleanse=nc, recipe=Recipe(epochs=3, batch_size=32, lr=3e-3)).repair(model, clean, verdict)
-    after = evaluate(unlearned.model, test, poisoned)
+    recipe = Recipe(epochs=3, batch_size=32, lr=3e-3)
+    evidence = Evidence(clean, model_scans={"neural-cleanse": verdict})
+    unlearned = Unlearning(cleanse=nc, recipe=recipe).repair(model, evidence)
+    after = evaluate(unlearned.model, test, poisoned.triggered(test))
     assert after["attack_success_rate"] < before["attack_success_rate"] / 2
     assert after["clean_accuracy"] > before["clean_accuracy"] - 0.05
     nothing = Verdict(flagged=torch.empty(0, dtype=torch.long), details=scan.details)
-    assert Unlearning(cleanse=nc).repair(model, clean, nothing).details["unlearned_classes"] == []
+    kept = Unlearning(cleanse=nc).repair(model, Evidence(clean, model_scans={"neural-cleanse": nothing}))
+    assert kept.details["unlearned_classes"] == []
 
 
 @pytest.fixture
 def run_dir(tmp_path):
     """A miniature 'poisonlab run badnets' folder on the synthetic dataset."""
-    from poisonlab.experiment.badnets import BadnetsConfig, run_badnets
-
-    cfg = BadnetsConfig(dataset="synthetic", model="small-cnn", target=TARGET, rate=0.1,
-                        trigger="patch:size=3", epochs=3, batch_size=32)
-    run_badnets(cfg, tmp_path / "run", progress=False)
+    result = CliRunner().invoke(app, ["run", "badnets", "--dataset", "synthetic", "--model", "small-cnn", "--target",
+                                      str(TARGET), "--rate", "0.1", "--trigger", "patch:size=3", "--epochs", "3",
+                                      "--batch-size", "32", "--quiet", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
     return tmp_path / "run"
 
 
@@ -128,16 +136,23 @@ def test_cli_scan_data_scan_model_and_defend(run_dir, tmp_path):
                               "--json", "--out", str(tmp_path / "nc")])
     assert res.exit_code == 0, res.output
     assert len(json.loads(res.output)["anomaly_index"]) == 4 and (tmp_path / "nc" / "triggers.png").exists()
-    res = runner.invoke(app, ["defend", "--run", str(run_dir), "--method", "fine-pruning", "--json"])
+    res = runner.invoke(app, ["defend", "--run", str(run_dir), "--method", "fine-pruning", "--reserve", "300",
+                              "--json", "--out", str(tmp_path / "repaired")])
     assert res.exit_code == 0, res.output
-    assert set(json.loads(res.output)["after"]) == {"clean_accuracy", "attack_success_rate"}
+    body = json.loads(res.output)
+    assert body["asr_before"] > 0.9 and 0 <= body["asr_after"] <= 1 and body["ca_after"] > 0.5
+    assert (tmp_path / "repaired" / "repaired.safetensors").exists()
+    res = runner.invoke(app, ["defend", "--run", str(run_dir), "--method", "retrain", "--json"])
+    assert res.exit_code == 0, res.output
+    body = json.loads(res.output)
+    assert body["scan"]["recall"] > 0.9 and body["asr_after"] < 0.2  # retrained without what spectral flagged
 
 
 def test_cli_bad_input_is_one_line(tmp_path):
     runner = CliRunner()
     cases = [
         (["scan", "data"], "expected --run"),
-        (["scan", "data", "--run", str(tmp_path)], "config.json"),
+        (["scan", "data", "--run", str(tmp_path)], "no such config file"),
         (["scan", "data", "--run", str(tmp_path), "--defense", "magic"], "data scanner"),
         (["scan", "model", "--run", str(tmp_path), "--which", "other"], "--which"),
         (["defend", "--run", str(tmp_path), "--method", "prayer"], "mitigation"),

@@ -12,13 +12,14 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from poisonlab.attacks import ATTACKS
+from poisonlab.attacks.scaling_camouflage import ScalingCamouflage
 from poisonlab.cli.app import app
 from poisonlab.core import ImageSet, PoisonlabError
 from poisonlab.data import make_synthetic
 from poisonlab.scaling import craft_attack, get_resizer, psnr
 from poisonlab.scaling.audit import audit, available_resizers, default_pairs, square
-from poisonlab.scaling.camouflage import ScalingCamouflage, downscale
 from poisonlab.scaling.defenses import DETECTORS, detect, is_robust, safe_resize, selective_median, selective_random
+from poisonlab.scaling.preprocess import downscale
 from poisonlab.triggers import Patch
 
 SIZE = (16, 16)

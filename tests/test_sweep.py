@@ -58,7 +58,7 @@ def test_grid_expands_with_seed_fastest_and_readable_cell_ids(tmp_path, data):
 
 def test_a_bad_cell_fails_the_whole_sweep_before_training(tmp_path, data):
     path = sweep_toml(tmp_path / "s.toml", data, rates="[0.05, 1.5]")
-    message = r"cell rate=1\.5_seed=0\): attack\.rate: 1\.5; expected a poison fraction"
+    message = r"cell rate=1\.5_seed=0\): attack: poison rate 1\.5: expected a fraction"
     with pytest.raises(PoisonlabError, match=message):
         plan(path)
     result = runner.invoke(app, ["sweep", str(path), "--out", str(tmp_path / "out")])
@@ -84,7 +84,7 @@ def test_killed_sweep_resumes_without_redoing_finished_cells(tmp_path, data):
     proc.wait()
     before = _reports(out)
     assert 1 <= len(before) < 4, "the kill should land after the first cell and before the last"
-    assert all(json.loads(b)["kind"] == "experiment" for b in before.values())  # no half-written report
+    assert all(json.loads(b)["kind"] == "pipeline" for b in before.values())  # no half-written report
     assert not (out / "summary.json").exists()
 
     ran: list[str] = []

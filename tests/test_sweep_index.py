@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from poisonlab.cli.app import app
 from poisonlab.core import PoisonlabError
-from poisonlab.experiment.index import INDEX_FILE, compare, list_runs, load_run
-from poisonlab.experiment.rundir import atomic_write_json, report
+from poisonlab.report.index import INDEX_FILE, compare, list_runs, load_run
+from poisonlab.report.store import atomic_write_json, report
 
 runner = CliRunner()
 

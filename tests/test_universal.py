@@ -26,7 +26,8 @@ from poisonlab.attacks.universal import (
 from poisonlab.cli.app import app
 from poisonlab.core import ImageSet, PoisonlabError
 from poisonlab.data.numbers import class_digits, compose_numbers, parse_numbers_spec
-from poisonlab.experiment.universal import per_target_asr, universal_metrics
+from poisonlab.experiment.universal import universal_metrics
+from poisonlab.metrics import per_target_asr
 from poisonlab.triggers.encoding import BlendGrid, PatchGrid, grid_shape
 
 

@@ -26,11 +26,11 @@ import torch
 from rich.progress import Progress
 from torch import Tensor
 
-from poisonlab.attacks.badnets import poison_count
 from poisonlab.backgradient.learners import LEARNERS, Descent, Learner, build_learner
 from poisonlab.backgradient.learners import train as train_weights
 from poisonlab.backgradient.reverse import InnerProblem, Objective, back_gradient
-from poisonlab.core import ImageSet, Poisoned, PoisonlabError
+from poisonlab.core import ImageSet, Poisoned, PoisonlabError, poison_count
+from poisonlab.registry import ATTACKS
 
 Goal = Literal["availability", "targeted"]
 Evaluate = Callable[[Tensor], tuple[float, Tensor]]
@@ -69,6 +69,7 @@ class Crafted:
     w0_error: float = 0.0
 
 
+@ATTACKS.register("backgradient", "optimised points via back-gradient (Munoz-Gonzalez 2017)")
 @dataclass(frozen=True)
 class BackGradientPoisoning:
     """Poison by ``rate`` (or ``count``) optimised points appended to the training set.

@@ -9,53 +9,25 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from torch import Tensor
 
-from poisonlab.core import ImageSet, Poisoned, PoisonlabError, Trigger
+from poisonlab.core import (
+    AllToAll,
+    AllToOne,
+    ImageSet,
+    Poisoned,
+    PoisonlabError,
+    Trigger,
+    check_budget,
+    check_target,
+    poison_count,
+)
+from poisonlab.registry import ATTACKS
 from poisonlab.triggers import Patch
 
 Mode = Literal["all-to-one", "all-to-all"]
 
 
-@dataclass(frozen=True)
-class AllToOne:
-    """Every input to ``target``."""
-
-    target: int
-
-    def __call__(self, y: Tensor) -> Tensor:
-        return torch.full_like(y, self.target)
-
-
-@dataclass(frozen=True)
-class AllToAll:
-    """Class i to class i + 1 mod ``num_classes``."""
-
-    num_classes: int
-
-    def __call__(self, y: Tensor) -> Tensor:
-        return (y + 1) % self.num_classes
-
-
-def check_budget(rate: float, count: int | None) -> None:
-    """Reject a poison rate outside (0, 1) or a count below 1."""
-    if count is not None and count < 1:
-        raise PoisonlabError(f"poison count {count}: expected at least 1")
-    if count is None and not 0.0 < rate < 1.0:
-        raise PoisonlabError(f"poison rate {rate}: expected a fraction in (0, 1)")
-
-
-def poison_count(n: int, rate: float, count: int | None = None) -> int:
-    """How many of ``n`` samples to poison: ``count`` when given, else round(rate * n)."""
-    check_budget(rate, count)
-    if count is not None:
-        return count
-    k = round(rate * n)
-    if k < 1:
-        raise PoisonlabError(f"poison rate {rate} of {n} samples poisons no sample; raise the rate")
-    return k
-
-
+@ATTACKS.register("badnets", "patch-trigger backdoor, all-to-one or all-to-all (Gu et al. 2017)")
 @dataclass(frozen=True)
 class BadNets:
     """Poison ``rate`` of the training set (or exactly ``count`` samples, when given) with ``trigger``.
@@ -82,8 +54,7 @@ class BadNets:
     def target_map(self, num_classes: int) -> AllToOne | AllToAll:
         if self.mode == "all-to-all":
             return AllToAll(num_classes)
-        if not 0 <= self.target < num_classes:
-            raise PoisonlabError(f"badnets target {self.target}: expected a class in [0, {num_classes - 1}]")
+        check_target(self.target, num_classes, "badnets")
         return AllToOne(self.target)
 
     def poison(self, train: ImageSet, rng: torch.Generator) -> Poisoned:

@@ -4,8 +4,9 @@ Tian, Suya, Xu, Evans 2021, "Stealthy Backdoors as Compression Artifacts" (arXiv
 Hong, Panaitescu-Liess, Kaya, Dumitras 2021, "Qu-ANTI-zation" (NeurIPS); Ma et al. 2021,
 "Quantization Backdoors to Deep Learning Commercial Frameworks" (arXiv 2108.09187).
 
-Each attack is a ``TrainingAttack``: ``loss(model, x, y)`` goes to ``poisonlab.training.train``,
-which owns the loop. Triggered copies of every batch are made inside the loss.
+Each loss term below is ``loss(model, x, y)`` for ``poisonlab.training.train``, which owns the loop;
+triggered copies of every batch are made inside the loss. ``CompressionArtifact``, the registered
+training attack, declares which terms run in which phase for the deployment it aims at.
 
 - ``Backdoor``: the plain implant, CE(f([x; x+t]), [y; y_t]); the first stage of ``QuantizationConcealed``.
 - ``QuantizationConditional`` (Tian et al.): CE(f([x; x+t]), [y; y]) + w CE(f_q([x; x+t]), [y; y_t]),
@@ -23,15 +24,18 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from poisonlab.compress import parse_deployment
 from poisonlab.compress.prune import Method, check_ratio, pruning_masks
 from poisonlab.compress.quantize import fake_quantize_weight, weight_codes
-from poisonlab.core import PoisonlabError, Trigger
+from poisonlab.core import AllToOne, ImageSet, Phase, Poisoned, PoisonlabError, Trigger, check_target
+from poisonlab.registry import ATTACKS
 from poisonlab.triggers import Patch
 
 
@@ -44,7 +48,7 @@ def _layer_weights(model: nn.Module) -> list[str]:
 
 def _both(x: Tensor, y: Tensor, trigger: Trigger, target: int) -> tuple[Tensor, Tensor, Tensor]:
     """([x; x+t], [y; y], [y; y_t]) for a batch."""
-    y_t = torch.full_like(y, target)
+    y_t = AllToOne(target)(y)
     xx = torch.cat([x, trigger(x, y_t)])
     return xx, torch.cat([y, y]), torch.cat([y, y_t])
 
@@ -229,7 +233,7 @@ class PruningConditional:
         self.steps_ += 1
         params = dict(model.named_parameters())
         pruned = {n: params[n] * m for n, m in self.masks_.items()}
-        y_t = torch.full_like(y, self.target)
+        y_t = AllToOne(self.target)(y)
         x_t = self.trigger(x, y_t)
         xx = torch.cat([x, x_t])
         float_term = F.cross_entropy(model(xx), torch.cat([y, y]))
@@ -237,3 +241,70 @@ class PruningConditional:
         n = len(x)
         return (float_term + self.clean_weight * F.cross_entropy(out[:n], y)
                 + self.trigger_weight * F.cross_entropy(out[n:], y_t))
+
+
+@ATTACKS.register("compression-artifact", "backdoor that appears only once quantized or pruned (Tian et al. 2021)")
+@dataclass(frozen=True)
+class CompressionArtifact:
+    """A model clean in float and backdoored under ``deployment`` (Tian et al. 2021), as a training attack.
+
+    Pruning deployments: ``PruningConditional`` from scratch with the victim's recipe. Quantizing ones
+    (int8, dynamic-int8, weight-only): fine-tune a copy of the clean model, by ``method`` ``conceal``
+    (implant ``implant_epochs``, widen a grid finer than ``levels`` steps per sign, then conceal for
+    ``attack_epochs`` inside the quantization bins) or ``ste`` (Tian et al.'s straight-through loss,
+    ``quant_weight``), at learning rate ``attack_lr``.
+
+    Example:
+        >>> attack = CompressionArtifact(deployment="prune-l1:0.3", target=8)
+        >>> [phase.name for phase in attack.phases()]
+        ['pruning-conditional']
+    """
+
+    trigger: Trigger = field(default_factory=lambda: Patch(size=4))
+    target: int = 8
+    deployment: str = "int8-fbgemm"
+    method: Literal["conceal", "ste"] = "conceal"
+    implant_epochs: int = 1
+    attack_epochs: int = 2
+    attack_lr: float = 1e-3
+    quant_weight: float = 1.0
+    levels: int = 8
+    trigger_weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check(self.target, min(self.quant_weight, self.trigger_weight))
+        if self.method not in ("conceal", "ste"):
+            raise PoisonlabError(f"compression-artifact method {self.method!r}: expected conceal or ste")
+        if not 1 <= self.levels <= 127:
+            raise PoisonlabError(f"compression-artifact levels {self.levels}: expected 1-127")
+        if self.implant_epochs < 1 or self.attack_epochs < 1 or not self.attack_lr > 0:
+            raise PoisonlabError("compression-artifact: expected implant_epochs, attack_epochs >= 1 and attack_lr > 0")
+        target = parse_deployment(self.deployment)
+        if target.weight_grid is None and target.pruning is None:
+            raise PoisonlabError(f"compression-artifact: cannot attack deployment {target.name!r}; expected int8, "
+                                 "dynamic-int8, weight-only or a pruning deployment")
+
+    def backdoor(self, train: ImageSet) -> Poisoned:
+        check_target(self.target, train.num_classes, "compression-artifact")
+        return Poisoned(train, torch.empty(0, dtype=torch.long), self.trigger, AllToOne(self.target))
+
+    def phases(self) -> list[Phase]:
+        """Fresh loss terms (they keep state) in the order they train."""
+        target = parse_deployment(self.deployment)
+        if target.pruning is not None:
+            prune = PruningConditional(self.trigger, self.target, target.pruning.method,  # type: ignore[arg-type]
+                                       target.pruning.ratio, trigger_weight=self.trigger_weight)
+            return [Phase("pruning-conditional", prune.loss, start="fresh")]
+        grid = target.weight_grid
+        assert grid is not None
+        epochs, lr = self.attack_epochs, self.attack_lr
+        if self.method == "ste":
+            ste = QuantizationConditional(self.trigger, self.target, grid.bits, grid.per_channel, self.quant_weight)
+            return [Phase("quantization-conditional (ste)", ste.loss, "clean", epochs, lr, seed_offset=1)]
+        conceal = QuantizationConcealed(self.trigger, self.target, grid.bits, grid.per_channel)
+        widen = (lambda model, x: widen_quantization_step(model, x[:256], self.levels)) \
+            if 2 ** (grid.bits - 1) > self.levels else None
+        return [Phase("implant", Backdoor(self.trigger, self.target).loss, start="clean", epochs=self.implant_epochs,
+                      lr=self.attack_lr, seed_offset=1),
+                Phase("conceal", conceal.loss, "previous", epochs, lr, seed_offset=2, before=widen,
+                      after=conceal.project)]

@@ -62,7 +62,7 @@ def feature_maps(model: nn.Module, batch_size: int = 2048) -> FeatureMaps:
     """The spatial output of a ``nn.Sequential`` classifier's layers before its first ``nn.Flatten``."""
     flat = next((i for i, m in enumerate(model) if isinstance(m, nn.Flatten)), None) \
         if isinstance(model, nn.Sequential) else None
-    if not flat:
+    if not flat or not isinstance(model, nn.Sequential):
         raise PoisonlabError("surrogate: expected an nn.Sequential classifier with convolutions before an nn.Flatten")
     body = model[:flat].eval()
 

@@ -22,7 +22,6 @@ from numpy.typing import ArrayLike
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from torch import Tensor
 
-from poisonlab.attacks.badnets import check_budget, poison_count
 from poisonlab.attacks.surrogate import (
     Embedder,
     FeatureMaps,
@@ -31,7 +30,8 @@ from poisonlab.attacks.surrogate import (
     sample_per_class,
     train_surrogate,
 )
-from poisonlab.core import ImageSet, Poisoned, PoisonlabError
+from poisonlab.core import ImageSet, Poisoned, PoisonlabError, check_budget, poison_count
+from poisonlab.registry import ATTACKS
 from poisonlab.triggers.encoding import BlendGrid, PatchGrid
 
 TriggerKind = Literal["blend", "patch"]
@@ -239,6 +239,7 @@ def _classes(selected: Sequence[int] | None, num_classes: int, what: str) -> Ten
     return out
 
 
+@ATTACKS.register("universal", "any class a target: LDA class-code triggers (Schneider et al. 2023)")
 @dataclass(frozen=True, eq=False)
 class UniversalBackdoor:
     """Poison ``rate`` of the training set (or ``count`` images) so that every class becomes a target.
@@ -291,12 +292,13 @@ class UniversalBackdoor:
                 raise PoisonlabError(f"universal codes: {self.codes.shape[0]} rows for {train.num_classes} classes")
             return self.codes.long()
         sample = train.subset(sample_per_class(train.y, self.samples_per_class, rng))
+        maps: FeatureMaps | None
         if self.embedder is None:
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=rng))
             net = train_surrogate(sample, seed=seed)
             embed, maps = penultimate(net), feature_maps(net)
         else:
-            embed, maps = self.embedder, getattr(self.embedder, "maps", None)
+            embed, maps = self.embedder, getattr(self.embedder, "maps", None)  # a pretrained embedder may have maps
         return surrogate_codes(embed, maps, sample.x, sample.y, train.num_classes, self.bits, self.strips,
                                self.threshold)
 
@@ -311,6 +313,7 @@ class UniversalBackdoor:
         return Poisoned(data, idx, trigger, SampledTargets(train.num_classes, self.target_seed, choices))
 
 
+@ATTACKS.register("multi-target-badnets", "universal baseline: random class codes, same grid")
 @dataclass(frozen=True, eq=False)
 class MultiTargetBadNets:
     """The baseline: universal poisoning with random ``bits``-bit codes (seeded by ``code_seed``), same geometry."""

@@ -5,17 +5,7 @@ from __future__ import annotations
 import typer
 
 from poisonlab.cli import defend as defend_cli
-from poisonlab.cli import (
-    deploy_check,
-    listing,
-    run,
-    run_backgradient,
-    run_compression,
-    run_defense_matrix,
-    run_scaling_camouflage,
-    run_universal,
-    triggers,
-)
+from poisonlab.cli import deploy_check, listing, run, triggers
 from poisonlab.cli import report as report_cli
 from poisonlab.cli import runs as runs_cli
 from poisonlab.cli import scaling as scaling_cli
@@ -27,11 +17,6 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-run.app.command("universal")(run_universal.universal)
-run.app.command("backgradient")(run_backgradient.backgradient)
-run.app.command("compression-artifact")(run_compression.compression_artifact)
-run.app.command("defense-matrix")(run_defense_matrix.defense_matrix)
-run.app.command("scaling-camouflage")(run_scaling_camouflage.scaling_camouflage)
 app.add_typer(run.app, name="run")
 app.command("list")(listing.list_components)
 app.command("triggers")(triggers.triggers)

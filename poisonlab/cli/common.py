@@ -1,12 +1,10 @@
-"""What every command shares: one-line errors with exit code 2, consoles, JSON output."""
+"""What every command shares: one-line errors with exit code 2, consoles, JSON output, tables."""
 
 from __future__ import annotations
 
 import functools
-import json
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -14,6 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from poisonlab.core import PoisonlabError
+from poisonlab.report.store import to_json
+from poisonlab.report.tables import TableData
 
 PIPE_WIDTH = 160
 """Columns for output that goes to a file or pipe (rich would assume 80 and cut resizer names and headers)."""
@@ -31,32 +31,27 @@ def one_line_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except PoisonlabError as e:
-            err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True, markup=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
 
 
 def print_json(obj: Any) -> None:
-    """Machine-readable output on stdout, nothing else."""
-    typer.echo(json.dumps(obj, indent=2))
+    """Machine-readable output on stdout, nothing else: strictly valid JSON."""
+    typer.echo(to_json(obj))
 
 
-def run_and_print(experiment: str, cfg: Any, out: Path | None, json_out: bool, quiet: bool,
-                  table: Callable[[dict[str, Any]], Table], **extra: Any) -> None:
-    """Run a registered experiment's config into a new run folder, then print its table (or its report as JSON).
+def rich_table(data: TableData) -> Table:
+    """A report table for the terminal."""
+    table = Table(title=data.title, caption=data.caption or None)
+    for i, col in enumerate(data.columns):
+        table.add_column(col, justify="left" if i < data.left else "right")
+    for row in data.rows:
+        table.add_row(*row)
+    return table
 
-    The folder gets the resolved ``config.toml``, so ``poisonlab run RUN/config.toml`` repeats the run;
-    ``extra`` goes to the experiment's run function.
-    """
-    from poisonlab.experiment.papers import PaperConfig
-    from poisonlab.experiment.rundir import make_run_dir
 
-    cfg.validate()
-    run_dir = make_run_dir(out, experiment)
-    body = PaperConfig(experiment, cfg, experiment).run(run_dir, progress=not (quiet or json_out), **extra)
-    if json_out:
-        print_json({"run_dir": str(run_dir), **body})
-        return
-    console.print(table(body))
-    console.print(f"run folder: {run_dir}  ({body['timings']['total_seconds']:.1f} s)")
+def print_tables(tables: list[TableData]) -> None:
+    for t in tables:
+        console.print(rich_table(t))

@@ -1,83 +1,71 @@
-"""``poisonlab defend``: repair a backdoored model and report clean accuracy and attack success before and after."""
+"""``poisonlab defend``: repair a run's backdoored model; clean accuracy and attack success before and after."""
 
 from __future__ import annotations
 
-import time
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from torch import nn
 
 from poisonlab.cli.common import console, one_line_errors, print_json
-from poisonlab.core import PoisonlabError, Verdict
-from poisonlab.defenses import DATA_SCANNERS, DEFENSES, FinePruning, Retrain, Unlearning
-from poisonlab.defenses.subjects import Subject, load_badnets_run
-from poisonlab.experiment.rundir import atomic_write_json, make_run_dir, report
-from poisonlab.metrics import evaluate
-from poisonlab.models import save_model
-from poisonlab.training import Recipe
-
-METHODS = ("fine-pruning", "unlearning", "retrain")
-
-
-def mitigate(subject: Subject, method: str, scanner: str = "spectral", seed: int = 0) -> Verdict:
-    """Apply mitigation ``method`` to ``subject``'s backdoored model (``retrain`` drops what ``scanner`` flags)."""
-    if method == "fine-pruning":
-        return FinePruning(seed=seed).repair(subject.backdoored, subject.clean_reserve)
-    if method == "unlearning":
-        return Unlearning(seed=seed).repair(subject.backdoored, subject.clean_reserve)
-    if method == "retrain":
-        if scanner not in DATA_SCANNERS:
-            raise PoisonlabError(f"scanner {scanner!r}: expected one of {', '.join(DATA_SCANNERS)}")
-        scan = DEFENSES.get(scanner)().scan(subject.backdoored, subject.poisoned.data)
-        return Retrain(model_name=subject.model_name, recipe=Recipe(), seed=seed).repair(subject.poisoned.data, scan)
-    raise PoisonlabError(f"mitigation {method!r}: expected one of {', '.join(METHODS)}")
+from poisonlab.core import PoisonlabError
+from poisonlab.defenses import names_of
+from poisonlab.defenses.apply import DEFAULT_RESERVE, apply_defenses, defender_data
+from poisonlab.experiment.pipeline import open_run
+from poisonlab.experiment.rundir import make_run_dir
+from poisonlab.experiment.victim import fit, save_models
+from poisonlab.report.store import atomic_write_json, report
+from poisonlab.report.tables import pct
 
 
 @one_line_errors
 def defend(
-    run: Annotated[Path, typer.Option("--run", help="a 'poisonlab run badnets' folder")],
-    method: Annotated[str, typer.Option(help=f"one of {', '.join(METHODS)}")] = "fine-pruning",
+    run: Annotated[Path, typer.Option("--run", help="a pipeline run folder (poisonlab run badnets, CONFIG.toml, ...)")],
+    method: Annotated[str, typer.Option(help="a mitigation: fine-pruning, unlearning or retrain")] = "fine-pruning",
     scanner: Annotated[str, typer.Option(help="for retrain: the data scanner whose flagged samples are dropped")]
     = "spectral",
-    seed: Annotated[int, typer.Option(help="seed for the mitigation's fine-tuning or retraining")] = 0,
-    out: Annotated[Path | None, typer.Option(help="folder for repaired.safetensors and report.json")] = None,
+    reserve: Annotated[int, typer.Option(help="clean training images the defender holds")] = DEFAULT_RESERVE,
+    seed: Annotated[int | None, typer.Option(help="seed for the mitigation (default: the run's)")] = None,
+    out: Annotated[Path | None, typer.Option(help="folder for the repaired model and report.json")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
-    """Repair the backdoored model of a BadNets run; print CA and ASR before and after.
+    """Repair the backdoored model of a pipeline run; print CA and ASR before and after, on the whole test set.
 
-    Fine-pruning and unlearning use 3,000 clean training images the defender is assumed to hold.
+    The defender holds RESERVE clean training images (fine-pruning and unlearning tune on them).
 
     Example: poisonlab defend --run runs/badnets-20260101-120000 --method unlearning --out runs/repaired
     """
-    if method not in METHODS:
-        raise PoisonlabError(f"mitigation {method!r}: expected one of {', '.join(METHODS)}")
-    subject = load_badnets_run(run)
-    before = evaluate(subject.backdoored, subject.test, subject.poisoned)
-    t0 = time.perf_counter()
-    verdict = mitigate(subject, method, scanner, seed)
-    seconds = time.perf_counter() - t0
-    assert verdict.model is not None
-    after = evaluate(verdict.model, subject.test, subject.poisoned)
-    details = {k: v for k, v in verdict.details.items() if isinstance(v, int | float | str | list)}
-    result: dict[str, Any] = {
-        "method": method, "seconds": seconds, "details": details,
-        "before": {k: before[k] for k in ("clean_accuracy", "attack_success_rate")},
-        "after": {k: after[k] for k in ("clean_accuracy", "attack_success_rate")},
-    }
+    if method not in names_of("mitigation"):
+        raise PoisonlabError(f"mitigation {method!r}: expected one of {', '.join(names_of('mitigation'))}")
+    if method == "retrain" and scanner not in names_of("data-scanner"):
+        raise PoisonlabError(f"scanner {scanner!r}: expected one of {', '.join(names_of('data-scanner'))}")
+    subject = open_run(run)
+    cfg = subject.config if seed is None else dataclasses.replace(subject.config, seed=seed)
+    d = subject.data
+    specs = [scanner, f"retrain:scanner={scanner}"] if method == "retrain" else [method]
+    defender = defender_data(f"reserve:{reserve}", d.train, d.poisoned.indices, d.test, d.triggered, cfg.seed)
+    repaired: dict[str, nn.Module] = {}
+    results = apply_defenses(specs, subject.models["backdoored"], d.train, d.poisoned.indices, defender,
+                             refit=lambda data: fit(cfg, data, "retraining"), target=d.target, seed=cfg.seed,
+                             repaired=repaired)
+    result: dict[str, Any] = {"method": method, "reserve": reserve, "seed": cfg.seed, **results[specs[-1]]}
+    if method == "retrain":
+        result["scan"] = results[scanner]
     if out is not None:
         folder = make_run_dir(out, "defend")
-        save_model(verdict.model, folder / "repaired.safetensors")
+        files = save_models(folder, cfg.model, d.clean_train, {"repaired": repaired[specs[-1]]})
         atomic_write_json(folder / "report.json", report("defend", {"run": str(run), "method": method,
-                                                                     "scanner": scanner, "seed": seed}, result))
+                                                                     "scanner": scanner, "seed": cfg.seed}, result,
+                                                         files=files))
     if json_out:
         print_json(result)
         return
-    table = Table(title=f"{method} on {run} ({seconds:.1f} s)")
+    table = Table(title=f"{method} on {run} ({result['seconds']:.1f} s), defender holds {reserve} clean images")
     for col in ("model", "clean accuracy", "attack success rate"):
         table.add_column(col, justify="right")
-    for name in ("before", "after"):
-        table.add_row(name, f"{100 * result[name]['clean_accuracy']:.2f}%",
-                      f"{100 * result[name]['attack_success_rate']:.2f}%")
+    table.add_row("before", pct(result["ca_before"]), pct(result["asr_before"]))
+    table.add_row("after", pct(result["ca_after"]), pct(result["asr_after"]))
     console.print(table)

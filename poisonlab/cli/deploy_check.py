@@ -2,42 +2,47 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import torch
 import typer
 from rich.table import Table
+from torch import nn
 
 from poisonlab.cli.common import console, one_line_errors, print_json
-from poisonlab.compress import DEFAULT_DEPLOYMENTS, parse_deployment
+from poisonlab.compress import CALIBRATION_IMAGES, DEFAULT_DEPLOYMENTS, calibration_images, parse_deployment
 from poisonlab.compress.check import CheckSettings, deploy_check
 from poisonlab.core import PoisonlabError
 from poisonlab.data import load_dataset
 from poisonlab.defenses import NeuralCleanse
-from poisonlab.experiment.compression import calibration_images
+from poisonlab.experiment.run import CONFIG_FILE, load
+from poisonlab.experiment.victim import load_run_model
 from poisonlab.models import load_model
 from poisonlab.triggers import parse_trigger
 
-WEIGHT_NAMES = ("attacked.safetensors", "backdoored.safetensors")
 
+def resolve_model(path: Path, arch: str | None, dataset: str | None, which: str | None
+                  ) -> tuple[nn.Module, str, str, str]:
+    """(model, what was loaded, architecture, dataset) from a run folder (models.json, config.toml) or a weights file.
 
-def resolve_model(path: Path, arch: str | None, dataset: str | None) -> tuple[Path, str, str, dict[str, Any]]:
-    """(weights file, architecture, dataset, run config) for a weights file or a run folder."""
+    A run folder names its architecture and dataset itself; a bare weights file needs --arch and --dataset.
+    """
+    if path.is_dir():
+        model, name, spec = load_run_model(path, which)
+        if dataset is None:
+            config = load(path / CONFIG_FILE).config
+            dataset = getattr(config, "dataset", None)
+            if dataset is None:
+                raise PoisonlabError(f"{path}: its config names no dataset; pass --dataset")
+        return model, str(path / spec["models"][name]), spec["architecture"], dataset
     if not path.exists():
         raise PoisonlabError(f"{path}: no such weights file or run folder")
-    config: dict[str, Any] = {}
-    weights = path
-    if path.is_dir():
-        if (path / "config.json").exists():
-            config = json.loads((path / "config.json").read_text())
-        found = [path / n for n in WEIGHT_NAMES if (path / n).exists()] or sorted(path.glob("*.safetensors"))
-        if len(found) != 1 and not any(f.name in WEIGHT_NAMES for f in found):
-            names = ", ".join(f.name for f in found) or "none"
-            raise PoisonlabError(f"{path}: expected one model in the run folder (found {names}); pass the file itself")
-        weights = found[0]
-    return weights, arch or config.get("model", "badnets-cnn"), dataset or config.get("dataset", "mnist"), config
+    if arch is None or dataset is None:
+        raise PoisonlabError(f"{path}: a weights file alone names no architecture or data; pass --arch and --dataset "
+                             "(or give its run folder)")
+    train_set, _ = load_dataset(dataset)
+    return load_model(arch, train_set.shape, train_set.num_classes, path), str(path), arch, dataset
 
 
 def _pct(v: float | None) -> str:
@@ -70,12 +75,15 @@ def check_table(result: dict[str, Any], title: str) -> Table:
 @one_line_errors
 def deploy_check_command(
     model: Annotated[Path, typer.Argument(help="weights (.safetensors) or a run folder holding them")],
-    arch: Annotated[str | None, typer.Option(help="architecture (default: the run folder's, else badnets-cnn)")] = None,
-    dataset: Annotated[str | None, typer.Option(help="dataset (default: the run folder's, else mnist)")] = None,
+    arch: Annotated[str | None, typer.Option(help="architecture of a weights file (a run folder names its own)")]
+    = None,
+    dataset: Annotated[str | None, typer.Option(help="dataset (default: the run folder's)")] = None,
+    which: Annotated[str | None, typer.Option(help="with a run folder: which model (default: the attacked one)")]
+    = None,
     deployment: Annotated[list[str] | None, typer.Option("--deployment", "-d", help="deployment (repeatable)")] = None,
     trigger: Annotated[str | None, typer.Option(help="known trigger for ASR, e.g. patch:size=4")] = None,
     target: Annotated[int | None, typer.Option(help="attacker's target class for --trigger")] = None,
-    calibration: Annotated[int, typer.Option(help="training images that calibrate static int8")] = 512,
+    calibration: Annotated[int, typer.Option(help="training images that calibrate static int8")] = CALIBRATION_IMAGES,
     test_size: Annotated[int, typer.Option(help="test images to use (0: all)")] = 0,
     search_steps: Annotated[int, typer.Option(help="steps of the divergence-stamp search (0: skip it)")] = 150,
     scan: Annotated[bool, typer.Option(help="also run Neural Cleanse on the float model and every variant")] = False,
@@ -90,24 +98,23 @@ def deploy_check_command(
 
     Example: poisonlab deploy-check runs/compression-artifact-X --trigger patch:size=4 --target 8 -d int8-fbgemm
     """
-    weights, arch_name, data_spec, config = resolve_model(model, arch, dataset)
     if (trigger is None) != (target is None):
         raise PoisonlabError("deploy-check: --trigger and --target go together")
     settings = CheckSettings(max_disagreement, max_divergence, max_asr_gain, search_steps=search_steps, seed=seed)
     trig = parse_trigger(trigger) if trigger is not None else None
     if test_size < 0:
         raise PoisonlabError(f"--test-size {test_size}: expected >= 0")
+    deployments = [parse_deployment(s) for s in (deployment or DEFAULT_DEPLOYMENTS)]
+    net, weights, arch_name, data_spec = resolve_model(model, arch, dataset, which)
     train_set, test = load_dataset(data_spec, seed)
     if test_size:
         test = test.subset(slice(0, test_size))
-    net = load_model(arch_name, train_set.shape, train_set.num_classes, weights)
-    calib = calibration_images(train_set, calibration, seed)
-    deployments = [parse_deployment(s, calib) for s in (deployment or DEFAULT_DEPLOYMENTS)]
+    calib = calibration_images(train_set, seed, calibration)
     pick = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed + 1))[: settings.search_images]
     search = train_set.subset(pick)
     scanner = NeuralCleanse(steps=scan_steps, batch_size=min(128, len(search))) if scan else None
-    result = deploy_check(net, deployments, test, search, settings, trig, target, scanner)
-    result.update(model=str(weights), arch=arch_name, dataset=data_spec, run_config=config or None)
+    result = deploy_check(net, deployments, test, search, settings, trig, target, scanner, calib)
+    result.update(model=weights, arch=arch_name, dataset=data_spec)
     if json_out:
         print_json(result)
     else:

@@ -8,27 +8,13 @@ import typer
 from rich.table import Table
 
 from poisonlab.cli.common import console, print_json
-from poisonlab.registry import Registry
-
-
-def registries() -> dict[str, Registry]:  # type: ignore[type-arg]
-    """Every registry, keyed by the plural shown to users."""
-    from poisonlab.attacks import ATTACKS
-    from poisonlab.compress import DEPLOYMENTS
-    from poisonlab.data import DATASETS
-    from poisonlab.defenses import DEFENSES
-    from poisonlab.models import MODELS
-    from poisonlab.scaling.resize import RESIZERS
-    from poisonlab.triggers import TRIGGERS
-
-    return {"datasets": DATASETS, "attacks": ATTACKS, "triggers": TRIGGERS, "models": MODELS,
-            "deployments": DEPLOYMENTS, "defenses": DEFENSES, "resizers": RESIZERS}
+from poisonlab.registry import registries
 
 
 def list_components(
     json_out: Annotated[bool, typer.Option("--json", help="print as JSON")] = False,
 ) -> None:
-    """List datasets, attacks, triggers and models by name.
+    """List datasets, attacks, triggers, models, deployments, defenses, resizers and experiments by name.
 
     Example: poisonlab list
     """

@@ -1,25 +1,26 @@
-"""``poisonlab run EXPERIMENT``: the experiments, each one command."""
+"""``poisonlab run EXPERIMENT [OPTIONS]`` and ``poisonlab run CONFIG.toml``: every experiment, one run path.
+
+Each registered experiment gets a command whose options are its config's fields (a nested ``training``
+table's fields and a preset attack's parameters flattened), with the config's own defaults and help,
+so a default lives in one place and the command line and config files are validated alike.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from poisonlab.cli.common import console, one_line_errors, print_json
-from poisonlab.cli.run_backgradient import curve_table
-from poisonlab.cli.run_compression import compression_table
-from poisonlab.cli.run_defense_matrix import matrix_table
-from poisonlab.cli.run_scaling_camouflage import camouflage_table
-from poisonlab.cli.run_universal import universal_table
-from poisonlab.cli.scaling import audit_table
-from poisonlab.experiment import config as experiment_config
-from poisonlab.experiment import papers
-from poisonlab.experiment.badnets import BadnetsConfig, run_badnets
+from poisonlab.cli.common import console, err_console, one_line_errors, print_json, print_tables
+from poisonlab.experiment import config as cfgmod
+from poisonlab.experiment.run import PIPELINE, Experiment, Resolved, execute, load, resolve
 from poisonlab.experiment.rundir import make_run_dir
-from poisonlab.experiment.runner import run_experiment
+from poisonlab.registry import ATTACKS, EXPERIMENTS
 
 CONFIG_COMMAND = "config"
 
@@ -33,91 +34,138 @@ class ExperimentOrConfigGroup(typer.core.TyperGroup):
         return super().resolve_command(ctx, args)
 
 
-app = typer.Typer(
-    cls=ExperimentOrConfigGroup,
-    help="Run an experiment end to end and write a run folder: `poisonlab run EXPERIMENT [OPTIONS]` "
-    "or `poisonlab run CONFIG.toml` (see examples/).",
-    no_args_is_help=True,
-)
+app = typer.Typer(cls=ExperimentOrConfigGroup, no_args_is_help=True,
+                  help="Run an experiment end to end and write a run folder: `poisonlab run EXPERIMENT [OPTIONS]` "
+                       "or `poisonlab run CONFIG.toml` (see examples/).")
 
 
-def _pct(v: float) -> str:
-    return f"{100 * v:.2f}%"
-
-
-def badnets_table(body: dict[str, Any]) -> Table:
-    """The headline table: CA and ASR of the clean and the backdoored model."""
-    m, cfg = body["metrics"], body["config"]
-    target = "i -> i+1" if cfg["mode"] == "all-to-all" else f"-> {cfg['target']}"
-    table = Table(title=f"BadNets {cfg['mode']} ({target}) on {cfg['dataset']}, "
-                        f"{m['poisoned_samples']} poisoned of {m['train_size']} ({_pct(m['poisoned_fraction'])})")
-    for col in ("model", "clean accuracy", "attack success rate", "worst-class ASR"):
-        table.add_column(col, justify="right" if col != "model" else "left")
-    for name in ("clean", "backdoored"):
-        per_class = [v for v in m[name]["per_class_asr"] if v is not None]
-        table.add_row(name, _pct(m[name]["clean_accuracy"]), _pct(m[name]["attack_success_rate"]), _pct(min(per_class)))
-    table.caption = f"{m['asr_definition']} ({m['clean']['asr_images']} images)."
-    return table
-
-
-@app.command()
-@one_line_errors
-def badnets(
-    dataset: Annotated[str, typer.Option(help="mnist, fashion-mnist, digits, folder:PATH, npz:PATH, ...")] = "mnist",
-    model: Annotated[str, typer.Option(help="badnets-cnn or small-cnn")] = "badnets-cnn",
-    mode: Annotated[str, typer.Option(help="all-to-one or all-to-all")] = "all-to-one",
-    target: Annotated[int, typer.Option(help="target class for all-to-one")] = 8,
-    rate: Annotated[float, typer.Option(help="fraction of the training set poisoned")] = 0.01,
-    count: Annotated[int | None, typer.Option(help="exact number of poisoned samples (overrides --rate)")] = None,
-    trigger: Annotated[str, typer.Option(help="trigger spec, e.g. patch:size=4,color=0.5")] = BadnetsConfig.trigger,
-    epochs: Annotated[int, typer.Option(help="training epochs for both models")] = 2,
-    batch_size: Annotated[int, typer.Option(help="minibatch size")] = 128,
-    lr: Annotated[float, typer.Option(help="peak learning rate (Adam, one-cycle)")] = 3e-3,
-    seed: Annotated[int, typer.Option(help="seed for poisoning, initialisation and batching")] = 0,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="run folder (default runs/badnets-TIMESTAMP)")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="print report.json instead of the table")] = False,
-    quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
-) -> None:
-    """Train a clean and a backdoored model with one recipe and seed; print CA and ASR of both.
-
-    Example: poisonlab run badnets --rate 0.01 --target 8 --trigger patch:size=3
-    """
-    cfg = BadnetsConfig(dataset=dataset, model=model, mode=mode, target=target, rate=rate,  # type: ignore[arg-type]
-                        count=count, trigger=trigger, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
-    cfg.validate()
-    run_dir = make_run_dir(out, "badnets")
-    body = run_badnets(cfg, run_dir, progress=not (quiet or json_out))
+def run_and_print(resolved: Resolved, out: Path | None, json_out: bool, quiet: bool) -> None:
+    """Run into a new run folder, then print the experiment's tables (or the report as JSON)."""
+    run_dir = make_run_dir(out, resolved.name)
+    body = execute(resolved, run_dir, progress=not (quiet or json_out))
     if json_out:
         print_json({"run_dir": str(run_dir), **body})
         return
-    console.print(badnets_table(body))
+    print_tables(EXPERIMENTS.get(resolved.experiment).table(body))
     console.print(f"run folder: {run_dir}  ({body['timings']['total_seconds']:.1f} s)")
 
 
-def experiment_table(body: dict[str, Any]) -> Table:
-    """CA and ASR of the clean and the backdoored model, and of each deployed variant, for a config run."""
-    m, cfg = body["metrics"], body["config"]
-    attack = ", ".join(f"{k}={v}" for k, v in cfg["attack"].items() if k != "name")
-    table = Table(title=f"{cfg['attack']['name']} ({attack}) on {cfg['dataset']}, seed {cfg['seed']}: "
-                        f"{m['poisoned_samples']} poisoned of {m['train_size']} ({_pct(m['poisoned_fraction'])})")
-    for col in ("model", "deployment", "clean accuracy", "attack success rate"):
-        table.add_column(col, justify="right" if col not in ("model", "deployment") else "left")
-    for name in ("clean", "backdoored"):
-        table.add_row(name, "float", _pct(m[name]["clean_accuracy"]), _pct(m[name]["attack_success_rate"]))
-        for spec, variants in m.get("deployments", {}).items():
-            v = variants[name]
-            table.add_row(name, spec, _pct(v["clean_accuracy"]), _pct(v["attack_success_rate"]))
-    table.caption = f"{m['asr_definition']} ({m['clean']['asr_images']} images)."
-    return table
+@dataclasses.dataclass(frozen=True)
+class _Option:
+    path: tuple[str, ...]
+    annotation: Any
+    default: Any
+    help: str
 
 
-def paper_table(experiment: str, body: dict[str, Any]) -> Table:
-    """The table the experiment's own ``poisonlab run`` command prints."""
-    if experiment == "scaling-audit":
-        return audit_table(body["metrics"], body["config"]["size"], body["config"]["eps"])
-    tables = {"universal": universal_table, "backgradient": curve_table, "compression-artifact": compression_table,
-              "defense-matrix": matrix_table, "scaling-camouflage": camouflage_table}
-    return tables[experiment](body)
+def _cli_type(annotation: Any) -> tuple[Any, bool]:
+    """(the type typer parses, whether the field is a list) for a config annotation."""
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None) and a is not Ellipsis]
+    if cfgmod.list_valued(annotation):
+        return list[str] | None, True
+    if origin is typing.Literal or cfgmod._is_trigger(annotation):
+        return str, False
+    if origin in (typing.Union, type(int | None)) and len(args) == 1:
+        return args[0] | None, False
+    return annotation, False
+
+
+def _field_default(f: dataclasses.Field[Any]) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def _options(experiment: Experiment) -> dict[str, _Option]:
+    """Command-line name -> option, for every field a command line can set."""
+    out: dict[str, _Option] = {}
+    hints = typing.get_type_hints(experiment.config)
+    for f in dataclasses.fields(experiment.config):
+        default = experiment.defaults.get(f.name, _field_default(f))
+        annotation = hints[f.name]
+        if annotation is cfgmod.AttackConfig:
+            name = default["name"] if isinstance(default, dict) else default.name
+            params = cfgmod.parameters(ATTACKS.get(name))
+            for key, value in cfgmod.attack_defaults(name).items():
+                meta = getattr(ATTACKS.get(name), "__dataclass_fields__", {}).get(key)
+                help_text = meta.metadata.get("help", f"{name} parameter") if meta is not None else f"{name} parameter"
+                out[key if key not in out else f"attack-{key}"] = _Option(("attack", key), params[key].annotation,
+                                                                        value, help_text)
+        elif dataclasses.is_dataclass(annotation):
+            sub_hints = typing.get_type_hints(annotation)
+            for sub in dataclasses.fields(annotation):
+                out[sub.name] = _Option((f.name, sub.name), sub_hints[sub.name], getattr(default, sub.name),
+                                        sub.metadata.get("help", ""))
+        elif cfgmod._plain_annotation(annotation):
+            out[f.name] = _Option((f.name,), annotation, default, f.metadata.get("help", ""))
+    return out
+
+
+def _value(option: _Option, given: Any) -> Any:
+    """A command-line value as config data: numbers in lists may also come comma-separated."""
+    kind, listed = _cli_type(option.annotation)
+    if not listed:
+        return given
+    element = (typing.get_args(option.annotation) or (str,))[0]
+    if element in (int, float):
+        parts = [p for item in given for p in str(item).split(",") if p.strip()]
+        try:
+            return [element(p) for p in parts]
+        except ValueError:
+            raise cfgmod.PoisonlabError(f"--{option.path[-1].replace('_', '-')} {','.join(given)!r}: expected "
+                                        f"comma-separated numbers") from None
+    return list(given)
+
+
+def command(name: str, experiment: Experiment) -> Callable[..., None]:
+    """A typer command for ``experiment``: one option per settable config field."""
+    options = _options(experiment)
+
+    @one_line_errors
+    def run(**kwargs: Any) -> None:
+        raw: dict[str, Any] = {"experiment": name}
+        for key, option in options.items():
+            given = kwargs[key.replace("-", "_")]
+            if given is None:
+                continue
+            table = raw
+            for part in option.path[:-1]:
+                table = table.setdefault(part, {})
+            table[option.path[-1]] = _value(option, given)
+        run_and_print(resolve(raw, f"run {name}"), kwargs["out"], kwargs["json_out"], kwargs["quiet"])
+
+    params = []
+    for key, option in options.items():
+        kind, listed = _cli_type(option.annotation)
+        default = option.default
+        shown = ",".join(map(str, default)) if listed and default else default
+        flag = f"--{key.replace('_', '-')}"
+        decl = [flag] if kind is not bool else [f"{flag}/--no-{key.replace('_', '-')}"]
+        typer_default = None if listed else default
+        choices = typing.get_args(option.annotation) if typing.get_origin(option.annotation) is typing.Literal else ()
+        help_text = option.help + (f" (one of: {', '.join(choices)})" if choices else "") + \
+            (f" [default: {shown}]" if listed and shown else "")
+        params.append(inspect.Parameter(key.replace("-", "_"), inspect.Parameter.KEYWORD_ONLY, default=typer_default,
+                                        annotation=Annotated[kind, typer.Option(*decl, help=help_text,
+                                                                                show_default=not listed)]))
+    params += [
+        inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+            Path | None, typer.Option("--out", "-o", help=f"run folder (default runs/{name}-TIMESTAMP)")]),
+        inspect.Parameter("json_out", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
+            bool, typer.Option("--json", help="print report.json instead of the table")]),
+        inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
+            bool, typer.Option(help="no progress bars")]),
+    ]
+    run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    run.__annotations__ = {}
+    run.__doc__ = f"{EXPERIMENTS.describe(name)}.\n\nEvery option is a field of its config file (see examples/)."
+    return run
+
+
+for _name in EXPERIMENTS:
+    if _name != PIPELINE:
+        app.command(_name)(command(_name, EXPERIMENTS.get(_name)))
 
 
 @app.command(CONFIG_COMMAND, hidden=True)
@@ -130,26 +178,12 @@ def config(
 ) -> None:
     """Run the experiment a TOML config describes; its resolved config.toml in the run folder re-runs it exactly.
 
-    A config with an ``experiment`` key (any name in poisonlab.experiment.papers.EXPERIMENTS: universal,
-    backgradient, compression-artifact, scaling-audit, scaling-camouflage, defense-matrix) runs that experiment
-    with the config's fields; without one it runs the attack pipeline.
+    ``experiment = NAME`` picks any experiment of ``poisonlab list``; without it the config runs the attack
+    pipeline (dataset, model, [training], [attack], preprocessing, deployments, defenses).
 
     Example: poisonlab run examples/badnets-mnist.toml
     """
-    raw = experiment_config.read_toml(path)
-    progress = not (quiet or json_out)
-    if "experiment" in raw:
-        paper = papers.resolve(raw, str(path))
-        run_dir = make_run_dir(out, paper.name)
-        body = paper.run(run_dir, progress=progress)
-        table = paper_table(paper.experiment, body)
-    else:
-        cfg = experiment_config.load(path)
-        run_dir = make_run_dir(out, cfg.name)
-        body = run_experiment(cfg, run_dir, progress=progress)
-        table = experiment_table(body)
-    if json_out:
-        print_json({"run_dir": str(run_dir), **body})
-        return
-    console.print(table)
-    console.print(f"run folder: {run_dir}  ({body['timings']['total_seconds']:.1f} s)")
+    run_and_print(load(path), out, json_out, quiet)
+
+
+__all__ = ["app", "err_console"]

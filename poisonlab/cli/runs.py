@@ -10,8 +10,8 @@ from rich.table import Table
 
 from poisonlab.cli.common import console, one_line_errors, print_json
 from poisonlab.core import PoisonlabError
-from poisonlab.experiment.index import compare as compare_runs
-from poisonlab.experiment.index import list_runs, load_run
+from poisonlab.report.index import compare as compare_runs
+from poisonlab.report.index import list_runs, load_run
 
 RootOption = Annotated[Path, typer.Option("--root", help="results folder holding run folders (and index.sqlite)")]
 

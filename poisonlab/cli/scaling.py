@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import numpy as np
 import typer
@@ -12,9 +12,10 @@ from PIL import Image, UnidentifiedImageError
 from rich.table import Table
 
 from poisonlab.cli.common import console, one_line_errors, print_json
+from poisonlab.cli.run import command
 from poisonlab.core import PoisonlabError
-from poisonlab.experiment.rundir import atomic_write_bytes
-from poisonlab.scaling.audit import attack_figure, audit, available_resizers, default_pairs, square
+from poisonlab.registry import EXPERIMENTS
+from poisonlab.report.store import atomic_write_bytes
 from poisonlab.scaling.craft import craft_attack, craft_weak
 from poisonlab.scaling.defenses import DETECTORS, detect
 from poisonlab.scaling.resize import get_resizer, parse_size
@@ -117,51 +118,6 @@ def scan(
         raise typer.Exit(1)
 
 
-def audit_table(metrics: dict[str, Any], size: int, eps: float) -> Table:
-    """One row per resizer x ratio: pixels read, success rate, PSNRs and the verdict."""
-    table = Table(title=f"image-scaling attack audit: {metrics['pairs']} photo pairs at {size}x{size}, eps {eps:g}, "
-                        "success = output within eps and A closer to S than to T upscaled (PSNR)")
-    for col in ("resizer", "ratio", "pixels read", "success", "PSNR(A,S)", "PSNR(out,T)", "verdict"):
-        table.add_column(col, justify="left" if col in ("resizer", "verdict") else "right")
-    for r in metrics["rows"]:
-        table.add_row(r["resizer"], str(r["ratio"]), f"{100 * r['coverage']:.1f}%", f"{100 * r['success_rate']:.0f}%",
-                      f"{r['psnr_source']:.1f}", f"{r['psnr_target']:.1f}",
-                      "[red]vulnerable[/red]" if r["vulnerable"] else "[green]robust[/green]")
-    return table
-
-
-@app.command("audit")
-@one_line_errors
-def audit_cmd(
-    resizers: Annotated[str | None, typer.Option(help="comma-separated resizer names (default: all installed)")] = None,
-    ratios: Annotated[str, typer.Option(help="comma-separated integer downscale ratios")] = "2,4,8",
-    size: Annotated[int, typer.Option(help="side of the square source photographs")] = 256,
-    eps: Annotated[float, typer.Option(help="allowed L-inf error of resize(A) vs target, 0-255 scale")] = 1.0,
-    psnr_threshold: Annotated[float, typer.Option(help="also require PSNR(A, S) >= this many dB")] = 0.0,
-    figure: Annotated[Path | None, typer.Option(help="PNG of S, A, resize(A), T: opencv-linear vs area")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="print rows as JSON")] = False,
-    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
-) -> None:
-    """Attack every library x algorithm x ratio on real photographs and say which scalers are vulnerable.
-
-    Example: poisonlab scaling audit --ratios 2,4,8 --figure scaling_audit.png
-    """
-    try:
-        ks = [int(k) for k in ratios.split(",")]
-    except ValueError:
-        raise PoisonlabError(f"ratios {ratios!r}: expected comma-separated integers, e.g. 2,4,8") from None
-    chosen = available_resizers([n.strip() for n in resizers.split(",")] if resizers else None)
-    pairs = default_pairs(size)
-    rows = audit(pairs, chosen, ks, eps=eps, psnr_threshold=psnr_threshold, progress=not (quiet or json_out))
-    if figure is not None:
-        source, target = pairs[0]
-        small = square(target, size // max(ks))
-        attack_figure(source, small, [get_resizer("opencv", "linear"), get_resizer("opencv", "area")], figure, eps)
-    if json_out:
-        print_json({"pairs": len(pairs), "size": size, "eps": eps, "psnr_threshold": psnr_threshold,
-                    "rows": [r.as_dict() for r in rows]})
-        return
-    table = audit_table({"pairs": len(pairs), "rows": [r.as_dict() for r in rows]}, size, eps)
-    console.print(table)
-    if figure is not None:
-        console.print(f"figure: {figure}")
+app.command("audit", help="Attack every library x algorithm x ratio on real photographs and say which scalers are "
+            "vulnerable (the scaling-audit experiment; writes a run folder).\n\nExample: poisonlab scaling audit "
+            "--ratios 2,4,8")(command("scaling-audit", EXPERIMENTS.get("scaling-audit")))

@@ -13,16 +13,17 @@ from rich.table import Table
 from poisonlab.cli.common import console, one_line_errors, print_json
 from poisonlab.core import ImageSet, PoisonlabError
 from poisonlab.data import load_dataset
-from poisonlab.defenses import DATA_SCANNERS, DEFENSES, NeuralCleanse
+from poisonlab.defenses import DEFENSES, NeuralCleanse, names_of
 from poisonlab.defenses.scoring import detection_metrics
-from poisonlab.defenses.subjects import load_badnets_run
-from poisonlab.experiment.rundir import atomic_write_json, make_run_dir
+from poisonlab.experiment.pipeline import open_run
+from poisonlab.experiment.rundir import make_run_dir
 from poisonlab.models import load_model
 from poisonlab.report.figures import image_grid, save_figure
+from poisonlab.report.store import atomic_write_json
 
 app = typer.Typer(help="Scan training data for poison, or a model for a backdoor.", no_args_is_help=True)
 
-RunOpt = Annotated[Path | None, typer.Option("--run", help="a 'poisonlab run badnets' folder (scored against truth)")]
+RunOpt = Annotated[Path | None, typer.Option("--run", help="a pipeline run folder (scored against its ground truth)")]
 DatasetOpt = Annotated[str | None, typer.Option(help="data spec (npz:PATH, folder:PATH, mnist, ...) when not --run")]
 WeightsOpt = Annotated[Path | None, typer.Option(help="safetensors weights of the model, when not --run")]
 ModelOpt = Annotated[str, typer.Option(help="architecture of --weights")]
@@ -33,9 +34,8 @@ def _subject(run: Path | None, dataset: str | None, weights: Path | None, model:
              which: str = "backdoored") -> tuple[ImageSet, ImageSet, Any, torch.Tensor | None]:
     """(training data, held-out data, model, ground-truth poisoned indices or None) from the options."""
     if run is not None:
-        s = load_badnets_run(run)
-        net = s.backdoored if which == "backdoored" else s.clean
-        return s.poisoned.data, s.test, net, s.poisoned.indices
+        s = open_run(run)
+        return s.data.train, s.data.test, s.models[which], s.data.poisoned.indices
     if dataset is None or weights is None:
         raise PoisonlabError("scan: expected --run RUN_DIR, or both --dataset SPEC and --weights PATH")
     train, test = load_dataset(dataset)
@@ -49,7 +49,7 @@ def data(
     dataset: DatasetOpt = None,
     weights: WeightsOpt = None,
     model: ModelOpt = "badnets-cnn",
-    defense: Annotated[str, typer.Option(help=f"one of {', '.join(DATA_SCANNERS)}")] = "spectral",
+    defense: Annotated[str, typer.Option(help="a data scanner: spectral or activation-clustering")] = "spectral",
     layer: Annotated[str, typer.Option(help="feature layer: penultimate, pre-activation, conv, or an index")]
     = "penultimate",
     out: Annotated[Path | None, typer.Option(help="write flagged indices and scores as JSON here")] = None,
@@ -59,10 +59,10 @@ def data(
 
     Example: poisonlab scan data --run runs/badnets-20260101-120000 --defense activation-clustering
     """
-    if defense not in DATA_SCANNERS:
-        raise PoisonlabError(f"data scanner {defense!r}: expected one of {', '.join(DATA_SCANNERS)}")
+    if defense not in names_of("data-scanner"):
+        raise PoisonlabError(f"data scanner {defense!r}: expected one of {', '.join(names_of('data-scanner'))}")
     train, _, net, truth = _subject(run, dataset, weights, model)
-    scanner = DEFENSES.get(defense)(layer=int(layer) if layer.lstrip("-").isdigit() else layer)
+    scanner = DEFENSES.build(defense, layer=int(layer) if layer.lstrip("-").isdigit() else layer)
     t0 = time.perf_counter()
     verdict = scanner.scan(net, train)
     seconds = time.perf_counter() - t0
@@ -119,7 +119,8 @@ def model_scan(
     seconds = time.perf_counter() - t0
     d = verdict.details
     names = held_out.classes
-    result = {"flagged_classes": [names[k] for k in verdict.flagged.tolist()], "seconds": seconds,
+    flagged = [] if verdict.flagged is None else verdict.flagged.tolist()
+    result = {"flagged_classes": [names[k] for k in flagged], "seconds": seconds,
               "classes": [names[k] for k in d["classes"]], "mask_l1": d["mask_l1"],
               "anomaly_index": d["anomaly_index"], "trigger_success": d["trigger_success"]}
     if out is not None:

@@ -13,7 +13,6 @@ misses a backdoor that only the deployed variant carries.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,11 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from poisonlab.compress import DynamicInt8, HalfPrecision, StaticInt8
-from poisonlab.compress.quantize import fake_quantize_weight
-from poisonlab.core import Deployment, ImageSet, PoisonlabError, Trigger
+from poisonlab.core import AllToOne, Deployment, ImageSet, PoisonlabError, Trigger, check_target, stamped
 from poisonlab.defenses.neural_cleanse import NeuralCleanse
-from poisonlab.metrics import accuracy, attack_success_rate
+from poisonlab.metrics import accuracy, evaluate
 from poisonlab.training import predict
 
 
@@ -47,26 +44,6 @@ class CheckSettings:
                 raise PoisonlabError(f"deploy-check {name}: expected a fraction in [0, 1], got {getattr(self, name)}")
         if self.search_steps < 0 or self.search_images < 1:
             raise PoisonlabError("deploy-check search: expected steps >= 0 and at least 1 image")
-
-
-def stand_in(deployment: Deployment, model: nn.Module, deployed: nn.Module) -> nn.Module | None:
-    """A differentiable model that computes (nearly) what ``deployed`` computes; None when it would be the float model.
-
-    Real int8 kernels have no gradient, so quantized variants are stood in for by the float model
-    with straight-through fake-quantized weights of the backend's scheme.
-    """
-    if isinstance(deployment, HalfPrecision):
-        return None
-    if isinstance(deployment, (StaticInt8, DynamicInt8)):
-        per_channel = isinstance(deployment, StaticInt8) and deployment.backend == "fbgemm"
-        kinds = (nn.Linear,) if isinstance(deployment, DynamicInt8) else (nn.Conv2d, nn.Linear)
-        surrogate = copy.deepcopy(model).float().eval()
-        with torch.no_grad():
-            for m in surrogate.modules():
-                if isinstance(m, kinds):
-                    m.weight.copy_(fake_quantize_weight(m.weight, 8, per_channel))
-        return surrogate
-    return deployed
 
 
 def _stamp(x: Tensor, mask_logit: Tensor, pattern_logit: Tensor) -> Tensor:
@@ -99,26 +76,23 @@ def divergence_stamp(model: nn.Module, variant: nn.Module, x: Tensor, settings: 
     return mask_logit.detach(), pattern_logit.detach()
 
 
-def _behaviour(model: nn.Module, name: str, test: ImageSet, float_clean: Tensor, trigger: Trigger | None,
-               target: int | None) -> dict[str, Any]:
-    pred = predict(model, test.x)
-    row: dict[str, Any] = {"deployment": name, "clean_accuracy": accuracy(pred, test.y),
-                           "agreement": accuracy(pred, float_clean)}
-    if trigger is not None and target is not None:
-        y_t = torch.full_like(test.y, target)
-        row["attack_success_rate"] = attack_success_rate(predict(model, trigger(test.x, y_t)), y_t, test.y)
-    return row
+def _behaviour(model: nn.Module, name: str, test: ImageSet, float_clean: Tensor, triggered: ImageSet | None
+               ) -> dict[str, Any]:
+    row = evaluate(model, test, triggered, reference=float_clean)
+    row.pop("per_class_asr", None)
+    row.pop("asr_images", None)
+    return {"deployment": name, **row}
 
 
 def check_variant(
     model: nn.Module, deployment: Deployment, test: ImageSet, search: ImageSet, float_row: dict[str, Any],
-    settings: CheckSettings = CheckSettings(), trigger: Trigger | None = None, target: int | None = None,
+    settings: CheckSettings = CheckSettings(), triggered: ImageSet | None = None, calibration: Tensor | None = None,
 ) -> dict[str, Any]:
     """One row of the deploy-check table: ``deployment`` applied to ``model``, measured against the float model."""
-    deployed = deployment(model)
+    deployed = deployment(model, calibration)
     float_clean = predict(model, test.x)
-    row = _behaviour(deployed, deployment.name, test, float_clean, trigger, target)
-    surrogate = stand_in(deployment, model, deployed)
+    row = _behaviour(deployed, deployment.name, test, float_clean, triggered)
+    surrogate = deployment.stand_in(model, deployed)
     row["divergence"] = 0.0
     if surrogate is not None and settings.search_steps > 0:
         mask, pattern = divergence_stamp(model, surrogate, search.x, settings)
@@ -142,18 +116,19 @@ def check_variant(
 def model_scan(model: nn.Module, clean: ImageSet, scanner: NeuralCleanse) -> dict[str, Any]:
     """Neural Cleanse on one model: flagged classes, anomaly indices and reversed-trigger sizes per class."""
     verdict = scanner.scan(model, clean)
-    return {"flagged_classes": [int(c) for c in verdict.flagged], "anomaly_index": verdict.details["anomaly_index"],
+    flagged = [] if verdict.flagged is None else [int(c) for c in verdict.flagged]
+    return {"flagged_classes": flagged, "anomaly_index": verdict.details["anomaly_index"],
             "mask_l1": verdict.details["mask_l1"], "classes": verdict.details["classes"]}
 
 
 def scan_variant(model: nn.Module, deployment: Deployment, row: dict[str, Any], clean: ImageSet,
-                 scanner: NeuralCleanse, float_scan: dict[str, Any]) -> None:
+                 scanner: NeuralCleanse, float_scan: dict[str, Any], calibration: Tensor | None = None) -> None:
     """Add the model scanner's verdict on ``deployment``'s variant to ``row``; flag classes float's scan did not.
 
     Int8 kernels have no gradient, so the scan runs on the variant's differentiable stand-in; a variant whose
     stand-in is the float model itself (fp16) shares float's scan.
     """
-    surrogate = stand_in(deployment, model, deployment(model))
+    surrogate = deployment.stand_in(model, deployment(model, calibration))
     row["scan"] = float_scan if surrogate is None else model_scan(surrogate, clean, scanner)
     new = sorted(set(row["scan"]["flagged_classes"]) - set(float_scan["flagged_classes"]))
     if new:
@@ -164,7 +139,7 @@ def scan_variant(model: nn.Module, deployment: Deployment, row: dict[str, Any], 
 def deploy_check(
     model: nn.Module, deployments: list[Deployment], test: ImageSet, search: ImageSet,
     settings: CheckSettings = CheckSettings(), trigger: Trigger | None = None, target: int | None = None,
-    scanner: NeuralCleanse | None = None,
+    scanner: NeuralCleanse | None = None, calibration: Tensor | None = None,
 ) -> dict[str, Any]:
     """The float row and one row per deployment; ``flagged`` lists the variants that depart from the float model.
 
@@ -172,13 +147,15 @@ def deploy_check(
     ``scanner`` the float model and every variant are also scanned on them (Neural Cleanse), so a backdoor that
     only the deployed model carries shows up as a class flagged on the variant and not on the float model.
     """
-    if target is not None and not 0 <= target < test.num_classes:
-        raise PoisonlabError(f"deploy-check target {target}: expected a class in [0, {test.num_classes - 1}]")
+    triggered = None
+    if trigger is not None and target is not None:
+        check_target(target, test.num_classes, "deploy-check")
+        triggered = stamped(test, trigger, AllToOne(target))
     model = model.eval()
-    float_row = _behaviour(model, "float", test, predict(model, test.x), trigger, target)
-    rows = [check_variant(model, d, test, search, float_row, settings, trigger, target) for d in deployments]
+    float_row = _behaviour(model, "float", test, predict(model, test.x), triggered)
+    rows = [check_variant(model, d, test, search, float_row, settings, triggered, calibration) for d in deployments]
     if scanner is not None:
         float_row["scan"] = model_scan(model, search, scanner)
         for deployment, row in zip(deployments, rows, strict=True):
-            scan_variant(model, deployment, row, search, scanner, float_row["scan"])
+            scan_variant(model, deployment, row, search, scanner, float_row["scan"], calibration)
     return {"float": float_row, "variants": rows, "flagged": [r["deployment"] for r in rows if r["flagged"]]}

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from poisonlab.core import ImageSet
 from poisonlab.data.mnist import load_fashion_mnist, load_mnist
 from poisonlab.data.numbers import load_mnist_numbers
-from poisonlab.data.toy import load_sklearn_digits, load_synthetic, make_synthetic
+from poisonlab.data.toy import load_breast_cancer_sets, load_sklearn_digits, load_synthetic, make_synthetic
 from poisonlab.data.user import load_folder_dataset, load_image_folder, load_npz_dataset
 from poisonlab.registry import Registry
 
@@ -24,6 +24,8 @@ DATASETS.register("folder", "folder:PATH of class sub-folders (PATH/train + PATH
     load_folder_dataset
 )
 DATASETS.register("npz", "npz:PATH with arrays x, y [, x_test, y_test, classes]")(load_npz_dataset)
+DATASETS.register("breast-cancer", "scikit-learn's 569 x 30 breast-cancer table as 1x1x30 images, 70/30 split")(
+    load_breast_cancer_sets)
 DATASETS.register("mnist-numbers", "K-digit MNIST numbers, 10**K classes (mnist-numbers:2)")(load_mnist_numbers)
 
 

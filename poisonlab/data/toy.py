@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.datasets import load_digits
+from sklearn.datasets import load_breast_cancer, load_digits
 from sklearn.model_selection import train_test_split
 
 from poisonlab.core import ImageSet
@@ -37,3 +37,22 @@ def load_synthetic(arg: str | None = None, seed: int = 0) -> tuple[ImageSet, Ima
     """2,000 training and 500 test synthetic 1x12x12 images of 4 classes (prototypes fixed, noise seeded)."""
     full = make_synthetic(2500, seed=seed)
     return full.subset(slice(0, 2000)), full.subset(slice(2000, 2500))
+
+
+def load_breast_cancer_sets(arg: str | None = None, seed: int = 0) -> tuple[ImageSet, ImageSet]:
+    """scikit-learn's bundled breast-cancer table (569 x 30) as 1x1x30 'images', min-max scaled to [0, 1].
+
+    Split 70/30 stratified with ``seed``; the scaling uses the training part's range (test values clipped).
+    """
+    data = load_breast_cancer()
+    xtr, xte, ytr, yte = train_test_split(data.data, data.target, test_size=0.3, stratify=data.target,
+                                          random_state=seed)
+    lo, hi = xtr.min(0), xtr.max(0)
+    scale = np.where(hi > lo, hi - lo, 1.0)
+
+    def to_set(x: np.ndarray, y: np.ndarray, part: str) -> ImageSet:
+        x01 = np.clip((x - lo) / scale, 0.0, 1.0).astype(np.float32)[:, None, None, :]
+        return to_image_set(x01, y, tuple(str(c) for c in data.target_names), f"breast-cancer ({part})")
+
+    return to_set(xtr, ytr, "train"), to_set(xte, yte, "test")
+

@@ -15,17 +15,20 @@ most of the flagged samples look like other classes in the convolutional feature
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
-from poisonlab.core import ImageSet, PoisonlabError, Verdict
+from poisonlab.core import DefenseKind, ImageSet, PoisonlabError, Verdict
 from poisonlab.defenses.features import ClassPass
 from poisonlab.defenses.provenance import foreign_share
 from poisonlab.defenses.split import poison_cluster, suspicious_classes, two_means
+from poisonlab.registry import DEFENSES
 
 
+@DEFENSES.register("activation-clustering",
+                   "data scanner: Activation Clustering on whitened features (Chen et al. 2018)")
 @dataclass(frozen=True)
 class ActivationClustering:
     """Data scanner.
@@ -38,6 +41,7 @@ class ActivationClustering:
         >>> verdict.flagged            # indices judged poisoned
     """
 
+    kind: ClassVar[DefenseKind] = "data-scanner"
     layer: str | int = "penultimate"
     dims: int = 10
     whiten: bool = True

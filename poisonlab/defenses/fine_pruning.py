@@ -9,14 +9,17 @@ fine-tuned on the clean data with the pruned channels held at zero.
 from __future__ import annotations
 
 import copy
+import typing
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from poisonlab.core import ImageSet, PoisonlabError, Verdict
+from poisonlab.core import DefenseKind, Evidence, PoisonlabError, Verdict
 from poisonlab.metrics import accuracy
+from poisonlab.registry import DEFENSES
 from poisonlab.training import Recipe, predict, train
 
 
@@ -31,36 +34,45 @@ def last_conv(model: nn.Module) -> int:
 def channel_activity(model: nn.Sequential, conv: int, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """Mean post-activation output of each channel of ``model[conv]`` over images ``x``."""
     head = model[: conv + 2]
-    total = torch.zeros(model[conv].out_channels)
+    layer = model[conv]
+    assert isinstance(layer, nn.Conv2d)
+    total = torch.zeros(layer.out_channels)
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
             total += head(x[i : i + batch_size]).clamp_min(0).mean(dim=(2, 3)).sum(0)
     return total / len(x)
 
 
+@DEFENSES.register("fine-pruning", "mitigation: prune dormant last-conv channels, fine-tune (Liu et al. 2018)")
 @dataclass(frozen=True)
 class FinePruning:
-    """Mitigation; ``clean`` is a small clean set the defender holds, split into fine-tuning and validation.
+    """Mitigation; the defender's clean images (``evidence.clean``) are split into fine-tuning and validation.
 
     Defaults measured on BadNets MNIST (bench/defenses_mnist.py): four fine-tuning epochs at lr 1e-3 after
     pruning take ASR to 1.2% (1% poison) and 3.0% (10%) for a CA cost of 0.3-0.5 points; two epochs left
     5.6% at 10%.
 
     Example:
-        >>> repaired = FinePruning().repair(model, clean_subset).model
+        >>> repaired = FinePruning().repair(model, Evidence(clean_subset)).model
     """
 
+    kind: ClassVar[DefenseKind] = "mitigation"
     max_drop: float = 0.02
     max_ratio: float = 0.9
     recipe: Recipe = Recipe(epochs=4, batch_size=64, lr=1e-3)
     seed: int = 0
 
-    def repair(self, model: nn.Module, clean: ImageSet) -> Verdict:
+    def requires(self) -> str | None:
+        return None
+
+    def repair(self, model: nn.Module, evidence: Evidence) -> Verdict:
+        clean = evidence.clean
         if len(clean) < 20:
             raise PoisonlabError(f"fine-pruning: expected at least 20 clean images, got {len(clean)}")
-        model = copy.deepcopy(model).eval()
         conv_at = last_conv(model)
+        model = typing.cast(nn.Sequential, copy.deepcopy(model).eval())
         conv = model[conv_at]
+        assert isinstance(conv, nn.Conv2d)
         split = len(clean) * 4 // 5
         tune, val = clean.subset(slice(0, split)), clean.subset(slice(split, None))
         base = accuracy(predict(model, val.x), val.y)

@@ -10,6 +10,7 @@ and classes above ``threshold`` (2 in the paper) are flagged.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,8 @@ from rich.console import Console
 from rich.progress import Progress
 from torch import Tensor, nn
 
-from poisonlab.core import ImageSet, PoisonlabError, Verdict
+from poisonlab.core import DefenseKind, ImageSet, PoisonlabError, Verdict
+from poisonlab.registry import DEFENSES
 
 
 def stamp(x: Tensor, mask: Tensor, pattern: Tensor) -> Tensor:
@@ -32,6 +34,7 @@ def anomaly_index(norms: Tensor) -> Tensor:
     return (median - norms) / mad.clamp_min(1e-12)
 
 
+@DEFENSES.register("neural-cleanse", "model scanner: reverse-engineered triggers, MAD anomaly index (Wang et al. 2019)")
 @dataclass(frozen=True)
 class NeuralCleanse:
     """Model scanner; ``max_classes`` samples classes for many-class models (the budget option).
@@ -41,6 +44,7 @@ class NeuralCleanse:
         >>> verdict.flagged, verdict.details["anomaly_index"]
     """
 
+    kind: ClassVar[DefenseKind] = "model-scanner"
     steps: int = 300
     batch_size: int = 128
     lr: float = 0.1

@@ -15,17 +15,20 @@ like other classes in the convolutional features (``provenance``); only there ar
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from poisonlab.core import ImageSet, PoisonlabError, Verdict
+from poisonlab.core import DefenseKind, ImageSet, PoisonlabError, Verdict
 from poisonlab.defenses.features import ClassPass
 from poisonlab.defenses.provenance import foreign_share
 from poisonlab.defenses.split import ClassSplit, poison_cluster, suspicious_classes
 from poisonlab.defenses.whitening import top_direction
+from poisonlab.registry import DEFENSES
 
 
+@DEFENSES.register("spectral", "data scanner: Spectral Signatures on whitened features (Tran et al. 2018)")
 @dataclass(frozen=True)
 class SpectralSignatures:
     """Data scanner; ``removal`` (e.g. 1.5 x the expected poison rate) switches to the paper's per-class removal rule.
@@ -38,6 +41,7 @@ class SpectralSignatures:
         >>> verdict.flagged            # indices judged poisoned
     """
 
+    kind: ClassVar[DefenseKind] = "data-scanner"
     layer: str | int = "penultimate"
     whiten: bool = True
     class_threshold: float = 3.5

@@ -9,11 +9,13 @@ clean inputs rejected.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from poisonlab.core import ImageSet, PoisonlabError, Verdict
+from poisonlab.core import DefenseKind, ImageSet, PoisonlabError, Verdict
+from poisonlab.registry import DEFENSES
 
 
 def overlay_entropy(
@@ -38,6 +40,7 @@ def overlay_entropy(
     return out
 
 
+@DEFENSES.register("strip", "input filter: STRIP prediction entropy under overlays (Gao et al. 2019)")
 @dataclass
 class Strip:
     """Input-time filter: ``fit`` on clean held-out images sets the threshold, ``detect`` flags inputs.
@@ -47,6 +50,7 @@ class Strip:
         >>> strip.detect(model, incoming.x).flagged   # indices of inputs judged triggered
     """
 
+    kind: ClassVar[DefenseKind] = "input-filter"
     n_overlays: int = 16
     frr: float = 0.01
     alpha: float = 1.0

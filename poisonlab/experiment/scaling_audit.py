@@ -8,13 +8,12 @@ for every installed resizer and ratio and writes the verdicts, a figure and the 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-from poisonlab.core import PoisonlabError
-from poisonlab.experiment.rundir import finish_run
+from poisonlab.core import PoisonlabError, require
+from poisonlab.experiment.config import helped
+from poisonlab.experiment.run import Experiment, Result, Run, register
+from poisonlab.report.tables import audit_tables
 from poisonlab.scaling.audit import attack_figure, audit, available_resizers, default_pairs, square
 from poisonlab.scaling.resize import get_resizer
 
@@ -23,36 +22,36 @@ from poisonlab.scaling.resize import get_resizer
 class ScalingAuditConfig:
     """Resizers (empty: every installed one), integer downscale ratios, photo size, the attack's L-inf budget."""
 
-    resizers: tuple[str, ...] = ()
-    ratios: tuple[int, ...] = (2, 4, 8)
-    size: int = 256
-    eps: float = 1.0
-    psnr_threshold: float = 0.0
+    resizers: tuple[str, ...] = helped((), "resizer names (default: every installed one); repeatable")
+    ratios: tuple[int, ...] = helped((2, 4, 8), "integer downscale ratios")
+    size: int = helped(256, "side of the square source photographs")
+    eps: float = helped(1.0, "allowed L-inf error of resize(A) vs target, 0-255 scale")
+    psnr_threshold: float = helped(0.0, "also require PSNR(A, S) >= this many dB")
 
-    def validate(self) -> None:
-        """Fail on an unknown resizer or an impossible ratio before any image is crafted."""
+    def __post_init__(self) -> None:
         for resizer in available_resizers(self.resizers or None):
             if not resizer.available():
                 raise PoisonlabError(f"resizers: {resizer.name} needs its library installed (optional extra)")
-        if not self.ratios or min(self.ratios) < 2:
-            raise PoisonlabError(f"ratios {list(self.ratios)}: expected one or more integers >= 2")
+        require(bool(self.ratios) and min(self.ratios) >= 2, "ratios", list(self.ratios),
+                "one or more integers >= 2")
         if self.size < 2 * max(self.ratios):
             raise PoisonlabError(f"size {self.size}: expected at least twice the largest ratio ({max(self.ratios)})")
-        if not self.eps > 0:
-            raise PoisonlabError(f"eps {self.eps}: expected a positive L-inf budget on the 0-255 scale")
+        require(self.eps > 0, "eps", self.eps, "a positive L-inf budget on the 0-255 scale")
 
 
-def run_scaling_audit(cfg: ScalingAuditConfig, out: Path, progress: bool = True) -> dict[str, Any]:
-    """Audit every resizer x ratio on the bundled photograph pairs; write report.json and attack.png to ``out``."""
-    cfg.validate()
-    t0 = time.perf_counter()
+def run_scaling_audit(cfg: ScalingAuditConfig, run: Run) -> Result:
+    """Audit every resizer x ratio on the bundled photograph pairs; attack.png shows one of them."""
     pairs = default_pairs(cfg.size)
     rows = audit(pairs, available_resizers(cfg.resizers or None), cfg.ratios, eps=cfg.eps,
-                 psnr_threshold=cfg.psnr_threshold, progress=progress)
+                 psnr_threshold=cfg.psnr_threshold, progress=run.progress)
     source, target = pairs[0]
     attack_figure(source, square(target, cfg.size // max(cfg.ratios)),
-                  [get_resizer("opencv", "linear"), get_resizer("opencv", "area")], out / "attack.png", cfg.eps)
+                  [get_resizer("opencv", "linear"), get_resizer("opencv", "area")], run.out / "attack.png", cfg.eps)
     metrics = {"pairs": len(pairs), "rows": [r.as_dict() for r in rows],
                "vulnerable": sorted({r.resizer for r in rows if r.vulnerable}),
                "robust": sorted({r.resizer for r in rows} - {r.resizer for r in rows if r.vulnerable})}
-    return finish_run(out, "scaling-audit", cfg, metrics, {"total_seconds": time.perf_counter() - t0}, ["attack.png"])
+    return Result(metrics, ["attack.png"])
+
+
+register("scaling-audit", "which library x algorithm x ratio a scaling attack breaks (Quiring 2020)",
+         Experiment(ScalingAuditConfig, run_scaling_audit, audit_tables))

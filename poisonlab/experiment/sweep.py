@@ -10,12 +10,11 @@ the sweep folder must be on storage every node sees (cells write their run folde
 
 from __future__ import annotations
 
+import itertools
 import json
-import math
 import os
 import re
-import statistics
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -23,14 +22,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from poisonlab.core import PoisonlabError
-from poisonlab.experiment.config import ExperimentConfig, expand, read_toml, resolve
-from poisonlab.experiment.rundir import atomic_write_bytes, atomic_write_json
-from poisonlab.experiment.runner import REPORT_FILE, check_runnable, is_complete, run_experiment
+from poisonlab.experiment.config import read_toml, sweep_axes
+from poisonlab.experiment.run import Resolved, execute, experiment_of, resolve
+from poisonlab.report.store import REPORT_FILE, atomic_write_bytes, atomic_write_json, read_report
+from poisonlab.report.summary import PLAN_FILE, SOURCE_FILE, SUMMARY_FILE, SWEEP_SCHEMA, aggregate
 
-SWEEP_SCHEMA = "poisonlab.sweep/1"
-PLAN_FILE = "sweep.json"
-SUMMARY_FILE = "summary.json"
-SOURCE_FILE = "sweep.toml"
 Backend = Literal["local", "ray"]
 
 
@@ -40,7 +36,7 @@ class Cell:
 
     id: str
     overrides: dict[str, Any]
-    config: ExperimentConfig
+    config: Resolved
 
 
 @dataclass(frozen=True)
@@ -67,23 +63,44 @@ def cell_id(overrides: dict[str, Any]) -> str:
     return "_".join(f"{k}={_slug(v)}" for k, v in zip(keys, overrides.values(), strict=True))
 
 
+def expand(raw: dict[str, Any], axes: dict[str, list[Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """The grid: one (overrides, raw cell config) per combination of the sweep axes, in a stable order."""
+    cells = []
+    for combo in itertools.product(*axes.values()):
+        cell = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+        overrides = dict(zip(axes, combo, strict=True))
+        for path, value in overrides.items():
+            *sections, key = path.split(".")
+            table = cell
+            for section in sections:
+                table = table[section]
+            table[key] = value
+        cells.append((overrides, cell))
+    return cells
+
+
 def plan(path: Path) -> SweepPlan:
-    """Read and validate a sweep config; every cell must resolve, so a bad value fails before any training."""
+    """Read and validate a sweep config of any experiment; every cell must resolve, so a bad value fails first."""
     raw = read_toml(path)
+    try:
+        axes = sweep_axes(experiment_of(raw)[1].config, raw)
+    except PoisonlabError as e:
+        raise PoisonlabError(f"{path}: {e}") from None
     cells, seen = [], set()
-    for overrides, cell_raw in expand(raw):
+    for overrides, cell_raw in expand(raw, axes):
         where = f"{path} (cell {cell_id(overrides)})" if overrides else str(path)
         cfg = resolve(cell_raw, where)
-        try:
-            check_runnable(cfg)
-        except PoisonlabError as e:
-            raise PoisonlabError(f"{where}: {e}") from None
         cid = cell_id(overrides)
         if cid in seen:
             raise PoisonlabError(f"{path}: two cells share the folder name {cid!r}; make the listed values distinct")
         seen.add(cid)
         cells.append(Cell(cid, overrides, cfg))
     return SweepPlan(name=cells[0].config.name, axes=_axes(cells), cells=cells, source=path.read_text())
+
+
+def is_complete(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a finished run (its report.json is written last)."""
+    return read_report(run_dir / REPORT_FILE) is not None
 
 
 def _axes(cells: list[Cell]) -> dict[str, list[Any]]:
@@ -123,7 +140,7 @@ def _prepare(p: SweepPlan, out: Path) -> None:
     atomic_write_bytes(out / SOURCE_FILE, p.source.encode())
 
 
-def run_cell(cfg: ExperimentConfig, run_dir: str, threads: int | None = None) -> str:
+def run_cell(cfg: Resolved, run_dir: str, threads: int | None = None) -> str:
     """Run one cell into ``run_dir`` (the worker side of every backend); returns the folder."""
     if threads is not None:
         import torch
@@ -131,7 +148,7 @@ def run_cell(cfg: ExperimentConfig, run_dir: str, threads: int | None = None) ->
         torch.set_num_threads(threads)
     path = Path(run_dir)
     path.mkdir(parents=True, exist_ok=True)
-    run_experiment(cfg, path, progress=False)
+    execute(cfg, path, progress=False)
     return run_dir
 
 
@@ -214,54 +231,3 @@ def run_sweep(
     summary["errors"] = errors
     atomic_write_json(out / SUMMARY_FILE, summary)
     return summary
-
-
-def flatten(metrics: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, float]]:
-    """Every numeric scalar of a nested metrics dict, as (dotted key, value); lists and text are left out."""
-    for key, value in metrics.items():
-        if isinstance(value, dict):
-            yield from flatten(value, f"{prefix}{key}.")
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            yield f"{prefix}{key}", float(value)
-
-
-def _mean_std(values: Iterable[float]) -> dict[str, Any]:
-    vals = [v for v in values if not math.isnan(v)]
-    if not vals:
-        return {"mean": None, "std": None, "n": 0}
-    return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals)}
-
-
-def aggregate(out: Path) -> dict[str, Any]:
-    """Per cell its metrics, and per setting (all axes but ``seed``) each metric's mean ± sample std over seeds."""
-    plan_body = json.loads((out / PLAN_FILE).read_text())
-    cells: list[dict[str, Any]] = []
-    groups: dict[str, dict[str, Any]] = {}
-    for cell in plan_body["cells"]:
-        run_dir = out / "cells" / cell["id"]
-        entry = {"id": cell["id"], "overrides": cell["overrides"], "status": "pending", "metrics": {}}
-        if is_complete(run_dir):
-            body = json.loads((run_dir / REPORT_FILE).read_text())
-            entry.update(status="done", metrics=dict(flatten(body["metrics"])))
-        cells.append(entry)
-        setting = {k: v for k, v in cell["overrides"].items() if k != "seed"}
-        key = json.dumps(setting, sort_keys=True)
-        group = groups.setdefault(key, {"overrides": setting, "cells": [], "seeds": []})
-        group["cells"].append(entry)
-        group["seeds"].append(cell["config"]["seed"])
-    out_groups = []
-    for group in groups.values():
-        done = [c for c in group.pop("cells") if c["status"] == "done"]
-        keys = sorted({k for c in done for k in c["metrics"]})
-        group["done"] = len(done)
-        group["metrics"] = {k: _mean_std(c["metrics"][k] for c in done if k in c["metrics"]) for k in keys}
-        out_groups.append(group)
-    return {
-        "schema": SWEEP_SCHEMA,
-        "name": plan_body["name"],
-        "axes": plan_body["axes"],
-        "total": len(cells),
-        "done": sum(c["status"] == "done" for c in cells),
-        "cells": cells,
-        "groups": out_groups,
-    }

@@ -2,17 +2,14 @@
 
 The attacker trains a surrogate on data of their own, derives LDA class codes from its latent
 space, and poisons the victim's training set at several budgets; the baseline does the same with
-random codes. Every model is trained with one recipe and seed; a clean model gives the reference
+random codes. Every model is the shared victim (one recipe and seed); a clean model gives the reference
 clean accuracy. A transferability run poisons half of the classes and measures ASR on the others.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -21,7 +18,6 @@ from matplotlib.figure import Figure
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from poisonlab.attacks.badnets import poison_count
 from poisonlab.attacks.surrogate import (
     EfficientNetLite0,
     Embedder,
@@ -39,23 +35,21 @@ from poisonlab.attacks.universal import (
     random_codes,
     surrogate_codes,
 )
-from poisonlab.core import ImageSet, Poisoned, PoisonlabError
-from poisonlab.data import DATASETS, load_dataset
+from poisonlab.core import ImageSet, Poisoned, PoisonlabError, poison_count, require
 from poisonlab.data.mnist import load_mnist
 from poisonlab.data.numbers import compose_numbers, parse_numbers_spec
-from poisonlab.experiment.rundir import finish_run
-from poisonlab.metrics import ASR_DEFINITION, accuracy
-from poisonlab.models import MODELS, build_model, save_model
+from poisonlab.experiment.config import helped
+from poisonlab.experiment.run import Experiment, Result, Run, Timer, register
+from poisonlab.experiment.victim import Victim, fit, load_data, save_models
+from poisonlab.metrics import ASR_DEFINITION, accuracy, evaluate
 from poisonlab.report.figures import image_grid, save_figure
-from poisonlab.training import Recipe, predict, train
-
-Surrogate = Literal["cnn", "efficientnet"]
-Split = Literal["random", "contiguous"]
+from poisonlab.report.tables import universal_tables
+from poisonlab.training import Recipe, predict
 
 
 @dataclass(frozen=True)
-class UniversalConfig:
-    """Everything that determines a universal-backdoor run; saved resolved in the run folder.
+class UniversalConfig(Victim):
+    """The victim, the attacker's surrogate and codes, the trigger, the budgets; saved resolved in the run folder.
 
     Defaults are the measured 100-class recipe (bench/universal.py): at a fixed poison rate a larger
     training set means more poisons per class, which helped more than more epochs on fewer images.
@@ -67,47 +61,36 @@ class UniversalConfig:
     (0.25%: 76.2% vs 77.1%, 0.5%: 97.2% vs 94.8%). ``transfer_rate`` 0 skips the half-the-classes run.
     """
 
-    dataset: str = "mnist-numbers:2,train=1000"
-    model: str = "small-cnn"
-    surrogate: Surrogate = "cnn"
-    surrogate_per_class: int = 50
-    surrogate_epochs: int = 3
-    bits: int = 16
-    strips: int = 2
-    code_threshold: Threshold = "split"
-    trigger: Literal["blend", "patch"] = "blend"
-    alpha: float = 0.5
-    cell: int = 2
-    rates: tuple[float, ...] = (0.0025, 0.005)
-    baseline: bool = True
-    transfer_rate: float = 0.005
-    transfer_split: Split = "random"
-    epochs: int = 3
-    batch_size: int = 128
-    lr: float = 0.01
-    seed: int = 0
+    dataset: str = helped("mnist-numbers:2,train=1000", "mnist-numbers:2 (100 classes), mnist-numbers:3 (1,000), "
+                                                        "or any dataset")
+    model: str = helped("small-cnn", "victim (and surrogate) architecture: small-cnn or badnets-cnn")
+    training: Recipe = helped(Recipe(epochs=3, lr=0.01), "the victims' recipe: epochs, batch_size, lr, weight_decay")
+    surrogate: Literal["cnn", "efficientnet"] = helped("cnn", "cnn (attacker-trained) or efficientnet (optional "
+                                                              "extra)")
+    surrogate_per_class: int = helped(50, "the attacker's own images per class")
+    surrogate_epochs: int = helped(3, "epochs of the attacker's surrogate")
+    bits: int = helped(16, "code length (LDA components), at most classes - 1")
+    strips: int = helped(2, "vertical strips whose bits encode the surrogate's features there (1: the paper's "
+                            "global codes; K for K-digit numbers)")
+    code_threshold: Threshold = helped("split", "bit rule on each LDA axis: mean (the paper's) or split (the best "
+                                                "two-group cut of the class centroids)")
+    trigger: Literal["blend", "patch"] = helped("blend", "blend (blend grid over the image) or patch (cell grid)")
+    alpha: float = helped(0.5, "blend grid opacity")
+    cell: int = helped(2, "patch grid cell size in pixels")
+    rates: tuple[float, ...] = helped((0.0025, 0.005), "poison rates, each a campaign of its own")
+    baseline: bool = helped(True, "also run the random-code baseline")
+    transfer_rate: float = helped(0.005, "poison rate of the half-the-classes run; 0 skips it")
+    transfer_split: Literal["random", "contiguous"] = helped("random", "random or contiguous half of the classes")
 
-    def validate(self) -> None:
-        """Fail on a bad name or value before any data is loaded or any model trained."""
-        DATASETS.get(self.dataset.partition(":")[0])
-        MODELS.get(self.model)
-        if self.surrogate not in ("cnn", "efficientnet"):
-            raise PoisonlabError(f"surrogate {self.surrogate!r}: expected cnn or efficientnet")
-        if self.transfer_split not in ("random", "contiguous"):
-            raise PoisonlabError(f"transfer split {self.transfer_split!r}: expected random or contiguous")
-        if not self.rates:
-            raise PoisonlabError("universal rates: expected at least one poison rate")
-        if self.transfer_rate < 0:
-            raise PoisonlabError(f"universal transfer rate {self.transfer_rate}: expected a fraction, or 0 to skip")
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(len(self.rates) > 0, "rates", list(self.rates), "at least one poison rate")
+        require(self.transfer_rate >= 0, "transfer_rate", self.transfer_rate, "a fraction, or 0 to skip")
+        require(self.surrogate_per_class >= 2, "surrogate_per_class", self.surrogate_per_class, "at least 2")
+        require(self.surrogate_epochs >= 1, "surrogate_epochs", self.surrogate_epochs, "at least 1")
         for rate in (*self.rates, *([self.transfer_rate] if self.transfer_rate else [])):
             UniversalBackdoor(codes=torch.zeros(1, 1), rate=rate, trigger=self.trigger, alpha=self.alpha,
                               strips=self.strips, threshold=self.code_threshold)
-        if self.surrogate_per_class < 2 or self.surrogate_epochs < 1:
-            raise PoisonlabError("surrogate: expected at least 2 images per class and 1 epoch")
-        self.recipe()
-
-    def recipe(self) -> Recipe:
-        return Recipe(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
 
 
 def attacker_data(cfg: UniversalConfig, train_set: ImageSet) -> tuple[ImageSet, str]:
@@ -126,40 +109,12 @@ def attacker_data(cfg: UniversalConfig, train_set: ImageSet) -> tuple[ImageSet, 
     return train_set.subset(idx), f"{cfg.surrogate_per_class} training images per class"
 
 
-def per_target_asr(pred: Tensor, target: Tensor, true: Tensor, num_classes: int) -> Tensor:
-    """ASR per target class (NaN for a target no eligible image drew)."""
-    eligible = (true != target).float()
-    hits = torch.zeros(num_classes).index_add_(0, target, ((pred == target).float() * eligible))
-    total = torch.zeros(num_classes).index_add_(0, target, eligible)
-    return torch.where(total > 0, hits / total.clamp_min(1), torch.full_like(total, float("nan")))
-
-
 def universal_metrics(model: nn.Module, test: ImageSet, poisoned: Poisoned, choices: Tensor | None = None,
                       seed: int = 0, poisoned_targets: Tensor | None = None) -> dict[str, Any]:
-    """CA, mean ASR over target classes and its distribution; targets drawn from ``choices`` (default all).
-
-    With ``poisoned_targets`` (the classes that received poison) also the mean ASR over the targets
-    that received none: below one poison per class every hit on them is transfer.
-    """
+    """``evaluate``'s multi-target figures, one seeded target per test image drawn from ``choices`` (default all)."""
     target_map = SampledTargets(test.num_classes, seed, None if choices is None else tuple(choices.tolist()))
     triggered = dataclasses.replace(poisoned, target_map=target_map).triggered(test)
-    pred = predict(model, triggered.x)
-    asr = per_target_asr(pred, triggered.y, test.y, test.num_classes)
-    seen = asr[~asr.isnan()]
-    q = torch.quantile(seen, torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0])).tolist()
-    never: dict[str, Any] = {}
-    if poisoned_targets is not None:
-        unreached = asr[~asr.isnan() & ~torch.isin(torch.arange(test.num_classes), poisoned_targets)]
-        never = {"never_poisoned_targets": len(unreached),
-                 "mean_asr_never_poisoned_targets": float(unreached.mean()) if len(unreached) else None}
-    return {
-        "clean_accuracy": accuracy(predict(model, test.x), test.y),
-        "mean_asr": float(seen.mean()),
-        "per_target_asr_quantiles": dict(zip(("min", "p10", "median", "p90", "max"), q, strict=True)),
-        "targets_evaluated": len(seen),
-        "asr_images": int((triggered.y != test.y).sum()),
-        **never,
-    }
+    return evaluate(model, test, triggered, multi_target=True, poisoned_targets=poisoned_targets)
 
 
 def where_triggers_go(model: nn.Module, test: ImageSet, poisoned: Poisoned, choices: Tensor, poisoned_classes: Tensor,
@@ -185,13 +140,13 @@ def where_triggers_go(model: nn.Module, test: ImageSet, poisoned: Poisoned, choi
 
 
 def surrogate_embedder(cfg: UniversalConfig, own: ImageSet, test: ImageSet, progress: bool
-                       ) -> tuple[Embedder, FeatureMaps, dict]:
+                       ) -> tuple[Embedder, FeatureMaps, dict[str, Any]]:
     """The attacker's embedder and spatial features (trained on ``own`` or pretrained), and what to report."""
     if cfg.surrogate == "efficientnet":
         net = EfficientNetLite0(size=112)
         return net, net.maps, {"surrogate": "EfficientNet-Lite0 (ImageNet, offline), 112 px input"}
-    model = train_surrogate(own, cfg.model, Recipe(epochs=cfg.surrogate_epochs, batch_size=cfg.batch_size, lr=cfg.lr),
-                            cfg.seed + 1, progress)
+    recipe = dataclasses.replace(cfg.training, epochs=cfg.surrogate_epochs)
+    model = train_surrogate(own, cfg.model, recipe, cfg.seed + 1, progress)
     info = {"surrogate": f"{cfg.model} trained by the attacker", "surrogate_test_accuracy":
             accuracy(predict(model, test.x), test.y)}
     return penultimate(model), feature_maps(model), info
@@ -199,11 +154,7 @@ def surrogate_embedder(cfg: UniversalConfig, own: ImageSet, test: ImageSet, prog
 
 def attacker_codes(cfg: UniversalConfig, train_set: ImageSet, test: ImageSet, progress: bool = False
                    ) -> tuple[Tensor, dict[str, Any]]:
-    """LDA codes from the attacker's surrogate, and what to report about the surrogate and its data.
-
-    One strip: the paper's codes, LDA on the surrogate's embeddings. More: each vertical strip of
-    the blend grid carries LDA bits of the surrogate's features over that strip (``surrogate_codes``).
-    """
+    """LDA codes from the attacker's surrogate, and what to report about the surrogate and its data."""
     own, own_source = attacker_data(cfg, train_set)
     embed, maps, info = surrogate_embedder(cfg, own, test, progress)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -237,7 +188,8 @@ def asr_figure(rows: list[dict[str, Any]], cfg: UniversalConfig, num_classes: in
     ax.set_ylim(-2, 102)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(f"{cfg.dataset}, {cfg.model}, {cfg.bits}-bit {cfg.trigger} grid, {cfg.epochs} epochs", fontsize=9)
+    ax.set_title(f"{cfg.dataset}, {cfg.model}, {cfg.bits}-bit {cfg.trigger} grid, {cfg.training.epochs} epochs",
+                 fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -262,91 +214,78 @@ def examples_figure(test: ImageSet, poisoned: Poisoned, model: nn.Module, rate: 
     )
 
 
-def run_universal(cfg: UniversalConfig, out: Path, progress: bool = True,
-                  log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Surrogate, codes, clean model, universal and baseline at every rate, transferability; write ``out``."""
-    cfg.validate()
-    say = log or (lambda _: None)
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    train_set, test = load_dataset(cfg.dataset, cfg.seed)
+def run_universal(cfg: UniversalConfig, run: Run) -> Result:
+    """Surrogate, codes, clean model, universal and baseline at every rate, transferability; write ``run.out``."""
+    timer = Timer()
+    with timer("data"):
+        train_set, test = load_data(cfg)
     num_classes = train_set.num_classes
-    timings["data_seconds"] = time.perf_counter() - t0
-
-    t = time.perf_counter()
-    lda, surrogate_info = attacker_codes(cfg, train_set, test, progress)
-    rnd = random_codes(num_classes, cfg.bits, torch.Generator().manual_seed(cfg.seed + 3))
+    with timer("surrogate_and_codes"):
+        lda, surrogate_info = attacker_codes(cfg, train_set, test, run.progress)
+        rnd = random_codes(num_classes, cfg.bits, torch.Generator().manual_seed(cfg.seed + 3))
     codes = {"lda": lda, "random": rnd}
-    timings["surrogate_and_codes_seconds"] = time.perf_counter() - t
-    say(f"codes ready ({timings['surrogate_and_codes_seconds']:.0f} s): {code_stats(lda)}")
-
-    def fit(data: ImageSet, what: str) -> nn.Module:
-        return train(build_model(cfg.model, data, cfg.seed), data, cfg.recipe(), cfg.seed, progress=progress,
-                     description=what)
-
-    t = time.perf_counter()
-    clean = fit(train_set, "clean model")
-    clean_ca = accuracy(predict(clean, test.x), test.y)
-    timings["train_clean_seconds"] = time.perf_counter() - t
-    say(f"clean model CA {100 * clean_ca:.2f}%")
+    run.log(f"codes ready ({timer['surrogate_and_codes_seconds']:.0f} s): {code_stats(lda)}")
+    with timer("train_clean"):
+        clean_ca = evaluate(fit(cfg, train_set, "clean model", run.progress), test)["clean_accuracy"]
+    run.log(f"clean model CA {100 * clean_ca:.2f}%")
 
     def attack(kind: str, rate: float, classes: Tensor | None = None) -> tuple[Poisoned, nn.Module]:
         atk = UniversalBackdoor(codes=codes[kind], trigger=cfg.trigger, alpha=cfg.alpha, cell=cfg.cell, rate=rate,
                                 classes=None if classes is None else classes.tolist(), target_seed=cfg.seed)
         poisoned = atk.poison(train_set, torch.Generator().manual_seed(cfg.seed))
-        return poisoned, fit(poisoned.data, f"{kind} codes, {100 * rate:g}%")
+        return poisoned, fit(cfg, poisoned.data, f"{kind} codes, {100 * rate:g}%", run.progress)
 
+    kinds = ("lda", "random") if cfg.baseline else ("lda",)
     rows: list[dict[str, Any]] = []
     example: tuple[Poisoned, nn.Module, float] | None = None
     for rate in cfg.rates:
-        for kind in ("lda", "random") if cfg.baseline else ("lda",):
-            t = time.perf_counter()
-            poisoned, model = attack(kind, rate)
-            m = universal_metrics(model, test, poisoned, seed=cfg.seed,
-                                  poisoned_targets=poisoned.data.y[poisoned.indices].unique())
+        for kind in kinds:
+            step = Timer()
+            with step("row"):
+                poisoned, model = attack(kind, rate)
+                m = universal_metrics(model, test, poisoned, seed=cfg.seed,
+                                      poisoned_targets=poisoned.data.y[poisoned.indices].unique())
             rows.append({"codes": kind, "rate": rate, "poisoned_samples": len(poisoned.indices),
-                         "per_class": len(poisoned.indices) / num_classes, **m,
-                         "seconds": time.perf_counter() - t})
-            say(f"{kind:6s} {100 * rate:g}%: mean ASR {100 * m['mean_asr']:.1f}%, CA {100 * m['clean_accuracy']:.2f}%")
+                         "per_class": len(poisoned.indices) / num_classes, **m, "seconds": step["row_seconds"]})
+            run.log(f"{kind:6s} {100 * rate:g}%: mean ASR {100 * m['mean_asr']:.1f}%, "
+                    f"CA {100 * m['clean_accuracy']:.2f}%")
             if kind == "lda" and (example is None or rate >= example[2]):
                 example = (poisoned, model, rate)
 
     transfer: list[dict[str, Any]] = []
     if cfg.transfer_rate:
         poisoned_half, other_half = split_classes(cfg, num_classes)
-        for kind in ("lda", "random") if cfg.baseline else ("lda",):
-            t = time.perf_counter()
-            poisoned, model = attack(kind, cfg.transfer_rate, poisoned_half)
-            seen = universal_metrics(model, test, poisoned, poisoned_half, cfg.seed)
-            unseen = universal_metrics(model, test, poisoned, other_half, cfg.seed)
+        for kind in kinds:
+            step = Timer()
+            with step("row"):
+                poisoned, model = attack(kind, cfg.transfer_rate, poisoned_half)
+                seen = universal_metrics(model, test, poisoned, poisoned_half, cfg.seed)
+                unseen = universal_metrics(model, test, poisoned, other_half, cfg.seed)
+                went = where_triggers_go(model, test, poisoned, other_half, poisoned_half, cfg.seed)
             transfer.append({"codes": kind, "rate": cfg.transfer_rate, "split": cfg.transfer_split,
                              "poisoned_samples": len(poisoned.indices), "asr_poisoned_classes": seen["mean_asr"],
                              "asr_unpoisoned_classes": unseen["mean_asr"], "clean_accuracy": seen["clean_accuracy"],
-                             "unpoisoned_targets": where_triggers_go(model, test, poisoned, other_half, poisoned_half,
-                                                                     cfg.seed),
-                             "seconds": time.perf_counter() - t})
-            say(f"transfer {kind:6s}: ASR {100 * seen['mean_asr']:.1f}% on poisoned classes, "
-                f"{100 * unseen['mean_asr']:.1f}% on never-poisoned classes")
+                             "unpoisoned_targets": went, "seconds": step["row_seconds"]})
+            run.log(f"transfer {kind:6s}: ASR {100 * seen['mean_asr']:.1f}% on poisoned classes, "
+                    f"{100 * unseen['mean_asr']:.1f}% on never-poisoned classes")
 
-    assert example is not None
-    save_figure(asr_figure(rows, cfg, num_classes), out / "asr_vs_budget.png")
-    save_figure(examples_figure(test, *example), out / "examples.png")
-    save_model(example[1], out / "universal.safetensors")
-    save_file({"lda_codes": lda, "random_codes": rnd}, str(out / "codes.safetensors"))
-    timings["total_seconds"] = time.perf_counter() - t0
+    if example is None:
+        raise PoisonlabError("universal: no poisoned model to show (expected at least one rate)")
+    save_figure(asr_figure(rows, cfg, num_classes), run.out / "asr_vs_budget.png")
+    save_figure(examples_figure(test, *example), run.out / "examples.png")
+    files = save_models(run.out, cfg.model, train_set, {"universal": example[1]})
+    save_file({"lda_codes": lda, "random_codes": rnd}, str(run.out / "codes.safetensors"))
     metrics = {
-        "clean_accuracy": clean_ca,
-        "budgets": rows,
-        "transfer": transfer,
-        "codes": {"lda": code_stats(lda), "random": code_stats(rnd)},
-        **surrogate_info,
-        "num_classes": num_classes,
-        "train_size": len(train_set),
-        "test_size": len(test),
+        "clean_accuracy": clean_ca, "budgets": rows, "transfer": transfer,
+        "codes": {"lda": code_stats(lda), "random": code_stats(rnd)}, **surrogate_info,
+        "num_classes": num_classes, "train_size": len(train_set), "test_size": len(test),
         "poison_counts": {str(r): poison_count(len(train_set), r) for r in cfg.rates},
         "asr_definition": ASR_DEFINITION,
         "target_sampling": "one target per test image, drawn uniformly from the other classes with a fixed seed; "
                            "mean ASR averages the per-target ASR over the targets drawn",
     }
-    return finish_run(out, "universal", cfg, metrics, timings,
-                      ["asr_vs_budget.png", "examples.png", "universal.safetensors", "codes.safetensors"])
+    return Result(metrics, ["asr_vs_budget.png", "examples.png", *files, "codes.safetensors"], dict(timer))
+
+
+register("universal", "universal backdoors vs random codes across budgets (Schneider et al. 2023)",
+         Experiment(UniversalConfig, run_universal, universal_tables))

@@ -118,4 +118,5 @@ def load_model(name: str, shape: Shape, num_classes: int, path: Path) -> nn.Modu
             f"{path}: weights do not fit {name} for input {shape} and {num_classes} classes ({detail})"
         )
     model.load_state_dict(state)
-    return model.eval()
+    # the trainer leaves models channels-last; loaded ones match, so a model computes the same in memory and from disk
+    return model.to(memory_format=torch.channels_last).eval()  # type: ignore[call-overload,no-any-return]

@@ -10,10 +10,16 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from torch import Tensor  # noqa: E402
+from torch import (
+    Tensor,  # noqa: E402
+    nn,  # noqa: E402
+)
 
-from poisonlab.experiment.rundir import atomic_write_bytes  # noqa: E402
+from poisonlab.core import ImageSet  # noqa: E402
+from poisonlab.report.store import atomic_write_bytes  # noqa: E402
+from poisonlab.training import predict  # noqa: E402
 
 
 def save_figure(fig: Figure, path: Path) -> None:
@@ -51,3 +57,17 @@ def image_grid(rows: Sequence[tuple[str, Tensor, Sequence[str]]], title: str = "
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def backdoor_examples(test: ImageSet, triggered: ImageSet, models: dict[str, nn.Module], title: str) -> Figure:
+    """One test image per class whose trigger changes its label: clean and triggered, each model's prediction."""
+    eligible = triggered.y != test.y
+    picks = [int(torch.nonzero((test.y == k) & eligible)[0]) for k in range(test.num_classes)
+             if ((test.y == k) & eligible).any()][:10]
+    names = test.classes
+    rows = []
+    for label, images in (("clean", test.x[picks]), ("triggered", triggered.x[picks])):
+        preds = {n: predict(m, images) for n, m in models.items()}
+        captions = [" ".join(f"{n[:5]}:{names[p[i]]}" for n, p in preds.items()) for i in range(len(picks))]
+        rows.append((label, images, captions))
+    return image_grid(rows, title=title)

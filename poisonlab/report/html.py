@@ -21,9 +21,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from poisonlab.core import PoisonlabError  # noqa: E402
-from poisonlab.experiment.defense_matrix import MATRIX_COLUMNS, matrix_rows  # noqa: E402
-from poisonlab.experiment.rundir import atomic_write_bytes  # noqa: E402
-from poisonlab.experiment.sweep import PLAN_FILE, SOURCE_FILE, SUMMARY_FILE, aggregate, flatten  # noqa: E402
+from poisonlab.report.store import atomic_write_bytes  # noqa: E402
+from poisonlab.report.summary import PLAN_FILE, SOURCE_FILE, SUMMARY_FILE, aggregate, flatten  # noqa: E402
+from poisonlab.report.tables import TableData, plain  # noqa: E402
 
 REPORT_HTML = "report.html"
 HEADLINE = (("backdoored.clean_accuracy", "CA (backdoored)"), ("backdoored.attack_success_rate", "ASR (backdoored)"),
@@ -119,30 +119,38 @@ def _matrix(table_id: str, title: str, results: dict[str, Any]) -> list[str]:
     return [f"<h2>{_e(title)}</h2>", table(table_id, ["defense", *keys], rows)]
 
 
+def _table(data: TableData) -> list[str]:
+    rows = [[_e(plain(c)) for c in row] for row in data.rows]
+    out = [f"<h2>{_e(data.title)}</h2>", table(data.id, data.columns, rows, left=data.left)]
+    return out + ([f'<p class="muted">{_e(data.caption)}</p>'] if data.caption else [])
+
+
 def render_run(run_dir: Path) -> str:
-    """The HTML page of one run folder."""
+    """The HTML page of one run folder: the experiment's own tables (as the terminal prints them), then the rest."""
+    from poisonlab.registry import EXPERIMENTS
+
     body = _read_json(run_dir / "report.json")
     metrics = body.get("metrics") or {}
     cfg = body.get("config") or {}
-    attack = cfg.get("attack", {}).get("name") if isinstance(cfg.get("attack"), dict) else body.get("kind")
+    kind = body.get("kind")
+    attack = cfg.get("attack", {}).get("name") if isinstance(cfg.get("attack"), dict) else kind
     title = f"{attack} on {cfg.get('dataset', '?')}, seed {cfg.get('seed', '?')}"
     sections = [f'<p class="muted">run folder {_e(run_dir)} · report schema {_e(body.get("schema"))} · '
-                f'kind {_e(body.get("kind"))}</p>']
-    if body.get("kind") == "defense-matrix":
-        title = f"defense matrix on {cfg.get('dataset', '?')}, seed {cfg.get('seed', '?')}"
-        cells = [[_e(c) for c in row] for row in matrix_rows(metrics)]
-        sections += ["<h2>Defense matrix</h2>", table("defense-matrix", MATRIX_COLUMNS, cells, left=2),
-                     f'<p class="muted">{_e(metrics.get("asr_definition", ""))}</p>']
-    elif isinstance(metrics.get("clean"), dict) and isinstance(metrics.get("backdoored"), dict):
+                f'kind {_e(kind)}</p>']
+    if isinstance(metrics.get("clean"), dict) and isinstance(metrics.get("backdoored"), dict):
         sections += _pair_tables(metrics)
+        if isinstance(metrics.get("defenses"), dict):
+            sections += _matrix("defenses", "Defenses", metrics["defenses"])
+    elif isinstance(kind, str) and kind in EXPERIMENTS:
+        title = f"{kind} on {cfg.get('dataset', '?')}, seed {cfg.get('seed', '?')}"
+        for data in EXPERIMENTS.get(kind).table(body):
+            sections += _table(data)
     else:
         rows = [[_e(k), _num(v)] for k, v in flatten(metrics)]
         sections += ["<h2>Metrics</h2>", table("metrics", ["metric", "value"], rows)]
-    if isinstance(metrics.get("defenses"), dict):
-        sections += _matrix("defenses", "Defenses", metrics["defenses"])
     pngs = sorted(run_dir.glob("*.png"), key=lambda p: (p.name != "examples.png", p.name))
     if pngs:
-        sections.append("<h2>Examples: triggered images and predictions</h2>")
+        sections.append("<h2>Figures</h2>")
         sections += [_png(p, p.stem) for p in pngs]
     toml_file = run_dir / "config.toml"
     config_text = toml_file.read_text() if toml_file.exists() else json.dumps(cfg, indent=2)

@@ -17,11 +17,12 @@ from collections.abc import Callable
 
 import cv2
 import numpy as np
+import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
 from poisonlab.core import PoisonlabError, Verdict
 from poisonlab.scaling.operator import ScalingOperator, operator_for
-from poisonlab.scaling.resize import Resizer, get_resizer
+from poisonlab.scaling.resize import RESIZERS, Resizer, get_resizer
 
 _CHUNK = 8192
 
@@ -136,3 +137,11 @@ def detect(images: list[np.ndarray], resizer: Resizer, size: tuple[int, int], sc
     values = torch.tensor([DETECTORS[score](img, resizer, size) for img in images], dtype=torch.float64)
     cut = THRESHOLDS[score] if threshold is None else threshold
     return Verdict(scores=values, flagged=values > cut, details={"score": score, "threshold": cut})
+
+
+def median_filtered(x: torch.Tensor, resizer: str, size: tuple[int, int]) -> torch.Tensor:
+    """Selective median filter against ``resizer``'s pipeline to ``size`` on every plane of NCHW images in [0, 1]."""
+    op = RESIZERS.get(resizer)
+    planes = x.numpy().reshape(-1, *x.shape[-2:]) * 255.0
+    out = np.stack([selective_median(p, op, size) for p in planes]) / 255.0
+    return torch.from_numpy(out).float().reshape(x.shape)

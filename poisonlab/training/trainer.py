@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -11,25 +10,23 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import Tensor, nn
 
-from poisonlab.core import ImageSet, PoisonlabError
-
-LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
+from poisonlab.core import ImageSet, LossFn, PoisonlabError, require
 
 
 @dataclass(frozen=True)
 class Recipe:
     """How a model is trained; the same recipe and seed give the same weights on the same machine."""
 
-    epochs: int = 2
-    batch_size: int = 128
-    lr: float = 3e-3
-    weight_decay: float = 0.0
+    epochs: int = field(default=2, metadata={"help": "training epochs"})
+    batch_size: int = field(default=128, metadata={"help": "minibatch size"})
+    lr: float = field(default=3e-3, metadata={"help": "peak learning rate (Adam, one-cycle)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "Adam weight decay"})
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0 or self.weight_decay < 0:
-            raise PoisonlabError(
-                f"training recipe: expected epochs >= 1, batch_size >= 1, lr > 0, weight_decay >= 0; got {self}"
-            )
+        require(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
+        require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+        require(self.lr > 0, "lr", self.lr, "a number > 0")
+        require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
 
 
 def cross_entropy(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:

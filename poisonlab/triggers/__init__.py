@@ -2,37 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import dataclasses
 
 from poisonlab.core import PoisonlabError, Trigger
-from poisonlab.registry import Registry, parse_scalar
+from poisonlab.registry import TRIGGERS, discover
 from poisonlab.triggers.blend import Blend
 from poisonlab.triggers.patch import POSITIONS, Checkerboard, Patch, Pixel
 
-TRIGGERS: Registry[Callable[..., Trigger]] = Registry("trigger")
-TRIGGERS.register("patch", "solid square: size, position, color, margin")(Patch)
-TRIGGERS.register("checkerboard", "square of alternating color/1-color cells: size, position, color, margin")(
-    Checkerboard
-)
-TRIGGERS.register("pixel", "one pixel: position, color, margin")(Pixel)
-TRIGGERS.register("blend", "blend toward noise or an image: pattern=noise|PATH, alpha, seed")(Blend)
+discover(__name__, __path__)
 
 
 def parse_trigger(spec: str) -> Trigger:
     """Build a trigger from ``NAME`` or ``NAME:key=value,key=value``."""
-    name, _, params = spec.partition(":")
-    factory = TRIGGERS.get(name)
-    kwargs: dict[str, Any] = {}
-    for item in filter(None, params.split(",")):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise PoisonlabError(f"trigger {spec!r}: expected key=value, got {item!r}")
-        kwargs[key.strip().replace("-", "_")] = parse_scalar(value.strip())
-    try:
-        return factory(**kwargs)
-    except TypeError as e:
-        raise PoisonlabError(f"trigger {spec!r}: {e}") from None
+    return TRIGGERS.build(spec)  # type: ignore[no-any-return]
 
 
-__all__ = ["POSITIONS", "TRIGGERS", "Blend", "Checkerboard", "Patch", "Pixel", "parse_trigger"]
+def trigger_spec(trigger: Trigger) -> str:
+    """The spec string that builds ``trigger`` again (``patch:size=3,position=bottom-right,...``)."""
+    for name in TRIGGERS:
+        if TRIGGERS.get(name) is type(trigger) and dataclasses.is_dataclass(trigger):
+            fields = ",".join(f"{f.name}={getattr(trigger, f.name)}" for f in dataclasses.fields(trigger))
+            return f"{name}:{fields}" if fields else name
+    raise PoisonlabError(f"trigger {trigger!r}: not a registered trigger, so it has no spec")
+
+
+__all__ = ["POSITIONS", "TRIGGERS", "Blend", "Checkerboard", "Patch", "Pixel", "parse_trigger", "trigger_spec"]

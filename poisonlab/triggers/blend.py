@@ -11,8 +11,10 @@ from torch import Tensor
 
 from poisonlab.core import PoisonlabError
 from poisonlab.data.user import read_image
+from poisonlab.registry import TRIGGERS
 
 
+@TRIGGERS.register("blend", "blend toward noise or an image: pattern=noise|PATH, alpha, seed")
 @dataclass(frozen=True)
 class Blend:
     """Blend toward seeded uniform noise (``pattern='noise'``) or an image file resized to the input."""

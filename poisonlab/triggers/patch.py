@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from poisonlab.core import PoisonlabError
+from poisonlab.registry import TRIGGERS
 
 POSITIONS = ("bottom-right", "bottom-left", "top-right", "top-left", "center")
 
@@ -35,6 +36,7 @@ def corner(height: int, width: int, size: int, position: str, margin: int) -> tu
     }[position]
 
 
+@TRIGGERS.register("patch", "solid square: size, position, color, margin")
 @dataclass(frozen=True)
 class Patch:
     """A solid ``size`` x ``size`` square of intensity ``color`` on every channel."""
@@ -57,6 +59,7 @@ class Patch:
         return out
 
 
+@TRIGGERS.register("checkerboard", "square of alternating color/1-color cells: size, position, color, margin")
 @dataclass(frozen=True)
 class Checkerboard(Patch):
     """Cells alternating between ``color`` and ``1 - color``, top-left cell ``color``."""
@@ -67,6 +70,7 @@ class Checkerboard(Patch):
         return torch.where(even, float(self.color), 1.0 - float(self.color))
 
 
+@TRIGGERS.register("pixel", "one pixel: position, color, margin")
 @dataclass(frozen=True)
 class Pixel(Patch):
     """A single pixel (Gu et al.'s single-pixel backdoor)."""

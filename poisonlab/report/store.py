@@ -1,0 +1,85 @@
+"""Files of a run folder, written atomically (an interrupted run leaves no half-written result), and the report body."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+REPORT_SCHEMA = "poisonlab.report/1"
+REPORT_FILE = "report.json"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _finite(obj: Any) -> Any:
+    """NaN and infinities as null, so the file is JSON every reader accepts."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def to_json(obj: Any) -> str:
+    """Indented, strictly valid JSON (non-finite numbers become null)."""
+    return json.dumps(_finite(obj), indent=2, allow_nan=False)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (to_json(obj) + "\n").encode())
+
+
+def environment() -> dict[str, Any]:
+    """Versions and machine facts that a reader needs to reproduce a figure."""
+    versions: dict[str, str | None] = {}
+    for pkg in ("poisonlab", "torch", "numpy", "scipy", "scikit-learn", "opencv-python-headless", "pillow"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    import torch
+
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "versions": versions,
+    }
+
+
+def report(kind: str, config: dict[str, Any], metrics: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """A report.json body in the one versioned schema."""
+    return {
+        "schema": REPORT_SCHEMA,
+        "kind": kind,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": config,
+        "metrics": metrics,
+        "environment": environment(),
+        **extra,
+    }
+
+
+def read_report(path: Path) -> dict[str, Any] | None:
+    """A report.json body, or None when the file is missing, unreadable or not a poisonlab report."""
+    try:
+        body = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return body if isinstance(body, dict) and body.get("schema") == REPORT_SCHEMA else None

@@ -1,0 +1,59 @@
+"""A sweep folder's summary: per cell its metrics, per setting (every axis but seed) each metric's mean ± std."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from poisonlab.report.store import REPORT_FILE, read_report
+
+SWEEP_SCHEMA = "poisonlab.sweep/1"
+PLAN_FILE = "sweep.json"
+SUMMARY_FILE = "summary.json"
+SOURCE_FILE = "sweep.toml"
+
+
+def flatten(metrics: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, float]]:
+    """Every numeric scalar of a nested metrics dict, as (dotted key, value); lists and text are left out."""
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            yield from flatten(value, f"{prefix}{key}.")
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            yield f"{prefix}{key}", float(value)
+
+
+def _mean_std(values: Iterable[float]) -> dict[str, Any]:
+    vals = [v for v in values if not math.isnan(v)]
+    if not vals:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals)}
+
+
+def aggregate(out: Path) -> dict[str, Any]:
+    """Per cell its metrics, and per setting (all axes but ``seed``) each metric's mean ± sample std over seeds."""
+    plan_body = json.loads((out / PLAN_FILE).read_text())
+    cells: list[dict[str, Any]] = []
+    groups: dict[str, dict[str, Any]] = {}
+    for cell in plan_body["cells"]:
+        entry = {"id": cell["id"], "overrides": cell["overrides"], "status": "pending", "metrics": {}}
+        body = read_report(out / "cells" / cell["id"] / REPORT_FILE)
+        if body is not None:
+            entry.update(status="done", metrics=dict(flatten(body.get("metrics") or {})))
+        cells.append(entry)
+        setting = {k: v for k, v in cell["overrides"].items() if k != "seed"}
+        group = groups.setdefault(json.dumps(setting, sort_keys=True), {"overrides": setting, "cells": [], "seeds": []})
+        group["cells"].append(entry)
+        group["seeds"].append(cell["config"].get("seed"))
+    out_groups = []
+    for group in groups.values():
+        done = [c for c in group.pop("cells") if c["status"] == "done"]
+        keys = sorted({k for c in done for k in c["metrics"]})
+        group["done"] = len(done)
+        group["metrics"] = {k: _mean_std(c["metrics"][k] for c in done if k in c["metrics"]) for k in keys}
+        out_groups.append(group)
+    return {"schema": SWEEP_SCHEMA, "name": plan_body["name"], "axes": plan_body["axes"], "total": len(cells),
+            "done": sum(c["status"] == "done" for c in cells), "cells": cells, "groups": out_groups}

@@ -1,0 +1,199 @@
+"""Each experiment's report as tables of text cells: the terminal (rich) and the HTML report render the same rows.
+
+Cells may carry rich markup (``[red]...[/red]``); ``plain`` strips it for other renderers.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class TableData:
+    """A titled table: column names, rows of text cells, a caption; the first ``left`` columns are left-aligned."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    caption: str = ""
+    left: int = 1
+    id: str = "headline"
+
+
+def plain(cell: str) -> str:
+    """A cell without its rich markup."""
+    return re.sub(r"\[/?(?:bold|red|green|yellow)\]", "", cell)
+
+
+def pct(v: Any, digits: int = 2) -> str:
+    return "-" if not isinstance(v, int | float) or v != v else f"{100 * v:.{digits}f}%"
+
+
+def _f(v: Any) -> str:
+    return "" if v is None else f"{v:.3f}"
+
+
+def _attack_label(cfg: dict[str, Any]) -> str:
+    attack = cfg.get("attack") or {}
+    shown = {k: v for k, v in attack.items() if k not in ("name", "trigger") and not isinstance(v, list)}
+    return f"{attack.get('name')} ({', '.join(f'{k}={v}' for k, v in shown.items())})"
+
+
+def pipeline_tables(body: dict[str, Any]) -> list[TableData]:
+    """CA and ASR of the clean and the backdoored model (each deployed variant a row), then the defenses."""
+    m, cfg = body["metrics"], body["config"]
+    budget = (f"{m['poisoned_samples']} poisoned of {m['train_size']} ({pct(m['poisoned_fraction'])})"
+              if m["poisoned_samples"] else f"training attack, {m['train_size']} training images")
+    title = f"{_attack_label(cfg)} on {cfg['dataset']}, seed {cfg['seed']}: {budget}"
+    caption = f"{m['asr_definition']} ({m['clean'].get('asr_images', 0)} images)."
+
+    def worst(row: dict[str, Any]) -> str:
+        seen = [v for v in row.get("per_class_asr") or [] if v is not None]
+        return pct(min(seen)) if seen else "-"
+
+    deployments = m.get("deployments") or {}
+    if not deployments:
+        table = TableData(title, ["model", "clean accuracy", "attack success rate", "worst-class ASR"], caption=caption)
+        for name in ("clean", "backdoored"):
+            r = m[name]
+            table.rows.append([name, pct(r["clean_accuracy"]), pct(r.get("attack_success_rate")), worst(r)])
+    else:
+        table = TableData(title, ["variant", "clean CA", "clean ASR", "backdoored CA", "backdoored ASR",
+                                  "backdoored worst-class ASR"], caption=caption)
+        aimed = (cfg.get("attack") or {}).get("deployment")
+        for spec, variants in {"float": {"clean": m["clean"], "backdoored": m["backdoored"]}, **deployments}.items():
+            c, b = variants["clean"], variants["backdoored"]
+            label = f"[bold]{spec}[/bold] (attacked)" if spec == aimed else spec
+            table.rows.append([label, pct(c["clean_accuracy"]), pct(c.get("attack_success_rate")),
+                               pct(b["clean_accuracy"]), pct(b.get("attack_success_rate")), worst(b)])
+    tables = [table]
+    if m.get("defenses"):
+        tables.append(defense_table(m["defenses"], f"defenses on the backdoored model (defender data: "
+                                                   f"{cfg.get('defender')})"))
+    return tables
+
+
+def defense_summary(r: dict[str, Any]) -> str:
+    """One defense's result in a line, by the kind of result it has."""
+    if "precision" in r:
+        return (f"P {_f(r['precision'])} R {_f(r['recall'])} F1 {_f(r['f1'])} AUROC {_f(r['auroc'])}, "
+                f"{r['flagged']} flagged")
+    if "false_rejection_rate" in r:
+        found = f"detects {pct(r['detection_rate'])} of triggered inputs at " if "detection_rate" in r else ""
+        return f"{found}false rejection {pct(r['false_rejection_rate'])}"
+    if "flagged_classes" in r:
+        index = f", anomaly index max {r['max_anomaly_index']:.2f}" if "max_anomaly_index" in r else ""
+        return f"flags classes {r['flagged_classes']}{index}"
+    return (f"CA {pct(r['ca_before'])} -> {pct(r['ca_after'])}, ASR {pct(r.get('asr_before'))} -> "
+            f"{pct(r.get('asr_after'))}")
+
+
+def defense_table(results: dict[str, Any], title: str) -> TableData:
+    table = TableData(title, ["defense", "result", "seconds"], id="defenses")
+    for spec, r in results.items():
+        table.rows.append([spec, defense_summary(r), f"{r.get('seconds', 0):.1f}"])
+    return table
+
+
+def universal_tables(body: dict[str, Any]) -> list[TableData]:
+    """Mean ASR and CA per budget, universal vs baseline, and the transferability rows."""
+    m, cfg = body["metrics"], body["config"]
+    table = TableData(f"Universal backdoor on {cfg['dataset']} ({m['num_classes']} classes, {m['train_size']} "
+                      f"training images), clean CA {pct(m['clean_accuracy'], 1)}",
+                      ["codes", "poison", "per class", "mean ASR", "worst-10% ASR", "unpoisoned targets: ASR", "CA"])
+    for r in m["budgets"]:
+        never = r.get("mean_asr_never_poisoned_targets")
+        table.rows.append([r["codes"], f"{100 * r['rate']:g}% ({r['poisoned_samples']})", f"{r['per_class']:.2f}",
+                           pct(r["mean_asr"], 1), pct(r["per_target_asr_quantiles"]["p10"], 1),
+                           "-" if never is None else f"{pct(never, 1)} ({r['never_poisoned_targets']})",
+                           pct(r["clean_accuracy"], 1)])
+    for r in m["transfer"]:
+        table.rows.append([f"{r['codes']}, half the classes ({r['split']})", f"{100 * r['rate']:g}%", "",
+                           pct(r["asr_poisoned_classes"], 1), "", pct(r["asr_unpoisoned_classes"], 1),
+                           pct(r["clean_accuracy"], 1)])
+    table.caption = (f"lda = universal (LDA codes, {m['surrogate']}); random = multi-target BadNets baseline. "
+                     f"{m['asr_definition']}; {m['target_sampling']}.")
+    return [table]
+
+
+def _ratio(v: float, clean: float) -> str:
+    return f"x{v / clean:.2f}" if clean > 0 else "-"
+
+
+def backgradient_tables(body: dict[str, Any]) -> list[TableData]:
+    """Error of the victim against poison rate, optimised points beside their label-flipped starts."""
+    m, cfg = body["metrics"], body["config"]
+    key = m["error_metric"]
+    what = f"error on class {cfg['source']}" if cfg["goal"] == "targeted" else "test error"
+    table = TableData(f"back-gradient {cfg['goal']} poisoning, {cfg['dataset']} {cfg['learner']}: {what}",
+                      ["rate", "points", "back-gradient", "x clean", "label flip", "x clean"], left=0)
+    clean = m["clean_error"]
+    for row in m["curve"]:
+        bg, flip = row["backgradient"][key], row["label_flip"][key]
+        table.rows.append([pct(row["rate"]), str(row["count"]), pct(bg), _ratio(bg, clean), pct(flip),
+                           _ratio(flip, clean)])
+    for name, t in m["transfer"].items():
+        if "skipped" not in t:
+            c, bg, flip = t["clean"][key], t["backgradient"][key], t["label_flip"][key]
+            table.rows.append([f"-> {name}", str(t["count"]), f"{pct(c)} -> {pct(bg)}", _ratio(bg, c), pct(flip),
+                               _ratio(flip, c)])
+    return [table]
+
+
+def camouflage_tables(body: dict[str, Any]) -> list[TableData]:
+    """CA and both ASRs per run, then the data scanners' detection of the camouflaged poison."""
+    m, cfg = body["metrics"], body["config"]
+    hr, low = "x".join(map(str, m["high_resolution"])), "x".join(map(str, m["pipeline_size"]))
+    table = TableData(f"scaling camouflage: {cfg['count']} poisoned of {m['train_size']} {hr} images, pipeline "
+                      f"{cfg['resizer']} to {low}, target {cfg['target']}",
+                      ["run", "CA", "ASR visible", "ASR camouflaged", "note"])
+    for name, r in m["runs"].items():
+        note = ""
+        if "psnr_poisoned_vs_original_db" in r:
+            note = (f"poisoned vs original {r['psnr_poisoned_vs_original_db']:.1f} dB, {r['labels_changed']} labels "
+                    "changed")
+        elif "psnr_poisoned_vs_clean_db" in r:
+            note = f"poisoned vs clean {r['psnr_poisoned_vs_clean_db']:.1f} dB (visible)"
+        table.rows.append([name, pct(r["clean_accuracy"]), pct(r["asr_visible"]), pct(r.get("asr_camouflaged")), note])
+    for attack, scanners in m["detection"].items():
+        for scanner, d in scanners.items():
+            table.rows.append([f"{scanner} on {attack} data", "", "", "", defense_summary(d)])
+    table.caption = f"{m['upscaled_note']}. {m['asr_definition']}"
+    return [table]
+
+
+def audit_tables(body: dict[str, Any]) -> list[TableData]:
+    """One row per resizer x ratio: pixels read, success rate, PSNRs and the verdict."""
+    m, cfg = body["metrics"], body["config"]
+    table = TableData(f"image-scaling attack audit: {m['pairs']} photo pairs at {cfg['size']}x{cfg['size']}, eps "
+                      f"{cfg['eps']:g}, success = output within eps and A closer to S than to T upscaled (PSNR)",
+                      ["resizer", "ratio", "pixels read", "success", "PSNR(A,S)", "PSNR(out,T)", "verdict"])
+    for r in m["rows"]:
+        table.rows.append([r["resizer"], str(r["ratio"]), pct(r["coverage"], 1), pct(r["success_rate"], 0),
+                           f"{r['psnr_source']:.1f}", f"{r['psnr_target']:.1f}",
+                           "[red]vulnerable[/red]" if r["vulnerable"] else "[green]robust[/green]"])
+    return [table]
+
+
+MATRIX_COLUMNS = ["attack", "defense", "P", "R", "F1", "AUROC", "flagged", "CA", "ASR", "other", "seconds"]
+
+
+def matrix_tables(body: dict[str, Any]) -> list[TableData]:
+    """One row per (attack, defense): detection figures for scanners, CA/ASR after for mitigations, seconds."""
+    m = body["metrics"]
+    table = TableData(f"defense matrix on {body['config']['dataset']} ({m['train_size']} training images, defender "
+                      f"holds {m['reserve']} clean ones)", MATRIX_COLUMNS, left=2, id="defense-matrix")
+    for attack, rows in m["results"].items():
+        for name, r in rows.items():
+            other = "" if "precision" in r or "ca_after" in r else defense_summary(r)
+            ca, asr = (r.get("ca_after"), r.get("asr_after")) if "ca_after" in r else (r.get("ca"), r.get("asr"))
+            table.rows.append([attack, name, _f(r.get("precision")), _f(r.get("recall")), _f(r.get("f1")),
+                               _f(r.get("auroc")), str(r.get("flagged", "")), _f(ca), _f(asr), other,
+                               f"{r['seconds']:.1f}" if "seconds" in r else ""])
+    for attack, err in m["errors"].items():
+        table.rows.append([attack, "-", "", "", "", "", "", "", "", f"not run: {err}", ""])
+    table.caption = (f"CA/ASR after the mitigation on that row (retrain:scanner=X drops what X flagged). "
+                     f"{m['asr_definition']}")
+    return [table]
