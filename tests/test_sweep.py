@@ -51,7 +51,7 @@ def test_grid_expands_with_seed_fastest_and_readable_cell_ids(tmp_path, data):
     assert len(p.cells) == 9
     ids = ["rate=0.05_seed=0", "rate=0.05_seed=1", "rate=0.05_seed=2", "rate=0.1_seed=0"]
     assert [c.id for c in p.cells[:4]] == ids
-    assert p.cells[4].config.attack.params["rate"] == 0.1 and p.cells[4].config.seed == 1
+    assert p.cells[4].config.config.attack.params["rate"] == 0.1 and p.cells[4].config.config.seed == 1
     assert p.axes == {"attack.rate": [0.05, 0.1, 0.2], "seed": [0, 1, 2]}
     assert cell_id({}) == "run" and cell_id({"deployments": ["int8", "fp16"]}) == "deployments=int8+fp16"
 
@@ -62,7 +62,7 @@ def test_a_bad_cell_fails_the_whole_sweep_before_training(tmp_path, data):
     with pytest.raises(PoisonlabError, match=message):
         plan(path)
     result = runner.invoke(app, ["sweep", str(path), "--out", str(tmp_path / "out")])
-    assert result.exit_code == 2 and "attack.rate" in result.output and not (tmp_path / "out").exists()
+    assert result.exit_code == 2 and "poison rate 1.5" in result.output and not (tmp_path / "out").exists()
     empty = sweep_toml(tmp_path / "e.toml", data, seeds="[]")
     with pytest.raises(PoisonlabError, match="seed: an empty list"):
         plan(empty)

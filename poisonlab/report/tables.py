@@ -86,8 +86,10 @@ def defense_summary(r: dict[str, Any]) -> str:
     if "flagged_classes" in r:
         index = f", anomaly index max {r['max_anomaly_index']:.2f}" if "max_anomaly_index" in r else ""
         return f"flags classes {r['flagged_classes']}{index}"
-    return (f"CA {pct(r['ca_before'])} -> {pct(r['ca_after'])}, ASR {pct(r.get('asr_before'))} -> "
-            f"{pct(r.get('asr_after'))}")
+    if "ca_after" in r:
+        return (f"CA {pct(r['ca_before'])} -> {pct(r['ca_after'])}, ASR {pct(r.get('asr_before'))} -> "
+                f"{pct(r.get('asr_after'))}")
+    return f"CA {pct(r.get('ca'))}, ASR {pct(r.get('asr'))}"
 
 
 def defense_table(results: dict[str, Any], title: str) -> TableData:
@@ -187,7 +189,7 @@ def matrix_tables(body: dict[str, Any]) -> list[TableData]:
                       f"holds {m['reserve']} clean ones)", MATRIX_COLUMNS, left=2, id="defense-matrix")
     for attack, rows in m["results"].items():
         for name, r in rows.items():
-            other = "" if "precision" in r or "ca_after" in r else defense_summary(r)
+            other = "" if "precision" in r or "ca_after" in r or "ca" in r else defense_summary(r)
             ca, asr = (r.get("ca_after"), r.get("asr_after")) if "ca_after" in r else (r.get("ca"), r.get("asr"))
             table.rows.append([attack, name, _f(r.get("precision")), _f(r.get("recall")), _f(r.get("f1")),
                                _f(r.get("auroc")), str(r.get("flagged", "")), _f(ca), _f(asr), other,
