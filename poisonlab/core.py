@@ -50,7 +50,7 @@ class ImageSet:
         return ImageSet(self.x[index], self.y[index], self.classes)
 
 
-Trigger = Callable[[Tensor, "Tensor | None"], Tensor]
+Trigger = Callable[[Tensor, Tensor | None], Tensor]
 """(images, attacker's target classes or None) -> stamped copy of the images."""
 
 TargetMap = Callable[[Tensor], Tensor]

@@ -123,12 +123,14 @@ def _is_trigger(annotation: Any) -> bool:
 
 
 def parameters(factory: Callable[..., Any]) -> dict[str, inspect.Parameter]:
-    """The keyword parameters of a component factory, annotations resolved."""
+    """The keyword parameters of a component factory, annotations resolved (inherited fields in their own module)."""
     try:
-        sig = inspect.signature(factory, eval_str=True)
+        hints = typing.get_type_hints(factory)
     except (NameError, TypeError):
-        sig = inspect.signature(factory)
-    return {n: p for n, p in sig.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        hints = {}
+    params = inspect.signature(factory).parameters.items()
+    return {n: p.replace(annotation=hints.get(n, p.annotation)) for n, p in params
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
 def plain(value: Any) -> bool:
