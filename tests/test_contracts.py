@@ -67,6 +67,7 @@ DATASETS: dict[str, Callable[[Path], str]] = {
 ATTACK_CASES: dict[str, dict[str, Any]] = {
     "backgradient": {"rate": 0.02, "steps": 3, "iterations": 1, "val_size": 40},
     "badnets": {"target": 1, "rate": 0.05, "trigger": Patch(size=3)},
+    "blend": {"target": 1, "rate": 0.05},
     "compression-artifact": {"target": 1, "deployment": "prune-l1:0.5", "trigger": Patch(size=3)},
     "multi-target-badnets": {"bits": 4, "rate": 0.05},
     "scaling-camouflage": {"size": (6, 6), "target": 1, "count": 6, "trigger": Patch(size=2)},
