@@ -18,10 +18,11 @@ from pathlib import Path
 import torch
 
 from poisonlab.attacks import BadNets
+from poisonlab.core import Evidence
 from poisonlab.data import load_dataset
 from poisonlab.defenses import ActivationClustering, FinePruning, NeuralCleanse, SpectralSignatures, Strip, Unlearning
+from poisonlab.defenses.apply import clean_reserve
 from poisonlab.defenses.scoring import detection_metrics
-from poisonlab.defenses.subjects import clean_reserve
 from poisonlab.metrics import evaluate
 from poisonlab.models import build_model, load_model, save_model
 from poisonlab.training import Recipe, train
@@ -43,16 +44,24 @@ def main() -> None:
     ap.add_argument("--parts", default="scan,strip,nc,mitigate", help="comma list of scan, strip, nc, mitigate")
     ap.add_argument("--clean", action="store_true", help="also run Neural Cleanse on a clean model")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--train-size", type=int, default=None,
+                    help="a seeded random subset of this many MNIST training images (default: all 60,000)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.cache.mkdir(parents=True, exist_ok=True)
     parts = set(args.parts.split(","))
     train_set, test = load_dataset("mnist", 0)
+    suffix = ""
+    if args.train_size is not None:
+        train_set = train_set.subset(torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))
+                                     [: args.train_size])
+        suffix = f"-n{len(train_set)}"
     print(f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (above ~2: measured under load)")
     for rate in (float(r) for r in args.rates.split(",")):
         poisoned = BadNets(target=8, rate=rate).poison(train_set, torch.Generator().manual_seed(0))
-        model = model_for(poisoned.data, f"badnets-{rate}", args.cache)
-        base = evaluate(model, test, poisoned)
+        model = model_for(poisoned.data, f"badnets-{rate}{suffix}", args.cache)
+        triggered = poisoned.triggered(test)
+        base = evaluate(model, test, triggered)
         reserve = clean_reserve(train_set, poisoned.indices, 3000, 0)
         print(f"\n== rate {rate:.0%}: {len(poisoned.indices)} poisoned; CA {base['clean_accuracy']:.4f} "
               f"ASR {base['attack_success_rate']:.4f}")
@@ -74,7 +83,6 @@ def main() -> None:
         if "strip" in parts:
             t = time.perf_counter()
             strip = Strip(frr=0.01).fit(model, reserve)
-            triggered = poisoned.triggered(test)
             eligible = triggered.y != test.y
             caught = len(strip.detect(model, triggered.x[eligible]).flagged) / int(eligible.sum())
             rejected = len(strip.detect(model, test.x).flagged) / len(test)
@@ -89,15 +97,16 @@ def main() -> None:
         if "mitigate" in parts:
             for name in ("fine-pruning", "unlearning"):
                 t = time.perf_counter()
-                repaired = (FinePruning().repair(model, reserve) if name == "fine-pruning"
-                            else Unlearning().repair(model, reserve, scan))
-                after = evaluate(repaired.model, test, poisoned)
+                evidence = Evidence(reserve, model_scans={"neural-cleanse": scan})
+                repaired = (FinePruning() if name == "fine-pruning" else Unlearning()).repair(model, evidence)
+                assert repaired.model is not None
+                after = evaluate(repaired.model, test, triggered)
                 print(f"  {name}: CA {after['clean_accuracy']:.4f} (drop "
                       f"{100 * (base['clean_accuracy'] - after['clean_accuracy']):.2f} points) ASR "
                       f"{after['attack_success_rate']:.4f}; {time.perf_counter() - t:.1f} s; "
                       f"{ {k: v for k, v in repaired.details.items() if not isinstance(v, torch.Tensor)} }")
     if args.clean:
-        model = model_for(train_set, "clean", args.cache)
+        model = model_for(train_set, f"clean{suffix}", args.cache)
         t = time.perf_counter()
         scan = NeuralCleanse().scan(model, clean_reserve(train_set, torch.empty(0, dtype=torch.long), 3000, 0))
         print(f"\n== clean model: Neural Cleanse flagged {scan.flagged.tolist()}, anomaly index "

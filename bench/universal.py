@@ -21,13 +21,15 @@ from pathlib import Path
 
 import torch
 
-from poisonlab.cli.common import console
-from poisonlab.cli.run_universal import universal_table
+from poisonlab.cli.common import console, print_tables
+from poisonlab.experiment.run import execute, resolve
 from poisonlab.experiment.rundir import make_run_dir
-from poisonlab.experiment.universal import UniversalConfig, run_universal
+from poisonlab.experiment.universal import UniversalConfig
+from poisonlab.registry import EXPERIMENTS
 
 
 def main() -> None:
+    defaults = UniversalConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default=UniversalConfig.dataset)
     p.add_argument("--model", default=UniversalConfig.model)
@@ -39,22 +41,24 @@ def main() -> None:
     p.add_argument("--rates", default=",".join(map(str, UniversalConfig.rates)))
     p.add_argument("--transfer-rate", type=float, default=UniversalConfig.transfer_rate,
                    help="0 skips the transferability run")
-    p.add_argument("--epochs", type=int, default=UniversalConfig.epochs)
-    p.add_argument("--lr", type=float, default=UniversalConfig.lr)
+    p.add_argument("--epochs", type=int, default=defaults.training.epochs, help="training epochs of every victim")
+    p.add_argument("--lr", type=float, default=defaults.training.lr)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--progress", action="store_true",
+                   help="the experiment's progress lines and training bars on stderr (off: only the table)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = UniversalConfig(dataset=args.dataset, model=args.model, bits=args.bits, strips=args.strips, alpha=args.alpha,
-                          code_threshold=args.threshold,
-                          rates=tuple(float(r) for r in args.rates.split(",")),
-                          transfer_rate=args.transfer_rate, epochs=args.epochs, lr=args.lr,
-                          surrogate_per_class=args.surrogate_per_class)
+    resolved = resolve({"experiment": "universal", "name": "universal-bench", "dataset": args.dataset,
+                        "model": args.model, "bits": args.bits, "strips": args.strips, "alpha": args.alpha,
+                        "code_threshold": args.threshold, "rates": [float(r) for r in args.rates.split(",")],
+                        "transfer_rate": args.transfer_rate, "surrogate_per_class": args.surrogate_per_class,
+                        "training": {"epochs": args.epochs, "lr": args.lr}}, "bench/universal.py")
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
-    body = run_universal(cfg, make_run_dir(args.out, "universal-bench"), progress=False, log=console.print)
+    body = execute(resolved, make_run_dir(args.out, resolved.name), progress=args.progress)
     seconds = time.perf_counter() - t0
-    console.print(universal_table(body))
+    print_tables(EXPERIMENTS.get(resolved.experiment).table(body))
     m, timings = body["metrics"], body["timings"]
     budget_s = sum(r["seconds"] for r in m["budgets"])
     transfer_s = sum(r["seconds"] for r in m["transfer"])

@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 from torch import nn
 
-from poisonlab.cli.common import console, one_line_errors, print_json
+from poisonlab.cli.common import one_line_errors, print_json, print_tables
 from poisonlab.core import PoisonlabError
 from poisonlab.defenses import names_of
 from poisonlab.defenses.apply import DEFAULT_RESERVE, apply_defenses, defender_data
@@ -18,7 +17,7 @@ from poisonlab.experiment.pipeline import open_run
 from poisonlab.experiment.rundir import make_run_dir
 from poisonlab.experiment.victim import fit, save_models
 from poisonlab.report.store import atomic_write_json, report
-from poisonlab.report.tables import pct
+from poisonlab.report.tables import before_after_tables
 
 
 @one_line_errors
@@ -63,9 +62,5 @@ def defend(
     if json_out:
         print_json(result)
         return
-    table = Table(title=f"{method} on {run} ({result['seconds']:.1f} s), defender holds {reserve} clean images")
-    for col in ("model", "clean accuracy", "attack success rate"):
-        table.add_column(col, justify="right")
-    table.add_row("before", pct(result["ca_before"]), pct(result["asr_before"]))
-    table.add_row("after", pct(result["ca_after"]), pct(result["asr_after"]))
-    console.print(table)
+    print_tables(before_after_tables(result, f"{method} on {run} ({result['seconds']:.1f} s), defender holds "
+                                             f"{reserve} clean images"))

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import torch
 import typer
-from rich.table import Table
 from torch import nn
 
-from poisonlab.cli.common import console, one_line_errors, print_json
+from poisonlab.cli.common import console, one_line_errors, print_json, print_tables
 from poisonlab.compress import CALIBRATION_IMAGES, DEFAULT_DEPLOYMENTS, calibration_images, parse_deployment
 from poisonlab.compress.check import CheckSettings, deploy_check
 from poisonlab.core import PoisonlabError
@@ -19,6 +18,7 @@ from poisonlab.defenses import NeuralCleanse
 from poisonlab.experiment.run import CONFIG_FILE, load
 from poisonlab.experiment.victim import load_run_model
 from poisonlab.models import load_model
+from poisonlab.report.tables import deploy_check_tables
 from poisonlab.triggers import parse_trigger
 
 
@@ -43,33 +43,6 @@ def resolve_model(path: Path, arch: str | None, dataset: str | None, which: str 
                              "(or give its run folder)")
     train_set, _ = load_dataset(dataset)
     return load_model(arch, train_set.shape, train_set.num_classes, path), str(path), arch, dataset
-
-
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.2f}%"
-
-
-def check_table(result: dict[str, Any], title: str) -> Table:
-    table = Table(title=title)
-    scanned = "scan" in result["float"]
-    columns = ("variant", "clean accuracy", "ASR", "agreement", "divergence", *(("NC flags",) if scanned else ()),
-               "verdict")
-    for col in columns:
-        table.add_column(col, justify="left" if col in ("variant", "verdict", "NC flags") else "right")
-
-    def nc(row: dict[str, Any]) -> tuple[str, ...]:
-        if not scanned:
-            return ()
-        return (f"{row['scan']['flagged_classes']} (max index {max(row['scan']['anomaly_index']):.1f})",)
-
-    f = result["float"]
-    table.add_row("float", _pct(f["clean_accuracy"]), _pct(f.get("attack_success_rate")), "-", "-", *nc(f),
-                  "reference")
-    for r in result["variants"]:
-        verdict = "[red]FLAGGED[/red]: " + "; ".join(r["reasons"]) if r["flagged"] else "[green]ok[/green]"
-        table.add_row(r["deployment"], _pct(r["clean_accuracy"]), _pct(r.get("attack_success_rate")),
-                      _pct(r["agreement"]), _pct(r["divergence"]), *nc(r), verdict)
-    return table
 
 
 @one_line_errors
@@ -119,7 +92,7 @@ def deploy_check_command(
         print_json(result)
     else:
         title = f"deploy-check: {weights} ({arch_name}) on {data_spec}, {len(test)} test images"
-        console.print(check_table(result, title))
+        print_tables(deploy_check_tables(result, title))
         if result["flagged"]:
             console.print(f"[red]{len(result['flagged'])} variant(s) depart from the float model:[/red] "
                           + ", ".join(result["flagged"]))

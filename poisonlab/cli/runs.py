@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from poisonlab.cli.common import console, one_line_errors, print_json
+from poisonlab.cli.common import one_line_errors, print_json, print_tables
 from poisonlab.core import PoisonlabError
 from poisonlab.report.index import compare as compare_runs
 from poisonlab.report.index import list_runs, load_run
+from poisonlab.report.tables import compare_tables, runs_tables
 
 RootOption = Annotated[Path, typer.Option("--root", help="results folder holding run folders (and index.sqlite)")]
-
-
-def _pct(v: Any) -> str:
-    return f"{100 * v:.2f}" if isinstance(v, int | float) else "-"
 
 
 def _where(items: list[str]) -> dict[str, str]:
@@ -46,20 +42,7 @@ def runs(
     if json_out:
         print_json(rows)
         return
-    table = Table(title=f"{len(rows)} runs under {root}")
-    for col in ("run", "kind", "dataset", "attack", "rate", "seed", "CA %", "ASR %", "clean CA %", "created"):
-        table.add_column(col, justify="right" if col.endswith("%") or col in ("rate", "seed") else "left")
-    for r in rows:
-        table.add_row(r["run"], r["kind"] or "-", r["dataset"] or "-", r["attack"] or "-",
-                      "-" if r["rate"] is None else f"{r['rate']:g}", "-" if r["seed"] is None else str(r["seed"]),
-                      _pct(r["ca"]), _pct(r["asr"]), _pct(r["clean_ca"]), r["created"] or "-")
-    console.print(table)
-
-
-def _cell(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4f}"
-    return "-" if v is None else str(v)
+    print_tables(runs_tables(rows, f"{len(rows)} runs under {root}"))
 
 
 @one_line_errors
@@ -78,13 +61,4 @@ def compare(
     if json_out:
         print_json(result)
         return
-    table = Table(title="runs side by side")
-    table.add_column("field")
-    for i, label in enumerate(result["runs"]):
-        table.add_column(f"[{i + 1}] {Path(label).name}", justify="right")
-    for section in ("config", "metrics"):
-        for key, values in result[section].items():
-            table.add_row(f"{section}.{key}", *map(_cell, values))
-    console.print(table)
-    for i, label in enumerate(result["runs"]):
-        console.print(f"[{i + 1}] {label}", highlight=False)
+    print_tables(compare_tables(result))

@@ -8,9 +8,8 @@ from typing import Annotated, Any
 
 import torch
 import typer
-from rich.table import Table
 
-from poisonlab.cli.common import console, one_line_errors, print_json
+from poisonlab.cli.common import one_line_errors, print_json, print_tables
 from poisonlab.core import ImageSet, PoisonlabError
 from poisonlab.data import load_dataset
 from poisonlab.defenses import DEFENSES, NeuralCleanse, names_of
@@ -20,6 +19,7 @@ from poisonlab.experiment.rundir import make_run_dir
 from poisonlab.models import load_model
 from poisonlab.report.figures import image_grid, save_figure
 from poisonlab.report.store import atomic_write_json
+from poisonlab.report.tables import data_scan_tables, model_scan_tables
 
 app = typer.Typer(help="Scan training data for poison, or a model for a backdoor.", no_args_is_help=True)
 
@@ -77,17 +77,9 @@ def data(
     if json_out:
         print_json(result)
         return
-    table = Table(title=f"{defense} on {len(train)} samples ({layer} features), {seconds:.1f} s")
-    table.add_column("class")
-    table.add_column("flagged", justify="right")
-    for k in range(train.num_classes):
-        n = int((train.y[verdict.flagged] == k).sum())
-        table.add_row(train.classes[k] + (" (suspicious)" if k in result["suspicious_classes"] else ""), str(n))
-    console.print(table)
-    if truth is not None:
-        d = result["detection"]
-        console.print(f"against the truth ({d['poisoned']} poisoned): precision {d['precision']:.3f}, "
-                      f"recall {d['recall']:.3f}, F1 {d['f1']:.3f}, AUROC {d['auroc']:.3f}")
+    counts = torch.bincount(train.y[verdict.flagged], minlength=train.num_classes).tolist()
+    print_tables(data_scan_tables(result, [(name + (" (suspicious)" if k in result["suspicious_classes"] else ""),
+                                            counts[k]) for k, name in enumerate(train.classes)]))
 
 
 @app.command("model")
@@ -135,9 +127,4 @@ def model_scan(
     if json_out:
         print_json(result)
         return
-    table = Table(title=f"Neural Cleanse ({seconds:.1f} s); flagged: {', '.join(result['flagged_classes']) or 'none'}")
-    for col in ("class", "mask L1", "anomaly index", "trigger success"):
-        table.add_column(col, justify="right")
-    for k, n, a, s in zip(result["classes"], d["mask_l1"], d["anomaly_index"], d["trigger_success"], strict=True):
-        table.add_row(str(k), f"{n:.1f}", f"{a:.2f}", f"{s:.2f}")
-    console.print(table)
+    print_tables(model_scan_tables(result))

@@ -11,19 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import matplotlib.pyplot as plt
 import torch
-from matplotlib.figure import Figure
 from safetensors.torch import save_file
 from torch import Tensor
 
-from poisonlab.attacks.backgradient import BackGradientPoisoning, Crafted, Goal
+from poisonlab.attacks.backgradient import BackGradientPoisoning, Goal
 from poisonlab.backgradient.learners import LEARNERS, Descent, build_learner, train
 from poisonlab.core import ImageSet, PoisonlabError, check_budget, poison_count, require
 from poisonlab.data import DATASETS, load_dataset
 from poisonlab.experiment.config import check_component, helped
 from poisonlab.experiment.run import Experiment, Result, Run, Timer, register
-from poisonlab.report.figures import image_grid, save_figure
+from poisonlab.report.figures import image_grid, rate_curves, save_figure
 from poisonlab.report.tables import backgradient_tables
 
 
@@ -124,31 +122,6 @@ def victim_errors(cfg: BackgradientConfig, learner_name: str, train_set: ImageSe
     return out
 
 
-def _curves(cfg: BackgradientConfig, curve: list[dict[str, Any]]) -> Figure:
-    key = "source_error" if cfg.goal == "targeted" else "test_error"
-    label = f"test error on class {cfg.source}" if cfg.goal == "targeted" else "test error"
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    xs = [100 * row["rate"] for row in curve]
-    ax.plot(xs, [100 * row["backgradient"][key] for row in curve], "o-", label=f"back-gradient ({cfg.learner})")
-    ax.plot(xs, [100 * row["label_flip"][key] for row in curve], "s--", label="label-flip starting points")
-    ax.set_xlabel("poison rate (%)")
-    ax.set_ylabel(f"{label} (%)")
-    goal = f"error-specific {cfg.source}->{cfg.target}" if cfg.goal == "targeted" else "error-generic"
-    ax.set_title(f"{cfg.dataset} {cfg.learner}, {goal}", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def _poison_grid(crafted: Crafted, classes: tuple[str, ...], count: int = 10) -> Figure:
-    k = min(count, len(crafted.labels))
-    x = crafted.poisoned.data.x[crafted.poisoned.indices[:k]]
-    labels = [f"label {classes[int(c)]}" for c in crafted.labels[:k]]
-    return image_grid([("start", crafted.start[:k], labels), ("optimised", x, labels)],
-                      title="back-gradient poisoning points next to their label-flipped starting points")
-
-
 def run_backgradient(cfg: BackgradientConfig, run: Run) -> Result:
     """Craft the poison, sweep the rates, evaluate transfer, write ``run.out``.
 
@@ -212,8 +185,17 @@ def _run(cfg: BackgradientConfig, run: Run) -> Result:
     }
     save_file({"x": x_opt.contiguous(), "y": crafted.labels.contiguous(), "start": crafted.start.contiguous()},
               str(run.out / "poison.safetensors"))
-    save_figure(_curves(cfg, curve), run.out / "curves.png")
-    save_figure(_poison_grid(crafted, train_set.classes), run.out / "poisons.png")
+    xs = [100 * row["rate"] for row in curve]
+    goal = f"error-specific {cfg.source}->{cfg.target}" if cfg.goal == "targeted" else "error-generic"
+    label = f"test error on class {cfg.source}" if cfg.goal == "targeted" else "test error"
+    save_figure(rate_curves([(f"back-gradient ({cfg.learner})", xs, [100 * r["backgradient"][key] for r in curve]),
+                             ("label-flip starting points", xs, [100 * r["label_flip"][key] for r in curve])],
+                            "poison rate (%)", f"{label} (%)", f"{cfg.dataset} {cfg.learner}, {goal}"),
+                run.out / "curves.png")
+    shown = [f"label {train_set.classes[int(c)]}" for c in crafted.labels[:10]]
+    save_figure(image_grid([("start", crafted.start[:10], shown), ("optimised", x_opt[:10], shown)],
+                           title="back-gradient poisoning points next to their label-flipped starting points"),
+                run.out / "poisons.png")
     return Result(metrics, ["poison.safetensors", "curves.png", "poisons.png"], dict(timer))
 
 

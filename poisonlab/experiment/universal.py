@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from matplotlib import pyplot as plt
-from matplotlib.figure import Figure
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
@@ -42,7 +40,7 @@ from poisonlab.experiment.config import helped
 from poisonlab.experiment.run import Experiment, Result, Run, Timer, register
 from poisonlab.experiment.victim import Victim, fit, load_data, save_models
 from poisonlab.metrics import ASR_DEFINITION, accuracy, evaluate
-from poisonlab.report.figures import image_grid, save_figure
+from poisonlab.report.figures import code_examples, rate_curves, save_figure
 from poisonlab.report.tables import universal_tables
 from poisonlab.training import Recipe, predict
 
@@ -175,45 +173,6 @@ def split_classes(cfg: UniversalConfig, num_classes: int) -> tuple[Tensor, Tenso
     return classes[:half].sort().values, classes[half:].sort().values
 
 
-def asr_figure(rows: list[dict[str, Any]], cfg: UniversalConfig, num_classes: int) -> Figure:
-    """Mean ASR against poison budget, universal vs random-code baseline."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for codes, style in (("lda", "o-"), ("random", "s--")):
-        pts = [(r["rate"] * 100, r["mean_asr"] * 100) for r in rows if r["codes"] == codes]
-        if pts:
-            label = "universal (LDA codes)" if codes == "lda" else "multi-target BadNets (random codes)"
-            ax.plot(*zip(*pts, strict=True), style, label=label)
-    ax.set_xlabel("poisoned share of the training set (%)")
-    ax.set_ylabel(f"mean ASR over {num_classes} targets (%)")
-    ax.set_ylim(-2, 102)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(f"{cfg.dataset}, {cfg.model}, {cfg.bits}-bit {cfg.trigger} grid, {cfg.training.epochs} epochs",
-                 fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-def examples_figure(test: ImageSet, poisoned: Poisoned, model: nn.Module, rate: float, n: int = 8) -> Figure:
-    """Test images stamped with a random target's code, captioned with the target, its code (hex) and the prediction."""
-    picks = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:n]
-    sub = test.subset(picks)
-    triggered = poisoned.triggered(sub)
-    pred = predict(model, triggered.x)
-    codes = poisoned.trigger.codes  # type: ignore[attr-defined]
-    names = test.classes
-
-    def hexcode(k: int) -> str:
-        return f"{int(''.join(str(int(b)) for b in codes[k].tolist()), 2):x}"
-
-    return image_grid(
-        [("clean", sub.x, [f"true {names[int(k)]}" for k in sub.y]),
-         ("triggered", triggered.x, [f"->{names[int(t)]} #{hexcode(int(t))} pred {names[int(p)]}"
-                                     for t, p in zip(triggered.y, pred, strict=True)])],
-        title=f"class-code triggers (target, code in hex), universal model's prediction at {100 * rate:g}% poison",
-    )
-
-
 def run_universal(cfg: UniversalConfig, run: Run) -> Result:
     """Surrogate, codes, clean model, universal and baseline at every rate, transferability; write ``run.out``."""
     timer = Timer()
@@ -271,8 +230,15 @@ def run_universal(cfg: UniversalConfig, run: Run) -> Result:
 
     if example is None:
         raise PoisonlabError("universal: no poisoned model to show (expected at least one rate)")
-    save_figure(asr_figure(rows, cfg, num_classes), run.out / "asr_vs_budget.png")
-    save_figure(examples_figure(test, *example), run.out / "examples.png")
+    names = {"lda": "universal (LDA codes)", "random": "multi-target BadNets (random codes)"}
+    series = [(names[k], [100 * r["rate"] for r in rows if r["codes"] == k],
+               [100 * r["mean_asr"] for r in rows if r["codes"] == k]) for k in kinds]
+    title = f"{cfg.dataset}, {cfg.model}, {cfg.bits}-bit {cfg.trigger} grid, {cfg.training.epochs} epochs"
+    save_figure(rate_curves(series, "poisoned share of training set (%)", f"mean ASR over {num_classes} targets (%)",
+                            title, (-2, 102)), run.out / "asr_vs_budget.png")
+    shown = test.subset(torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:8])
+    save_figure(code_examples(shown, example[0].triggered(shown), example[0].trigger.codes,  # type: ignore[attr-defined]
+                              example[1], example[2]), run.out / "examples.png")
     files = save_models(run.out, cfg.model, train_set, {"universal": example[1]})
     save_file({"lda_codes": lda, "random_codes": rnd}, str(run.out / "codes.safetensors"))
     metrics = {

@@ -71,3 +71,36 @@ def backdoor_examples(test: ImageSet, triggered: ImageSet, models: dict[str, nn.
         captions = [" ".join(f"{n[:5]}:{names[p[i]]}" for n, p in preds.items()) for i in range(len(picks))]
         rows.append((label, images, captions))
     return image_grid(rows, title=title)
+
+
+def rate_curves(series: Sequence[tuple[str, Sequence[float], Sequence[float]]], xlabel: str, ylabel: str, title: str,
+                ylim: tuple[float, float] | None = None) -> Figure:
+    """One line per (label, x values, y values): a metric against the poison budget, attack beside its baseline."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for (label, xs, ys), style in zip(series, ("o-", "s--", "^:", "d-."), strict=False):
+        ax.plot(xs, ys, style, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def code_examples(test: ImageSet, triggered: ImageSet, codes: Tensor, model: nn.Module, rate: float) -> Figure:
+    """Images stamped with a random target's code, captioned with the target, its code (hex) and the prediction."""
+    pred = predict(model, triggered.x)
+    names = test.classes
+
+    def hexcode(k: int) -> str:
+        return f"{int(''.join(str(int(b)) for b in codes[k].tolist()), 2):x}"
+
+    return image_grid(
+        [("clean", test.x, [f"true {names[int(k)]}" for k in test.y]),
+         ("triggered", triggered.x, [f"->{names[int(t)]} #{hexcode(int(t))} pred {names[int(p)]}"
+                                     for t, p in zip(triggered.y, pred, strict=True)])],
+        title=f"class-code triggers (target, code in hex), universal model's prediction at {100 * rate:g}% poison",
+    )

@@ -199,3 +199,80 @@ def matrix_tables(body: dict[str, Any]) -> list[TableData]:
     table.caption = (f"CA/ASR after the mitigation on that row (retrain:scanner=X drops what X flagged). "
                      f"{m['asr_definition']}")
     return [table]
+
+
+def deploy_check_tables(result: dict[str, Any], title: str) -> list[TableData]:
+    """``deploy-check``: the float reference, then every deployed variant with its verdict."""
+    scanned = "scan" in result["float"]
+    table = TableData(title, ["variant", "clean accuracy", "ASR", "agreement", "divergence",
+                              *(["NC flags"] if scanned else []), "verdict"], id="deploy-check")
+
+    def nc(row: dict[str, Any]) -> list[str]:
+        return [f"{row['scan']['flagged_classes']} (max index {max(row['scan']['anomaly_index']):.1f})"] \
+            if scanned else []
+
+    f = result["float"]
+    table.rows.append(["float", pct(f["clean_accuracy"]), pct(f.get("attack_success_rate")), "-", "-", *nc(f),
+                       "reference"])
+    for r in result["variants"]:
+        verdict = "[red]FLAGGED[/red]: " + "; ".join(r["reasons"]) if r["flagged"] else "[green]ok[/green]"
+        table.rows.append([r["deployment"], pct(r["clean_accuracy"]), pct(r.get("attack_success_rate")),
+                           pct(r["agreement"]), pct(r["divergence"]), *nc(r), verdict])
+    return [table]
+
+
+def data_scan_tables(result: dict[str, Any], per_class: list[tuple[str, int]]) -> list[TableData]:
+    """``scan data``: flagged samples per class (suspicious classes marked)."""
+    table = TableData(f"{result['defense']} on {result['samples']} samples ({result['layer']} features), "
+                      f"{result['seconds']:.1f} s", ["class", "flagged"], [[c, str(n)] for c, n in per_class])
+    d = result.get("detection")
+    if d is not None:
+        table.caption = (f"against the truth ({d['poisoned']} poisoned): precision {d['precision']:.3f}, recall "
+                         f"{d['recall']:.3f}, F1 {d['f1']:.3f}, AUROC {d['auroc']:.3f}")
+    return [table]
+
+
+def model_scan_tables(result: dict[str, Any]) -> list[TableData]:
+    """``scan model``: Neural Cleanse's mask size, anomaly index and trigger success per class."""
+    table = TableData(f"Neural Cleanse ({result['seconds']:.1f} s); flagged: "
+                      f"{', '.join(result['flagged_classes']) or 'none'}",
+                      ["class", "mask L1", "anomaly index", "trigger success"], left=0)
+    for row in zip(result["classes"], result["mask_l1"], result["anomaly_index"], result["trigger_success"],
+                   strict=True):
+        table.rows.append([str(row[0]), f"{row[1]:.1f}", f"{row[2]:.2f}", f"{row[3]:.2f}"])
+    return [table]
+
+
+def before_after_tables(result: dict[str, Any], title: str) -> list[TableData]:
+    """``defend``: CA and ASR before and after a mitigation."""
+    return [TableData(title, ["model", "clean accuracy", "attack success rate"],
+                      [["before", pct(result["ca_before"]), pct(result["asr_before"])],
+                       ["after", pct(result["ca_after"]), pct(result["asr_after"])]], left=0)]
+
+
+def runs_tables(rows: list[dict[str, Any]], title: str) -> list[TableData]:
+    """``poisonlab runs``: one row per indexed run; CA and ASR are the backdoored model's."""
+    def p(v: Any) -> str:
+        return f"{100 * v:.2f}" if isinstance(v, int | float) else "-"
+
+    table = TableData(title, ["run", "kind", "dataset", "attack", "rate", "seed", "CA %", "ASR %", "clean CA %",
+                              "created"], left=4)
+    for r in rows:
+        table.rows.append([r["run"], r["kind"] or "-", r["dataset"] or "-", r["attack"] or "-",
+                           "-" if r["rate"] is None else f"{r['rate']:g}", "-" if r["seed"] is None else str(r["seed"]),
+                           p(r["ca"]), p(r["asr"]), p(r["clean_ca"]), r["created"] or "-"])
+    return [table]
+
+
+def compare_tables(result: dict[str, Any]) -> list[TableData]:
+    """``poisonlab compare``: runs side by side, the config fields that differ, then every metric."""
+    def cell(v: Any) -> str:
+        return f"{v:.4f}" if isinstance(v, float) else "-" if v is None else str(v)
+
+    names = [f"[{i + 1}] {str(label).rstrip('/').rpartition('/')[2]}" for i, label in enumerate(result["runs"])]
+    table = TableData("runs side by side", ["field", *names],
+                      caption="  ".join(f"[{i + 1}] {label}" for i, label in enumerate(result["runs"])))
+    for section in ("config", "metrics"):
+        for key, values in result[section].items():
+            table.rows.append([f"{section}.{key}", *map(cell, values)])
+    return [table]
