@@ -134,6 +134,11 @@ class Poisoned:
         """``test`` stamped with the trigger and labelled with the attacker's targets (see ``stamped``)."""
         return stamped(test, self.trigger, self.target_map)
 
+    @property
+    def target(self) -> int | None:
+        """The attacker's one target class (all-to-one), else None."""
+        return self.target_map.target if isinstance(self.target_map, AllToOne) else None
+
 
 @runtime_checkable
 class DataAttack(Protocol):

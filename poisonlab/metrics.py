@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from poisonlab.core import ImageSet
+from poisonlab.core import ImageSet, Poisoned
 from poisonlab.training import predict
 
 ASR_DEFINITION = (
@@ -82,3 +83,39 @@ def evaluate(model: nn.Module, test: ImageSet, triggered: ImageSet | None = None
         out["per_class_asr"] = per_class_asr(pred, triggered.y, test.y, test.num_classes)
     out["asr_images"] = int((triggered.y != test.y).sum())
     return out
+
+
+def _retargeted(test: ImageSet, poisoned: Poisoned, choices: Tensor | None, seed: int) -> ImageSet:
+    """``test`` stamped for one seeded target per image, drawn from ``choices`` (default: every class)."""
+    from poisonlab.attacks.universal import SampledTargets  # deferred: it loads scikit-learn
+
+    target_map = SampledTargets(test.num_classes, seed, None if choices is None else tuple(choices.tolist()))
+    return dataclasses.replace(poisoned, target_map=target_map).triggered(test)
+
+
+def universal_metrics(model: nn.Module, test: ImageSet, poisoned: Poisoned, choices: Tensor | None = None,
+                      seed: int = 0, poisoned_targets: Tensor | None = None) -> dict[str, Any]:
+    """``evaluate``'s multi-target figures, one seeded target per test image drawn from ``choices`` (default all)."""
+    triggered = _retargeted(test, poisoned, choices, seed)
+    return evaluate(model, test, triggered, multi_target=True, poisoned_targets=poisoned_targets)
+
+
+def where_triggers_go(model: nn.Module, test: ImageSet, poisoned: Poisoned, choices: Tensor, poisoned_classes: Tensor,
+                      seed: int = 0) -> dict[str, float]:
+    """Where images triggered for targets in ``choices`` end up: the target, their own class, a poisoned class.
+
+    Also the mean Hamming distance between the target's code and the predicted class's code, over
+    misses that land on a poisoned class: small means the model snaps to the nearest poisoned code.
+    """
+    triggered = _retargeted(test, poisoned, choices, seed)
+    keep = triggered.y != test.y
+    pred, target, true = predict(model, triggered.x)[keep], triggered.y[keep], test.y[keep]
+    codes = poisoned.trigger.codes  # type: ignore[attr-defined]
+    to_poisoned = torch.isin(pred, poisoned_classes) & (pred != target)
+    distance = (codes[pred[to_poisoned]] != codes[target[to_poisoned]]).sum(1).float()
+    return {
+        "to_target": float((pred == target).float().mean()),
+        "to_own_class": float((pred == true).float().mean()),
+        "to_a_poisoned_class": float(to_poisoned.float().mean()),
+        "hamming_to_predicted_poisoned_class": float(distance.mean()) if len(distance) else float("nan"),
+    }

@@ -26,8 +26,7 @@ from poisonlab.attacks.universal import (
 from poisonlab.cli.app import app
 from poisonlab.core import ImageSet, PoisonlabError
 from poisonlab.data.numbers import class_digits, compose_numbers, parse_numbers_spec
-from poisonlab.experiment.universal import universal_metrics
-from poisonlab.metrics import per_target_asr
+from poisonlab.metrics import per_target_asr, universal_metrics
 from poisonlab.triggers.encoding import BlendGrid, PatchGrid, grid_shape
 
 
@@ -310,7 +309,7 @@ def test_universal_beats_random_codes_end_to_end() -> None:
     """Tiny synthetic numbers: 100 two-'digit' classes, every class poisoned twice; LDA codes beat random codes."""
     from poisonlab.attacks.surrogate import penultimate, train_surrogate
     from poisonlab.data import make_synthetic
-    from poisonlab.experiment.universal import universal_metrics
+    from poisonlab.metrics import universal_metrics
     from poisonlab.models import build_model
     from poisonlab.training import Recipe, train
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from torch import Tensor
 
 from poisonlab.attacks.surrogate import (
+    EfficientNetLite0,
     Embedder,
     FeatureMaps,
     feature_maps,
@@ -31,7 +32,9 @@ from poisonlab.attacks.surrogate import (
     train_surrogate,
 )
 from poisonlab.core import ImageSet, Poisoned, PoisonlabError, check_budget, poison_count
+from poisonlab.metrics import accuracy
 from poisonlab.registry import ATTACKS
+from poisonlab.training import Recipe, predict
 from poisonlab.triggers.encoding import BlendGrid, PatchGrid
 
 TriggerKind = Literal["blend", "patch"]
@@ -134,6 +137,27 @@ def surrogate_codes(embed: Embedder, maps: FeatureMaps | None, x: Tensor, y: Ten
         raise PoisonlabError("strip codes: the surrogate gives no spatial features (expected a CNN or EfficientNet)")
     regions = BlendGrid(torch.zeros(1, bits or min(16, num_classes - 1))).regions(*x.shape[-2:])
     return strip_lda_codes(maps(x), y, num_classes, bit_strips(regions, strips), threshold)
+
+
+def surrogate_class_codes(own: ImageSet, num_classes: int, bits: int | None, strips: int, threshold: Threshold,
+                          surrogate: Literal["cnn", "efficientnet"], model: str, recipe: Recipe, seed: int,
+                          test: ImageSet, progress: bool = False) -> tuple[Tensor, dict[str, Any]]:
+    """The attacker's codes: a surrogate trained on their own images ``own`` (or pretrained EfficientNet-Lite0),
+    then ``surrogate_codes`` on up to 20 of those images per class; also what to report about the surrogate."""
+    info: dict[str, Any]
+    embed: Embedder
+    maps: FeatureMaps
+    if surrogate == "efficientnet":
+        net = EfficientNetLite0(size=112)
+        embed, maps = net, net.maps
+        info = {"surrogate": "EfficientNet-Lite0 (ImageNet, offline), 112 px input"}
+    else:
+        trained = train_surrogate(own, model, recipe, seed + 1, progress)
+        embed, maps = penultimate(trained), feature_maps(trained)
+        info = {"surrogate": f"{model} trained by the attacker",
+                "surrogate_test_accuracy": accuracy(predict(trained, test.x), test.y)}
+    sample = own.subset(sample_per_class(own.y, 20, torch.Generator().manual_seed(seed)))
+    return surrogate_codes(embed, maps, sample.x, sample.y, num_classes, bits, strips, threshold), info
 
 
 def random_codes(num_classes: int, bits: int, rng: torch.Generator) -> Tensor:

@@ -15,7 +15,8 @@ from poisonlab.defenses import names_of
 from poisonlab.defenses.apply import DEFAULT_RESERVE, apply_defenses, defender_data
 from poisonlab.experiment.pipeline import open_run
 from poisonlab.experiment.rundir import make_run_dir
-from poisonlab.experiment.victim import fit, save_models
+from poisonlab.experiment.victim import fit
+from poisonlab.models import save_models
 from poisonlab.report.store import atomic_write_json, report
 from poisonlab.report.tables import before_after_tables
 
@@ -48,7 +49,7 @@ def defend(
     defender = defender_data(f"reserve:{reserve}", d.train, d.poisoned.indices, d.test, d.triggered, cfg.seed)
     repaired: dict[str, nn.Module] = {}
     results = apply_defenses(specs, subject.models["backdoored"], d.train, d.poisoned.indices, defender,
-                             refit=lambda data: fit(cfg, data, "retraining"), target=d.target, seed=cfg.seed,
+                             refit=lambda data: fit(cfg, data, "retraining"), target=d.poisoned.target, seed=cfg.seed,
                              repaired=repaired)
     result: dict[str, Any] = {"method": method, "reserve": reserve, "seed": cfg.seed, **results[specs[-1]]}
     if method == "retrain":

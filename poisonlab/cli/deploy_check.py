@@ -16,8 +16,7 @@ from poisonlab.core import PoisonlabError
 from poisonlab.data import load_dataset
 from poisonlab.defenses import NeuralCleanse
 from poisonlab.experiment.run import CONFIG_FILE, load
-from poisonlab.experiment.victim import load_run_model
-from poisonlab.models import load_model
+from poisonlab.models import load_model, load_run_model
 from poisonlab.report.tables import deploy_check_tables
 from poisonlab.triggers import parse_trigger
 

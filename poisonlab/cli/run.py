@@ -71,18 +71,12 @@ def _cli_type(annotation: Any) -> tuple[Any, bool]:
     return annotation, False
 
 
-def _field_default(f: dataclasses.Field[Any]) -> Any:
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return f.default
-
-
 def _options(experiment: Experiment) -> dict[str, _Option]:
     """Command-line name -> option, for every field a command line can set."""
     out: dict[str, _Option] = {}
     hints = typing.get_type_hints(experiment.config)
     for f in dataclasses.fields(experiment.config):
-        default = experiment.defaults.get(f.name, _field_default(f))
+        default = experiment.defaults.get(f.name, cfgmod.field_default(f))
         annotation = hints[f.name]
         if annotation is cfgmod.AttackConfig:
             name = default["name"] if isinstance(default, dict) else default.name

@@ -17,7 +17,7 @@ from poisonlab.defenses.scoring import detection_metrics
 from poisonlab.experiment.pipeline import open_run
 from poisonlab.experiment.rundir import make_run_dir
 from poisonlab.models import load_model
-from poisonlab.report.figures import image_grid, save_figure
+from poisonlab.report.figures import reversed_triggers, save_figure
 from poisonlab.report.store import atomic_write_json
 from poisonlab.report.tables import data_scan_tables, model_scan_tables
 
@@ -118,12 +118,7 @@ def model_scan(
     if out is not None:
         folder = make_run_dir(out, "neural-cleanse")
         atomic_write_json(folder / "report.json", result)
-        masks, patterns = d["masks"], d["patterns"]
-        captions = [f"{names[k]}: L1 {n:.0f}, AI {a:.1f}" for k, n, a in zip(d["classes"], d["mask_l1"],
-                                                                          d["anomaly_index"], strict=True)]
-        save_figure(image_grid([("mask", masks[:, None], captions), ("mask x pattern", masks[:, None] * patterns,
-                                                                      captions)],
-                               title="Neural Cleanse: reverse-engineered triggers"), folder / "triggers.png")
+        save_figure(reversed_triggers(d, names), folder / "triggers.png")
     if json_out:
         print_json(result)
         return

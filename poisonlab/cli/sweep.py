@@ -3,43 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from poisonlab.cli.common import console, err_console, one_line_errors, print_json
+from poisonlab.cli.common import console, err_console, one_line_errors, print_json, print_tables
 from poisonlab.experiment.sweep import Cell, plan, run_sweep
-
-HEADLINE = (
-    ("backdoored.clean_accuracy", "CA backdoored"),
-    ("backdoored.attack_success_rate", "ASR backdoored"),
-    ("clean.clean_accuracy", "CA clean"),
-    ("clean.attack_success_rate", "ASR clean"),
-)
-
-
-def _pm(stat: dict[str, Any]) -> str:
-    if stat.get("mean") is None:
-        return "-"
-    return f"{100 * stat['mean']:.2f} ± {100 * stat['std']:.2f}"
-
-
-def summary_table(summary: dict[str, Any]) -> Table:
-    """One row per setting (every axis but seed): CA and ASR in percent, mean ± sample std over its seeds."""
-    table = Table(title=f"sweep {summary['name']}: {summary['done']}/{summary['total']} cells done")
-    axes = [a for a in summary["axes"] if a != "seed"]
-    for axis in axes:
-        table.add_column(axis)
-    table.add_column("seeds", justify="right")
-    for _, label in HEADLINE:
-        table.add_column(f"{label} %", justify="right")
-    for group in summary["groups"]:
-        row = [str(group["overrides"].get(a)) for a in axes] + [f"{group['done']}/{len(group['seeds'])}"]
-        row += [_pm(group["metrics"].get(key, {})) for key, _ in HEADLINE]
-        table.add_row(*row)
-    return table
+from poisonlab.report.tables import sweep_tables
 
 
 @one_line_errors
@@ -73,7 +44,7 @@ def sweep(
     if json_out:
         print_json({"sweep_dir": str(folder), **summary})
     else:
-        console.print(summary_table(summary))
+        print_tables(sweep_tables(summary))
         console.print(f"sweep folder: {folder}  (ran {summary['ran']}, skipped {summary['skipped']} already done)")
     if summary["errors"]:
         raise typer.Exit(1)

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from poisonlab.attacks.badnets import BadNets
@@ -44,7 +43,7 @@ from poisonlab.report.tables import camouflage_tables
 from poisonlab.scaling.camouflage import CamouflagedTrigger
 from poisonlab.scaling.craft import psnr
 from poisonlab.scaling.defenses import median_filtered
-from poisonlab.scaling.preprocess import Resize
+from poisonlab.scaling.preprocess import Resize, upscale
 from poisonlab.scaling.resize import RESIZERS
 from poisonlab.training import Recipe
 from poisonlab.triggers import parse_trigger
@@ -79,12 +78,6 @@ class CamouflageConfig(Victim):
         if self.train_size is not None and self.count >= self.train_size:
             raise PoisonlabError(f"count {self.count}: expected fewer poisoned images than train_size "
                                  f"{self.train_size}")
-
-
-def upscale(data: ImageSet, ratio: int) -> ImageSet:
-    """``ratio``-times bicubic upscale, rounded to 8-bit levels like a stored image."""
-    big = F.interpolate(data.x, scale_factor=ratio, mode="bicubic", align_corners=False).clamp(0, 1)
-    return ImageSet(torch.round(big * 255) / 255, data.y, data.classes)
 
 
 def run_camouflage(cfg: CamouflageConfig, run: Run) -> Result:

@@ -140,16 +140,18 @@ def plain(value: Any) -> bool:
     return value is None or isinstance(value, bool | int | float | str)
 
 
+def field_default(f: dataclasses.Field[Any]) -> Any:
+    """A dataclass field's default, made by its factory when it has one."""
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
 def attack_defaults(name: str) -> dict[str, Any]:
     """The parameters a config can set on attack ``name``, with their defaults as config values (triggers as specs)."""
     cls = ATTACKS.get(name)
-    fields: dict[str, dataclasses.Field[Any]] = \
-        {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+    fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
     out: dict[str, Any] = {}
     for key, param in parameters(cls).items():
-        f = fields.get(key)
-        default = f.default_factory() if f is not None and f.default_factory is not dataclasses.MISSING \
-            else param.default
+        default = field_default(fields[key]) if key in fields else param.default
         if not _settable(param) or default is inspect.Parameter.empty:
             continue
         if _is_trigger(param.annotation) and not isinstance(default, str):
@@ -194,20 +196,8 @@ class AttackConfig:
         params = parameters(ATTACKS.get(name))
         given = {k: v for k, v in raw.items() if k != "name"}
         reject_unknown(path, given, [k for k, p in params.items() if _settable(p)])
-        resolved = attack_defaults(name)
-        for key, value in given.items():
-            annotation = params[key].annotation
-            if isinstance(value, list) and not list_valued(annotation):
-                raise PoisonlabError(f"{path}.{key}: a list makes a sweep; run it with `poisonlab sweep`")
-            if _is_trigger(annotation):
-                value = check_type(f"{path}.{key}", value, str)
-                try:
-                    parse_trigger(value)
-                except PoisonlabError as e:
-                    raise PoisonlabError(f"{path}.{key}: {e}") from None
-            else:
-                value = check_type(f"{path}.{key}", value, annotation)
-            resolved[key] = value
+        resolved = attack_defaults(name) | {k: field_value(f"{path}.{k}", v, params[k].annotation)
+                                             for k, v in given.items()}
         config = AttackConfig(name, resolved)
         config.build()
         return config
@@ -229,8 +219,18 @@ def _plain_annotation(annotation: Any) -> bool:
     return origin is typing.Literal or annotation in (int, float, str, bool, type(None))
 
 
-def hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+def field_value(path: str, value: Any, annotation: Any) -> Any:
+    """One config value checked against its field: a list where one value goes is a sweep; triggers must parse."""
+    if isinstance(value, list) and not list_valued(annotation):
+        raise PoisonlabError(f"{path}: a list makes a sweep; run it with `poisonlab sweep`")
+    if not _is_trigger(annotation):
+        return check_type(path, value, annotation)
+    value = check_type(path, value, str)
+    try:
+        parse_trigger(value)
+    except PoisonlabError as e:
+        raise PoisonlabError(f"{path}: {e}") from None
+    return value
 
 
 def resolve_fields(cls: type, raw: Mapping[str, Any], section: str = "") -> Any:
@@ -239,7 +239,7 @@ def resolve_fields(cls: type, raw: Mapping[str, Any], section: str = "") -> Any:
     Nested dataclass fields are tables; ``AttackConfig`` fields are ``[attack]`` tables. The class's own
     ``__post_init__`` checks ranges; its errors get the section prefixed.
     """
-    types_of = hints(cls)
+    types_of = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     reject_unknown(section, raw, names)
     values: dict[str, Any] = {}
@@ -251,9 +251,7 @@ def resolve_fields(cls: type, raw: Mapping[str, Any], section: str = "") -> Any:
         elif dataclasses.is_dataclass(annotation):
             values[key] = resolve_fields(annotation, check_type(path, value, dict), path)  # type: ignore[arg-type]
         else:
-            if isinstance(value, list) and not list_valued(annotation):
-                raise PoisonlabError(f"{path}: a list makes a sweep; run it with `poisonlab sweep`")
-            values[key] = check_type(path, value, annotation)
+            values[key] = field_value(path, value, annotation)
     try:
         return cls(**values)
     except PoisonlabError as e:
@@ -292,7 +290,7 @@ def read_toml(path: Path) -> dict[str, Any]:
 def sweep_axes(cls: type, raw: Mapping[str, Any], prefix: str = "") -> dict[str, list[Any]]:
     """Dotted field -> its values, for every field of ``cls`` given as a list where one value is expected."""
     axes: dict[str, list[Any]] = {}
-    types_of = hints(cls)
+    types_of = typing.get_type_hints(cls)
     for key, value in raw.items():
         annotation = types_of.get(key)
         path = f"{prefix}{key}"

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from poisonlab.core import AllToOne, PoisonlabError, require
+from poisonlab.core import PoisonlabError, require
 from poisonlab.defenses.apply import apply_defenses, defender_data
 from poisonlab.defenses.neural_cleanse import NeuralCleanse
 from poisonlab.experiment.config import AttackConfig, helped
@@ -87,11 +87,10 @@ def run_defense_matrix(cfg: MatrixConfig, run: Run) -> Result:
             triggered = poisoned.triggered(test)
             base = evaluate(model, test, triggered)
             defender = defender_data(scheme, poisoned.data, poisoned.indices, test, triggered, cfg.seed)
-            target = poisoned.target_map.target if isinstance(poisoned.target_map, AllToOne) else None
             results[label] = {
                 "none": {"ca": base["clean_accuracy"], "asr": base["attack_success_rate"]},
                 **apply_defenses(defense_list(cfg.strip_frr), model, poisoned.data, poisoned.indices, defender,
-                                 refit=lambda data: fit(cfg, data, "retraining", run.progress), target=target,
+                                 refit=lambda data: fit(cfg, data, "retraining", run.progress), target=poisoned.target,
                                  seed=cfg.seed)}
         except PoisonlabError as e:
             errors[label] = str(e)

@@ -21,12 +21,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from poisonlab.compress import CALIBRATION_IMAGES, DEFAULT_DEPLOYMENTS, calibration_images, parse_deployment
-from poisonlab.core import AllToOne, DataAttack, ImageSet, Poisoned, PoisonlabError, TrainingAttack, require
+from poisonlab.core import DataAttack, ImageSet, Poisoned, PoisonlabError, TrainingAttack, require
 from poisonlab.defenses.apply import apply_defenses, check_defenses, check_scheme, defender_data
 from poisonlab.experiment.config import AttackConfig, helped
 from poisonlab.experiment.run import CONFIG_FILE, PIPELINE, Experiment, Result, Run, Timer, load, register
-from poisonlab.experiment.victim import Victim, fit, fit_phases, load_data, load_run_model, read_models, save_models
+from poisonlab.experiment.victim import Victim, fit, fit_phases, load_data
 from poisonlab.metrics import ASR_DEFINITION, evaluate
+from poisonlab.models import load_run_model, read_models, save_models
 from poisonlab.report.figures import backdoor_examples, save_figure
 from poisonlab.report.tables import pipeline_tables
 from poisonlab.scaling.preprocess import Resize, preprocess
@@ -78,11 +79,6 @@ class Prepared:
     test: ImageSet
     triggered: ImageSet
 
-    @property
-    def target(self) -> int | None:
-        """The attacker's one target class (all-to-one), else None."""
-        return self.poisoned.target_map.target if isinstance(self.poisoned.target_map, AllToOne) else None
-
 
 def prepare(cfg: PipelineConfig) -> Prepared:
     """source -> poison -> preprocess: the training sets (clean and attacked), the test set and its triggered copy."""
@@ -130,7 +126,7 @@ def run_pipeline(cfg: PipelineConfig, run: Run) -> Result:
             defender = defender_data(cfg.defender, train, poisoned.indices, test, triggered, cfg.seed)
             metrics["defenses"] = apply_defenses(cfg.defenses, backdoored, train, poisoned.indices, defender,
                                                  refit=lambda d: fit(cfg, d, "retraining", run.progress),
-                                                 target=data.target, seed=cfg.seed)
+                                                 target=poisoned.target, seed=cfg.seed)
     files = save_models(run.out, cfg.model, clean_train, models)
     save_file({"indices": poisoned.indices}, str(run.out / "poisoned_indices.safetensors"))
     title = f"{cfg.attack.name} on {cfg.dataset}: predictions of the clean and the backdoored model"

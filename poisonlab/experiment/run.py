@@ -9,8 +9,9 @@ attack pipeline with BadNets on MNIST).
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import tomli_w
 
 from poisonlab.core import PoisonlabError
-from poisonlab.experiment.config import as_dict, check_type, read_toml, resolve_fields, sweep_axes
+from poisonlab.experiment.config import AttackConfig, as_dict, check_type, read_toml, resolve_fields, sweep_axes
 from poisonlab.registry import EXPERIMENTS
 from poisonlab.report.store import REPORT_FILE, atomic_write_bytes, atomic_write_json, report
 from poisonlab.report.tables import TableData
@@ -120,13 +121,11 @@ def resolve(raw: Mapping[str, Any], source: str = "config") -> Resolved:
 
 
 def _missing(key: str) -> str:
-    if key == "dataset":
-        from poisonlab.data import DATASETS
+    if key != "dataset":
+        AttackConfig.resolve(None, key)  # raises the missing [attack] table's one-line error
+    from poisonlab.data import DATASETS
 
-        return f"dataset: missing; expected one of: {', '.join(DATASETS.names())} (NAME or NAME:ARGUMENT)"
-    from poisonlab.registry import ATTACKS
-
-    return f"{key}: missing [{key}] table; expected name = one of: {', '.join(ATTACKS.names())}"
+    return f"dataset: missing; expected one of: {', '.join(DATASETS.names())} (NAME or NAME:ARGUMENT)"
 
 
 def load(path: Path) -> Resolved:
@@ -155,19 +154,12 @@ def execute(resolved: Resolved, out: Path, progress: bool = True) -> dict[str, A
 
 
 class Timer(dict[str, float]):
-    """Seconds per named step: ``with timer("train_clean"): ...`` records ``train_clean_seconds``."""
+    """Seconds per named step: ``with timer("train_clean"): ...`` adds to ``train_clean_seconds``."""
 
-    def __call__(self, name: str) -> _Step:
-        return _Step(self, name)
-
-
-class _Step:
-    def __init__(self, timer: Timer, name: str) -> None:
-        self.timer, self.name = timer, name
-
-    def __enter__(self) -> None:
-        self.start = time.perf_counter()
-
-    def __exit__(self, *exc: object) -> None:
-        key = f"{self.name}_seconds"
-        self.timer[key] = self.timer.get(key, 0.0) + time.perf_counter() - self.start
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[f"{name}_seconds"] = self.get(f"{name}_seconds", 0.0) + time.perf_counter() - start

@@ -95,21 +95,12 @@ def plan(path: Path) -> SweepPlan:
             raise PoisonlabError(f"{path}: two cells share the folder name {cid!r}; make the listed values distinct")
         seen.add(cid)
         cells.append(Cell(cid, overrides, cfg))
-    return SweepPlan(name=cells[0].config.name, axes=_axes(cells), cells=cells, source=path.read_text())
+    return SweepPlan(name=cells[0].config.name, axes=axes, cells=cells, source=path.read_text())
 
 
 def is_complete(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds a finished run (its report.json is written last)."""
     return read_report(run_dir / REPORT_FILE) is not None
-
-
-def _axes(cells: list[Cell]) -> dict[str, list[Any]]:
-    axes: dict[str, list[Any]] = {}
-    for cell in cells:
-        for k, v in cell.overrides.items():
-            if v not in axes.setdefault(k, []):
-                axes[k].append(v)
-    return axes
 
 
 def _plan_body(p: SweepPlan) -> dict[str, Any]:

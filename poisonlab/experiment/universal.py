@@ -17,32 +17,26 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from poisonlab.attacks.surrogate import (
-    EfficientNetLite0,
-    Embedder,
-    FeatureMaps,
-    feature_maps,
-    penultimate,
     sample_per_class,
-    train_surrogate,
 )
 from poisonlab.attacks.universal import (
-    SampledTargets,
     Threshold,
     UniversalBackdoor,
     code_stats,
     random_codes,
-    surrogate_codes,
+    surrogate_class_codes,
 )
 from poisonlab.core import ImageSet, Poisoned, PoisonlabError, poison_count, require
 from poisonlab.data.mnist import load_mnist
 from poisonlab.data.numbers import compose_numbers, parse_numbers_spec
 from poisonlab.experiment.config import helped
 from poisonlab.experiment.run import Experiment, Result, Run, Timer, register
-from poisonlab.experiment.victim import Victim, fit, load_data, save_models
-from poisonlab.metrics import ASR_DEFINITION, accuracy, evaluate
+from poisonlab.experiment.victim import Victim, fit, load_data
+from poisonlab.metrics import ASR_DEFINITION, evaluate, universal_metrics, where_triggers_go
+from poisonlab.models import save_models
 from poisonlab.report.figures import code_examples, rate_curves, save_figure
 from poisonlab.report.tables import universal_tables
-from poisonlab.training import Recipe, predict
+from poisonlab.training import Recipe
 
 
 @dataclass(frozen=True)
@@ -107,58 +101,13 @@ def attacker_data(cfg: UniversalConfig, train_set: ImageSet) -> tuple[ImageSet, 
     return train_set.subset(idx), f"{cfg.surrogate_per_class} training images per class"
 
 
-def universal_metrics(model: nn.Module, test: ImageSet, poisoned: Poisoned, choices: Tensor | None = None,
-                      seed: int = 0, poisoned_targets: Tensor | None = None) -> dict[str, Any]:
-    """``evaluate``'s multi-target figures, one seeded target per test image drawn from ``choices`` (default all)."""
-    target_map = SampledTargets(test.num_classes, seed, None if choices is None else tuple(choices.tolist()))
-    triggered = dataclasses.replace(poisoned, target_map=target_map).triggered(test)
-    return evaluate(model, test, triggered, multi_target=True, poisoned_targets=poisoned_targets)
-
-
-def where_triggers_go(model: nn.Module, test: ImageSet, poisoned: Poisoned, choices: Tensor, poisoned_classes: Tensor,
-                      seed: int = 0) -> dict[str, float]:
-    """Where images triggered for targets in ``choices`` end up: the target, their own class, a poisoned class.
-
-    Also the mean Hamming distance between the target's code and the predicted class's code, over
-    misses that land on a poisoned class: small means the model snaps to the nearest poisoned code.
-    """
-    target_map = SampledTargets(test.num_classes, seed, tuple(choices.tolist()))
-    triggered = dataclasses.replace(poisoned, target_map=target_map).triggered(test)
-    keep = triggered.y != test.y
-    pred, target, true = predict(model, triggered.x)[keep], triggered.y[keep], test.y[keep]
-    codes = poisoned.trigger.codes  # type: ignore[attr-defined]
-    to_poisoned = torch.isin(pred, poisoned_classes) & (pred != target)
-    distance = (codes[pred[to_poisoned]] != codes[target[to_poisoned]]).sum(1).float()
-    return {
-        "to_target": float((pred == target).float().mean()),
-        "to_own_class": float((pred == true).float().mean()),
-        "to_a_poisoned_class": float(to_poisoned.float().mean()),
-        "hamming_to_predicted_poisoned_class": float(distance.mean()) if len(distance) else float("nan"),
-    }
-
-
-def surrogate_embedder(cfg: UniversalConfig, own: ImageSet, test: ImageSet, progress: bool
-                       ) -> tuple[Embedder, FeatureMaps, dict[str, Any]]:
-    """The attacker's embedder and spatial features (trained on ``own`` or pretrained), and what to report."""
-    if cfg.surrogate == "efficientnet":
-        net = EfficientNetLite0(size=112)
-        return net, net.maps, {"surrogate": "EfficientNet-Lite0 (ImageNet, offline), 112 px input"}
-    recipe = dataclasses.replace(cfg.training, epochs=cfg.surrogate_epochs)
-    model = train_surrogate(own, cfg.model, recipe, cfg.seed + 1, progress)
-    info = {"surrogate": f"{cfg.model} trained by the attacker", "surrogate_test_accuracy":
-            accuracy(predict(model, test.x), test.y)}
-    return penultimate(model), feature_maps(model), info
-
-
 def attacker_codes(cfg: UniversalConfig, train_set: ImageSet, test: ImageSet, progress: bool = False
                    ) -> tuple[Tensor, dict[str, Any]]:
     """LDA codes from the attacker's surrogate, and what to report about the surrogate and its data."""
     own, own_source = attacker_data(cfg, train_set)
-    embed, maps, info = surrogate_embedder(cfg, own, test, progress)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    sample = own.subset(sample_per_class(own.y, min(cfg.surrogate_per_class, 20), gen))
-    codes = surrogate_codes(embed, maps, sample.x, sample.y, train_set.num_classes, cfg.bits, cfg.strips,
-                            cfg.code_threshold)
+    recipe = dataclasses.replace(cfg.training, epochs=cfg.surrogate_epochs)
+    codes, info = surrogate_class_codes(own, train_set.num_classes, cfg.bits, cfg.strips, cfg.code_threshold,
+                                        cfg.surrogate, cfg.model, recipe, cfg.seed, test, progress)
     return codes, {"attacker_data": own_source, "code_strips": cfg.strips, "code_threshold": cfg.code_threshold,
                    **info}
 

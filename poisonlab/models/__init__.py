@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -12,6 +14,7 @@ from torch import Tensor, nn
 
 from poisonlab.core import ImageSet, PoisonlabError
 from poisonlab.registry import Registry
+from poisonlab.report.store import atomic_write_json
 
 Shape = tuple[int, int, int]
 MODELS: Registry[Callable[[Shape, int], nn.Module]] = Registry("model")
@@ -120,3 +123,48 @@ def load_model(name: str, shape: Shape, num_classes: int, path: Path) -> nn.Modu
     model.load_state_dict(state)
     # the trainer leaves models channels-last; loaded ones match, so a model computes the same in memory and from disk
     return model.to(memory_format=torch.channels_last).eval()  # type: ignore[call-overload,no-any-return]
+
+
+MODELS_FILE = "models.json"
+
+
+def save_models(out: Path, architecture: str, data: ImageSet, models: dict[str, nn.Module]) -> list[str]:
+    """Write each model as ``NAME.safetensors`` and ``models.json`` (architecture, input, classes); the file names.
+
+    ``models.json`` is the architecture spec that lets ``defend``, ``scan --run`` and ``deploy-check``
+    rebuild a run folder's models without guessing.
+    """
+    files = []
+    for name, model in models.items():
+        save_model(model, out / f"{name}.safetensors")
+        files.append(f"{name}.safetensors")
+    atomic_write_json(out / MODELS_FILE, {"architecture": architecture, "input_shape": list(data.shape),
+                                          "classes": list(data.classes),
+                                          "models": {n: f"{n}.safetensors" for n in models}})
+    return [*files, MODELS_FILE]
+
+
+def read_models(run_dir: Path) -> dict[str, Any]:
+    """A run folder's ``models.json``; one line when it has none (the run saved no model)."""
+    path = run_dir / MODELS_FILE
+    try:
+        spec = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PoisonlabError(f"{run_dir}: holds no {MODELS_FILE}, so no model to load (this run saved none)") from None
+    except (OSError, ValueError) as e:
+        raise PoisonlabError(f"{path}: not readable JSON ({e})") from None
+    if not isinstance(spec, dict) or not {"architecture", "input_shape", "classes", "models"} <= set(spec):
+        raise PoisonlabError(f"{path}: expected architecture, input_shape, classes and models")
+    return spec
+
+
+def load_run_model(run_dir: Path, which: str | None = None) -> tuple[nn.Module, str, dict[str, Any]]:
+    """(model, its name, models.json) of a run folder; ``which`` names one (default: the backdoored one)."""
+    spec = read_models(run_dir)
+    names = list(spec["models"])
+    name = which or ("backdoored" if "backdoored" in names else names[-1])
+    if name not in spec["models"]:
+        raise PoisonlabError(f"{run_dir}: no model {name!r}; it holds {', '.join(names)}")
+    shape = tuple(spec["input_shape"])
+    model = load_model(spec["architecture"], shape, len(spec["classes"]), run_dir / spec["models"][name])  # type: ignore[arg-type]
+    return model, name, spec

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -104,3 +105,12 @@ def code_examples(test: ImageSet, triggered: ImageSet, codes: Tensor, model: nn.
                                      for t, p in zip(triggered.y, pred, strict=True)])],
         title=f"class-code triggers (target, code in hex), universal model's prediction at {100 * rate:g}% poison",
     )
+
+
+def reversed_triggers(details: dict[str, Any], names: Sequence[str]) -> Figure:
+    """Neural Cleanse's reverse-engineered mask and masked pattern per class, with its L1 norm and anomaly index."""
+    masks = details["masks"][:, None]
+    captions = [f"{names[k]}: L1 {n:.0f}, AI {a:.1f}"
+                for k, n, a in zip(details["classes"], details["mask_l1"], details["anomaly_index"], strict=True)]
+    return image_grid([("mask", masks, captions), ("mask x pattern", masks * details["patterns"], captions)],
+                      title="Neural Cleanse: reverse-engineered triggers")

@@ -23,11 +23,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from poisonlab.core import PoisonlabError  # noqa: E402
 from poisonlab.report.store import atomic_write_bytes  # noqa: E402
 from poisonlab.report.summary import PLAN_FILE, SOURCE_FILE, SUMMARY_FILE, aggregate, flatten  # noqa: E402
-from poisonlab.report.tables import TableData, plain  # noqa: E402
+from poisonlab.report.tables import HEADLINE, TableData, plain, sweep_tables  # noqa: E402
 
 REPORT_HTML = "report.html"
-HEADLINE = (("backdoored.clean_accuracy", "CA (backdoored)"), ("backdoored.attack_success_rate", "ASR (backdoored)"),
-            ("clean.clean_accuracy", "CA (clean)"), ("clean.attack_success_rate", "ASR (clean)"))
 STYLE = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2rem auto;max-width:1100px;color:#1b1b1b;
 padding:0 1rem;line-height:1.4}
@@ -226,16 +224,9 @@ def render_sweep(sweep_dir: Path) -> str:
     """The HTML page of a sweep folder: mean ± std per setting, curves, every cell, examples, config."""
     summary = aggregate(sweep_dir)
     axes = [a for a in summary["axes"] if a != "seed"]
-    rows = []
-    for group in summary["groups"]:
-        stats = [group["metrics"].get(k) or {} for k, _ in HEADLINE]
-        rows.append([*(_e(group["overrides"].get(a)) for a in axes), f"{group['done']}/{len(group['seeds'])}",
-                     *(f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}" if s.get("mean") is not None else "–"
-                       for s in stats)])
     sections = [f'<p class="muted">sweep folder {_e(sweep_dir)} · {summary["done"]} of {summary["total"]} cells done '
                 f'· axes: {_e(", ".join(f"{k} = {v}" for k, v in summary["axes"].items()))}</p>',
-                "<h2>Mean ± std over seeds (percent)</h2>",
-                table("summary", [*axes, "seeds done", *(label for _, label in HEADLINE)], rows, left=len(axes))]
+                *_table(sweep_tables(summary)[0])]
     sections += _curves(summary)
     sections += _stage_matrix(summary, axes)
     cell_rows = [[_e(c["id"]), _e(c["status"]), *(_pct(c["metrics"].get(k)) for k, _ in HEADLINE)]

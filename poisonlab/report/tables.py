@@ -276,3 +276,22 @@ def compare_tables(result: dict[str, Any]) -> list[TableData]:
         for key, values in result[section].items():
             table.rows.append([f"{section}.{key}", *map(cell, values)])
     return [table]
+
+
+HEADLINE = (("backdoored.clean_accuracy", "CA (backdoored)"), ("backdoored.attack_success_rate", "ASR (backdoored)"),
+            ("clean.clean_accuracy", "CA (clean)"), ("clean.attack_success_rate", "ASR (clean)"))
+"""The sweep summary's columns: aggregated metric key, label."""
+
+
+def sweep_tables(summary: dict[str, Any]) -> list[TableData]:
+    """One row per setting (every axis but seed): CA and ASR in percent, mean ± sample std over its seeds."""
+    axes = [a for a in summary["axes"] if a != "seed"]
+    table = TableData(f"sweep {summary['name']}: mean ± std over seeds (percent), {summary['done']}/"
+                      f"{summary['total']} cells done", [*axes, "seeds done", *(label for _, label in HEADLINE)],
+                      left=len(axes), id="summary")
+    for group in summary["groups"]:
+        stats = [group["metrics"].get(k) or {} for k, _ in HEADLINE]
+        table.rows.append([*(str(group["overrides"].get(a)) for a in axes), f"{group['done']}/{len(group['seeds'])}",
+                           *(f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}" if s.get("mean") is not None else "-"
+                             for s in stats)])
+    return [table]

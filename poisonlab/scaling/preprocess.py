@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from poisonlab.core import ImageSet, PoisonlabError
@@ -59,3 +60,9 @@ def preprocess(specs: tuple[str, ...], data: ImageSet) -> ImageSet:
     for spec in specs:
         data = Resize.parse(spec)(data)
     return data
+
+
+def upscale(data: ImageSet, ratio: int) -> ImageSet:
+    """``ratio``-times bicubic upscale, rounded to 8-bit levels like a stored image."""
+    big = F.interpolate(data.x, scale_factor=ratio, mode="bicubic", align_corners=False).clamp(0, 1)
+    return ImageSet(torch.round(big * 255) / 255, data.y, data.classes)

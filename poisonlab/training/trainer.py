@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -10,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import Tensor, nn
 
-from poisonlab.core import ImageSet, LossFn, PoisonlabError, require
+from poisonlab.core import ImageSet, LossFn, Phase, PoisonlabError, require
 
 
 @dataclass(frozen=True)
@@ -95,3 +98,32 @@ def predict(model: nn.Module, x: Tensor, batch_size: int = 2048) -> Tensor:
     ]
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, dtype=torch.int64)
+
+
+def train_phases(new_model: Callable[[], nn.Module], data: ImageSet, phases: Sequence[Phase], clean: nn.Module | None,
+                 recipe: Recipe, seed: int, progress: bool = False) -> nn.Module:
+    """A training-time attack's model: each phase trained by ``train``, in order (see ``Phase``).
+
+    ``new_model`` builds a freshly initialised model; ``recipe`` and ``seed`` are the victim's, which a
+    phase may override (epochs, lr) or offset (seed).
+    """
+    model: nn.Module | None = None
+    for phase in phases:
+        if phase.start == "fresh":
+            model = new_model()
+        elif phase.start == "clean":
+            if clean is None:
+                raise PoisonlabError(f"training attack phase {phase.name!r}: starts from the clean model, none given")
+            model = copy.deepcopy(clean)
+        if model is None:
+            raise PoisonlabError(f"training attack phase {phase.name!r}: no model to continue from")
+        phase_recipe = dataclasses.replace(recipe, epochs=phase.epochs or recipe.epochs, lr=phase.lr or recipe.lr)
+        if phase.before is not None:
+            phase.before(model, data.x)
+        train(model, data, phase_recipe, seed + phase.seed_offset, loss_fn=phase.loss or cross_entropy,
+              progress=progress, description=phase.name)
+        if phase.after is not None:
+            phase.after(model)
+    if model is None:
+        raise PoisonlabError("training attack: declares no phase")
+    return model.eval()
