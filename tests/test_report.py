@@ -121,3 +121,14 @@ def test_sweep_report_aggregates_defense_results_per_setting(sweep_dir, tmp_path
     rows = _rows(page, "stages")
     assert len(rows) == 1 and "defenses.spectral.recall" in rows[0]  # timings are not results
     assert "0.5 ± 0" in rows[0] and "0.75 ± 0" in rows[0]
+
+
+def test_audit_table_reads_an_exact_attack_back_from_strict_json():
+    from poisonlab.report.store import to_json
+    from poisonlab.report.tables import audit_tables
+
+    row = {"resizer": "opencv-nearest", "ratio": 4, "coverage": 0.06, "success_rate": 1.0, "psnr_source": 30.0,
+           "psnr_target": float("inf"), "vulnerable": True}
+    body = json.loads(to_json({"metrics": {"pairs": 1, "rows": [row]}, "config": {"size": 64, "eps": 1.0}}))
+    assert body["metrics"]["rows"][0]["psnr_target"] is None
+    assert audit_tables(body)[0].rows[0][4:6] == ["30.0", "inf"]

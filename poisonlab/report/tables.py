@@ -35,6 +35,11 @@ def _f(v: Any) -> str:
     return "" if v is None else f"{v:.3f}"
 
 
+def _db(v: Any) -> str:
+    """A PSNR in dB; an exact match (infinite PSNR, stored as null in strict JSON) reads inf."""
+    return "inf" if v is None or v == float("inf") else f"{v:.1f}"
+
+
 def _attack_label(cfg: dict[str, Any]) -> str:
     attack = cfg.get("attack") or {}
     shown = {k: v for k, v in attack.items() if k not in ("name", "trigger") and not isinstance(v, list)}
@@ -174,7 +179,7 @@ def audit_tables(body: dict[str, Any]) -> list[TableData]:
                       ["resizer", "ratio", "pixels read", "success", "PSNR(A,S)", "PSNR(out,T)", "verdict"])
     for r in m["rows"]:
         table.rows.append([r["resizer"], str(r["ratio"]), pct(r["coverage"], 1), pct(r["success_rate"], 0),
-                           f"{r['psnr_source']:.1f}", f"{r['psnr_target']:.1f}",
+                           _db(r["psnr_source"]), _db(r["psnr_target"]),
                            "[red]vulnerable[/red]" if r["vulnerable"] else "[green]robust[/green]"])
     return [table]
 
