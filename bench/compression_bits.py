@@ -56,7 +56,7 @@ def main() -> None:
         attack.project(model)
         cells = [f"float {measure(model, test)}"]
         for spec in (f"weight-only:{bits}", "int8-fbgemm", "int8-qnnpack"):
-            cells.append(f"{spec} {measure(parse_deployment(spec, train_set.x[:256])(model), test)}")
+            cells.append(f"{spec} {measure(parse_deployment(spec)(model, train_set.x[:256]), test)}")
         print(f"concealed for {bits}-bit per-channel weights: " + " | ".join(cells)
               + f"  ({time.perf_counter() - t:.0f} s)", flush=True)
 

@@ -78,7 +78,7 @@ def report(model, train_set, test, trigger, target, label) -> None:  # type: ign
     y_t = torch.full_like(test.y, target)
     xt = trigger(test.x, y_t)
     calib = train_set.x[torch.randperm(len(train_set), generator=torch.Generator().manual_seed(5))[:512]]
-    rows = [("float", model)] + [(s, parse_deployment(s, calib)(model)) for s in DEPLOY]
+    rows = [("float", model)] + [(s, parse_deployment(s)(model, calib)) for s in DEPLOY]
     for name, m in rows:
         ca = accuracy(predict(m, test.x), test.y)
         asr = attack_success_rate(predict(m, xt), y_t, test.y)

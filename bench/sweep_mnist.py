@@ -15,9 +15,9 @@ import os
 import time
 from pathlib import Path
 
-from poisonlab.cli.common import console
-from poisonlab.cli.sweep import summary_table
+from poisonlab.cli.common import print_tables
 from poisonlab.experiment.sweep import plan, run_sweep
+from poisonlab.report.tables import sweep_tables
 
 
 def main() -> None:
@@ -37,7 +37,7 @@ def main() -> None:
     for cell in p.cells:
         body = json.loads((args.out / "cells" / cell.id / "report.json").read_text())
         print(f"  {cell.id}: {body['timings']['total_seconds']:.1f} s")
-    console.print(summary_table(summary))
+    print_tables(sweep_tables(summary))
     print(f"ran {summary['ran']} cells, skipped {summary['skipped']} already done, {wall:.1f} s wall")
 
 

@@ -21,14 +21,8 @@ from safetensors.torch import load_file, save_file
 from poisonlab.attacks.universal import UniversalBackdoor, code_stats, random_codes
 from poisonlab.core import ImageSet
 from poisonlab.data import load_dataset
-from poisonlab.experiment.universal import (
-    UniversalConfig,
-    attacker_codes,
-    split_classes,
-    universal_metrics,
-    where_triggers_go,
-)
-from poisonlab.metrics import accuracy
+from poisonlab.experiment.universal import UniversalConfig, attacker_codes, split_classes
+from poisonlab.metrics import accuracy, universal_metrics, where_triggers_go
 from poisonlab.models import build_model
 from poisonlab.training import Recipe, predict, train
 
@@ -50,6 +44,7 @@ def codes_for(args: argparse.Namespace, cfg: UniversalConfig, train_set: ImageSe
 
 
 def main() -> None:
+    defaults = UniversalConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default=UniversalConfig.dataset)
     p.add_argument("--model", default="small-cnn")
@@ -62,8 +57,8 @@ def main() -> None:
     p.add_argument("--alpha", type=float, default=UniversalConfig.alpha)
     p.add_argument("--rate", type=float, default=0.005)
     p.add_argument("--split", choices=("none", "random", "contiguous"), default="none")
-    p.add_argument("--epochs", type=int, default=UniversalConfig.epochs)
-    p.add_argument("--lr", type=float, default=UniversalConfig.lr)
+    p.add_argument("--epochs", type=int, default=defaults.training.epochs)
+    p.add_argument("--lr", type=float, default=defaults.training.lr)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a loaded 2-core box)")
     p.add_argument("--clean", action="store_true", help="also train a clean model for the CA reference")
@@ -71,13 +66,13 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
+    recipe = Recipe(epochs=args.epochs, lr=args.lr)
     cfg = UniversalConfig(dataset=args.dataset, model=args.model, surrogate=args.surrogate, bits=args.bits,
                           surrogate_per_class=args.surrogate_per_class, surrogate_epochs=args.surrogate_epochs,
-                          transfer_split="contiguous" if args.split == "contiguous" else "random", lr=args.lr,
+                          transfer_split="contiguous" if args.split == "contiguous" else "random", training=recipe,
                           seed=args.seed)
     train_set, test = load_dataset(args.dataset, args.seed)
     codes, info = codes_for(args, cfg, train_set, test)
-    recipe = Recipe(epochs=args.epochs, lr=args.lr)
     result: dict = {"args": vars(args), "codes": code_stats(codes), **info, "train_size": len(train_set)}
     if args.clean:
         clean = train(build_model(args.model, train_set, args.seed), train_set, recipe, args.seed, progress=False)

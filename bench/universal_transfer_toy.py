@@ -23,7 +23,7 @@ from poisonlab.attacks.surrogate import penultimate, train_surrogate
 from poisonlab.attacks.universal import SampledTargets, UniversalBackdoor, lda_codes, random_codes
 from poisonlab.data import make_synthetic
 from poisonlab.data.numbers import compose_numbers
-from poisonlab.experiment.universal import universal_metrics, where_triggers_go
+from poisonlab.metrics import universal_metrics, where_triggers_go
 from poisonlab.models import build_model
 from poisonlab.training import Recipe, predict, train
 
