@@ -137,3 +137,19 @@ def test_ray_backend_on_a_local_ray(tmp_path, data):
         assert run_sweep(plan(config), out, backend="ray")["ran"] == 0
     finally:
         ray.shutdown()
+
+
+def test_a_paper_experiment_sweeps_like_the_pipeline(tmp_path):
+    config = tmp_path / "bg.toml"
+    config.write_text('experiment = "backgradient"\ndataset = "synthetic"\ntrain_size = 60\nval_size = 30\n'
+                      'test_size = 60\nrates = [0.05]\nsteps = 3\niterations = 1\ntransfer = []\n'
+                      'learner = ["logreg", "adaline"]\nseed = [0, 1]\n')
+    p = plan(config)
+    assert [c.id for c in p.cells] == ["learner=logreg_seed=0", "learner=logreg_seed=1", "learner=adaline_seed=0",
+                                       "learner=adaline_seed=1"]
+    assert {c.config.experiment for c in p.cells} == {"backgradient"}
+    summary = run_sweep(p, tmp_path / "out")
+    assert summary["done"] == 4 and not summary["errors"]
+    reports = [json.loads((tmp_path / "out" / "cells" / c.id / "report.json").read_text()) for c in p.cells]
+    assert [r["config"]["learner"] for r in reports] == ["logreg", "logreg", "adaline", "adaline"]
+    assert all(0.0 <= r["metrics"]["clean_error"] <= 1.0 for r in reports)
