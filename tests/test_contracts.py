@@ -381,5 +381,6 @@ def test_experiment_contract(tmp_path: Path, name: str) -> None:
     assert body["metrics"] and (tmp_path / "run" / "report.json").is_file()
     saved = tmp_path / "run" / "config.toml"
     assert resolve(read_toml(saved)).as_dict() == resolved.as_dict()
+    mode = (tmp_path / "run" / "report.json").stat().st_mode
     for file in body["files"]:
-        assert (tmp_path / "run" / file).exists(), file
+        assert (tmp_path / "run" / file).stat().st_mode == mode, f"{file}: written unlike report.json"

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor
 
 from poisonlab.attacks.backgradient import BackGradientPoisoning, Goal
@@ -22,6 +21,7 @@ from poisonlab.data import DATASETS, load_dataset
 from poisonlab.experiment.config import check_component, helped
 from poisonlab.experiment.run import Experiment, Result, Run, Timer, register
 from poisonlab.report.figures import image_grid, rate_curves, save_figure
+from poisonlab.report.store import atomic_write_tensors
 from poisonlab.report.tables import backgradient_tables
 
 
@@ -183,8 +183,7 @@ def _run(cfg: BackgradientConfig, run: Run) -> Result:
         "max_reversal_w0_error": crafted.w0_error,
         "train_size": len(train_set), "val_size": len(validation), "test_size": len(test),
     }
-    save_file({"x": x_opt.contiguous(), "y": crafted.labels.contiguous(), "start": crafted.start.contiguous()},
-              str(run.out / "poison.safetensors"))
+    atomic_write_tensors(run.out / "poison.safetensors", {"x": x_opt, "y": crafted.labels, "start": crafted.start})
     xs = [100 * row["rate"] for row in curve]
     goal = f"error-specific {cfg.source}->{cfg.target}" if cfg.goal == "targeted" else "error-generic"
     label = f"test error on class {cfg.source}" if cfg.goal == "targeted" else "test error"

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from poisonlab.compress import CALIBRATION_IMAGES, DEFAULT_DEPLOYMENTS, calibration_images, parse_deployment
@@ -29,6 +29,7 @@ from poisonlab.experiment.victim import Victim, fit, fit_phases, load_data
 from poisonlab.metrics import ASR_DEFINITION, evaluate
 from poisonlab.models import load_run_model, read_models, save_models
 from poisonlab.report.figures import backdoor_examples, save_figure
+from poisonlab.report.store import atomic_write_tensors
 from poisonlab.report.tables import pipeline_tables
 from poisonlab.scaling.preprocess import Resize, preprocess
 
@@ -128,7 +129,7 @@ def run_pipeline(cfg: PipelineConfig, run: Run) -> Result:
                                                  refit=lambda d: fit(cfg, d, "retraining", run.progress),
                                                  target=poisoned.target, seed=cfg.seed)
     files = save_models(run.out, cfg.model, clean_train, models)
-    save_file({"indices": poisoned.indices}, str(run.out / "poisoned_indices.safetensors"))
+    atomic_write_tensors(run.out / "poisoned_indices.safetensors", {"indices": poisoned.indices})
     title = f"{cfg.attack.name} on {cfg.dataset}: predictions of the clean and the backdoored model"
     save_figure(backdoor_examples(test, triggered, models, title), run.out / "examples.png")
     return Result(metrics, [*files, "poisoned_indices.safetensors", "examples.png"], dict(timer))

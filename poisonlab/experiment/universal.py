@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from poisonlab.attacks.surrogate import (
@@ -35,6 +34,7 @@ from poisonlab.experiment.victim import Victim, fit, load_data
 from poisonlab.metrics import ASR_DEFINITION, evaluate, universal_metrics, where_triggers_go
 from poisonlab.models import save_models
 from poisonlab.report.figures import code_examples, rate_curves, save_figure
+from poisonlab.report.store import atomic_write_tensors
 from poisonlab.report.tables import universal_tables
 from poisonlab.training import Recipe
 
@@ -189,7 +189,7 @@ def run_universal(cfg: UniversalConfig, run: Run) -> Result:
     save_figure(code_examples(shown, example[0].triggered(shown), example[0].trigger.codes,  # type: ignore[attr-defined]
                               example[1], example[2]), run.out / "examples.png")
     files = save_models(run.out, cfg.model, train_set, {"universal": example[1]})
-    save_file({"lda_codes": lda, "random_codes": rnd}, str(run.out / "codes.safetensors"))
+    atomic_write_tensors(run.out / "codes.safetensors", {"lda_codes": lda, "random_codes": rnd})
     metrics = {
         "clean_accuracy": clean_ca, "budgets": rows, "transfer": transfer,
         "codes": {"lda": code_stats(lda), "random": code_stats(rnd)}, **surrogate_info,

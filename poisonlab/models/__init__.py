@@ -9,12 +9,12 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from poisonlab.core import ImageSet, PoisonlabError
 from poisonlab.registry import Registry
-from poisonlab.report.store import atomic_write_json
+from poisonlab.report.store import atomic_write_json, atomic_write_tensors
 
 Shape = tuple[int, int, int]
 MODELS: Registry[Callable[[Shape, int], nn.Module]] = Registry("model")
@@ -91,9 +91,7 @@ def build_model(name: str, data: ImageSet, seed: int) -> nn.Module:
 
 def save_model(model: nn.Module, path: Path) -> None:
     """Write the weights as safetensors, atomically (a crash leaves the old file or none)."""
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    tmp.replace(path)
+    atomic_write_tensors(path, model.state_dict())
 
 
 def load_model(name: str, shape: Shape, num_classes: int, path: Path) -> nn.Module:

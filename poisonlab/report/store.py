@@ -23,6 +23,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def atomic_write_tensors(path: Path, tensors: dict[str, Any]) -> None:
+    """Tensors as a safetensors file, written like every other run file (atomic rename, the usual permissions).
+
+    ``safetensors.torch.save_file`` creates its file owner-only (0600); a run folder's weights should be
+    as readable as its report.
+    """
+    from safetensors.torch import save
+
+    atomic_write_bytes(path, save({k: v.detach().contiguous() for k, v in tensors.items()}))
+
+
 def _finite(obj: Any) -> Any:
     """NaN and infinities as null, so the file is JSON every reader accepts."""
     if isinstance(obj, float) and not math.isfinite(obj):
