@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import torch
 from safetensors.torch import load_file
@@ -81,3 +83,15 @@ def test_triggers_figure(tmp_path):
     result = runner.invoke(app, ["triggers", "--dataset", "digits", "--trigger", "patch:size=2", "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_version_from_the_command_and_python_m():
+    from importlib.metadata import version
+
+    import poisonlab
+
+    assert runner.invoke(app, ["--version"]).output.strip() == f"poisonlab {poisonlab.__version__}"
+    assert version("poisonlab") == poisonlab.__version__
+    result = subprocess.run([sys.executable, "-m", "poisonlab", "--version"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == f"poisonlab {poisonlab.__version__}"

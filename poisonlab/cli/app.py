@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
+import poisonlab
 from poisonlab.cli import defend as defend_cli
 from poisonlab.cli import deploy_check, listing, run, triggers
 from poisonlab.cli import report as report_cli
@@ -28,6 +31,20 @@ app.command("deploy-check")(deploy_check.deploy_check_command)
 app.add_typer(scan_cli.app, name="scan")
 app.command("defend")(defend_cli.defend)
 app.add_typer(scaling_cli.app, name="scaling")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"poisonlab {poisonlab.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="print the version and exit")] = False,
+) -> None:
+    """poisonlab: mount data-poisoning and backdoor attacks on image classifiers, measure them, and defend."""
 
 
 def main() -> None:
