@@ -95,3 +95,19 @@ def test_version_from_the_command_and_python_m():
     result = subprocess.run([sys.executable, "-m", "poisonlab", "--version"], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == f"poisonlab {poisonlab.__version__}"
+
+
+def test_top_level_help_imports_no_torch_sklearn_or_matplotlib():
+    code = ("import sys\nfrom poisonlab.cli.app import main\nsys.argv = ['poisonlab', '--help']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'sklearn', 'matplotlib') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "deploy-check" in result.stdout and result.stdout.strip().endswith("[]"), result.stdout[-300:]
+
+
+def test_the_listed_short_help_is_each_commands_own():
+    from poisonlab.cli.app import COMMANDS, load_command
+
+    for name, entry in COMMANDS.items():
+        command = load_command(name)
+        assert command.name == name and command.get_short_help_str(limit=500) == entry.help, name
