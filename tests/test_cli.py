@@ -111,3 +111,14 @@ def test_the_listed_short_help_is_each_commands_own():
     for name, entry in COMMANDS.items():
         command = load_command(name)
         assert command.name == name and command.get_short_help_str(limit=500) == entry.help, name
+
+
+def test_defend_and_scan_refuse_a_run_that_is_not_a_pipeline_run(tmp_path):
+    config = tmp_path / "audit.toml"
+    config.write_text('experiment = "scaling-audit"\nresizers = ["opencv-linear"]\nratios = [2]\nsize = 32\n')
+    assert runner.invoke(app, ["run", str(config), "--out", str(tmp_path / "audit"), "--quiet"]).exit_code == 0
+    for command in (["defend", "--run"], ["scan", "data", "--run"]):
+        result = runner.invoke(app, [*command, str(tmp_path / "audit")])
+        assert result.exit_code == 2 and "a scaling-audit run; expected a pipeline run folder" in result.output
+    result = runner.invoke(app, ["deploy-check", str(tmp_path / "audit")])
+    assert result.exit_code == 2 and "holds no models.json" in result.output

@@ -163,8 +163,8 @@ def open_run(run_dir: Path) -> Subject:
     """
     resolved = load(run_dir / CONFIG_FILE)
     if not isinstance(resolved.config, PipelineConfig):
-        raise PoisonlabError(f"{run_dir}: a {resolved.experiment} run, whose training set is not rebuilt here; "
-                             "pass --dataset and --weights instead")
+        raise PoisonlabError(f"{run_dir}: a {resolved.experiment} run; expected a pipeline run folder (run badnets, "
+                             "compression-artifact or a config without experiment), whose poisoned data is rebuilt")
     data = prepare(resolved.config)
     try:
         saved = load_file(str(run_dir / "poisoned_indices.safetensors"))["indices"]
