@@ -130,7 +130,7 @@ def test_cli_craft_and_scan(tmp_path: Path, crafted) -> None:  # type: ignore[no
 @pytest.mark.parametrize(("args", "message"), [
     (["craft", "{t}", "{s}"], "larger than source"),
     (["craft", "{s}", "{t}", "--algorithm", "bogus"], "unknown resizer"),
-    (["craft", "{s}", "{junk}"], "cannot read it as an image"),
+    (["craft", "{s}", "{junk}"], "not a readable image"),
     (["scan", "{s}", "--size", "big"], "WIDTHxHEIGHT"),
 ])
 def test_cli_bad_input_gets_one_line_errors(args: list[str], message: str, tmp_path: Path, crafted) -> None:  # type: ignore[no-untyped-def]

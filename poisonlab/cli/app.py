@@ -1,54 +1,45 @@
 """The ``poisonlab`` application: composes the command groups, importing each only when it runs.
 
-``poisonlab --help`` (and tab completion of command names) lists the commands from the table below
-without importing them, so it loads no torch, scikit-learn or matplotlib; a command's module is
-imported when that command is invoked or asked for its own help. tests/test_cli.py checks that each
-short help here is the command's own.
+``poisonlab --help`` (and tab completion of command names) lists the commands of the table below with
+help read from their source, without importing them, so it loads no torch, scikit-learn or matplotlib; a
+command's module is imported when that command is invoked or asked for its own help.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
-from typing import Annotated, Any, NamedTuple
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
 import poisonlab
 
-
-class Entry(NamedTuple):
-    """Where a command lives (``module:attribute``: a command function or a typer app) and its one-line help."""
-
-    target: str
-    help: str
-
-
-COMMANDS: dict[str, Entry] = {
-    "run": Entry("run:app", "Run an experiment end to end and write a run folder: `poisonlab run EXPERIMENT "
-                            "[OPTIONS]` or `poisonlab run CONFIG.toml` (see examples/)."),
-    "list": Entry("listing:list_components", "List datasets, attacks, triggers, models, deployments, defenses, "
-                                             "resizers and experiments by name."),
-    "triggers": Entry("triggers:triggers", "Draw each trigger stamped on a few test images."),
-    "sweep": Entry("sweep:sweep", "Expand the config's lists into a grid, run the cells not yet done, and aggregate "
-                                  "mean ± std over seeds."),
-    "runs": Entry("runs:runs", "List every run under the results folder, optionally filtered; CA and ASR are the "
-                               "backdoored model's."),
-    "compare": Entry("runs:compare", "Print runs side by side: the config fields that differ, then every metric."),
-    "report": Entry("report:report", "Write one HTML page with the CA/ASR tables, curves, example images, config "
-                                     "and environment."),
-    "deploy-check": Entry("deploy_check:deploy_check_command", "Evaluate the float model and every deployed variant; "
-                                                               "exit 1 when a variant departs from the float model."),
-    "scan": Entry("scan:app", "Scan training data for poison, or a model for a backdoor."),
-    "defend": Entry("defend:defend", "Repair the backdoored model of a pipeline run; print CA and ASR before and "
-                                     "after, on the whole test set."),
-    "scaling": Entry("scaling:app", "Image-scaling attacks: craft them, scan images for them, audit which scalers "
-                                    "are open."),
+COMMANDS: dict[str, str] = {
+    "run": "run:app", "list": "listing:list_components", "triggers": "triggers:triggers", "sweep": "sweep:sweep",
+    "runs": "runs:runs", "compare": "runs:compare", "report": "report:report",
+    "deploy-check": "deploy_check:deploy_check_command", "scan": "scan:app", "defend": "defend:defend",
+    "scaling": "scaling:app",
 }
+"""Command name -> ``module:attribute`` in ``poisonlab.cli``: a command function or a typer app."""
+
+
+def help_text(name: str) -> str:
+    """Command ``name``'s help, read from its module's source (the function's docstring, the app's ``help=``)."""
+    module, _, attribute = COMMANDS[name].partition(":")
+    for node in ast.parse((Path(__file__).parent / f"{module}.py").read_text()).body:
+        if isinstance(node, ast.FunctionDef) and node.name == attribute:
+            return ast.get_docstring(node) or ""
+        if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)
+                and any(isinstance(t, ast.Name) and t.id == attribute for t in node.targets)):
+            return next(str(ast.literal_eval(k.value)) for k in node.value.keywords if k.arg == "help")
+    raise LookupError(f"poisonlab.cli.{module} defines no {attribute}")
 
 
 def load_command(name: str) -> Any:
     """The real click command ``name``, its module imported now."""
-    module, _, attribute = COMMANDS[name].target.partition(":")
+    module, _, attribute = COMMANDS[name].partition(":")
     obj = getattr(importlib.import_module(f"poisonlab.cli.{module}"), attribute)
     if isinstance(obj, typer.Typer):
         command: Any = typer.main.get_group(obj)
@@ -61,7 +52,7 @@ def load_command(name: str) -> Any:
 
 
 class LazyGroup(typer.core.TyperGroup):
-    """Lists the commands of ``COMMANDS`` from their table entries; imports one only to run it."""
+    """Lists the commands of ``COMMANDS`` with their help read from source; imports one only to run it."""
 
     def list_commands(self, ctx: Any) -> list[str]:
         return list(COMMANDS)
@@ -69,7 +60,7 @@ class LazyGroup(typer.core.TyperGroup):
     def get_command(self, ctx: Any, name: str) -> Any:
         if name not in COMMANDS:
             return None
-        return typer.core.TyperCommand(name, help=COMMANDS[name].help)
+        return typer.core.TyperCommand(name, help=help_text(name))
 
     def resolve_command(self, ctx: Any, args: list[str]) -> tuple[str | None, Any, list[str]]:
         name, command, rest = super().resolve_command(ctx, args)

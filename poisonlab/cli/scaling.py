@@ -2,43 +2,24 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
-from PIL import Image, UnidentifiedImageError
 from rich.table import Table
 
 from poisonlab.cli.common import console, one_line_errors, print_json
 from poisonlab.cli.run import command
 from poisonlab.core import PoisonlabError
+from poisonlab.data.user import read_pixels
 from poisonlab.registry import EXPERIMENTS
-from poisonlab.report.store import atomic_write_bytes
+from poisonlab.report.store import atomic_write_png
 from poisonlab.scaling.craft import craft_attack, craft_weak
 from poisonlab.scaling.defenses import DETECTORS, detect
 from poisonlab.scaling.resize import get_resizer, parse_size
 
 app = typer.Typer(help="Image-scaling attacks: craft them, scan images for them, audit which scalers are open.",
                   no_args_is_help=True)
-
-
-def read_image(path: Path) -> np.ndarray:
-    """An image file as uint8 RGB (H, W, 3)."""
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except FileNotFoundError:
-        raise PoisonlabError(f"{path}: no such image file") from None
-    except (UnidentifiedImageError, OSError):
-        raise PoisonlabError(f"{path}: cannot read it as an image (expected PNG, JPEG, ...)") from None
-
-
-def write_png(path: Path, image: np.ndarray) -> None:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
 
 
 @app.command()
@@ -59,7 +40,7 @@ def craft(
     Example: poisonlab scaling craft cat.png dog.png --size 64x64 --library opencv --algorithm linear -o attack.png
     """
     resizer = get_resizer(library, algorithm)
-    src, tgt = read_image(source), read_image(target)
+    src, tgt = read_pixels(source, "RGB"), read_pixels(target, "RGB")
     hw = parse_size(size) if size else tgt.shape[:2]
     if tgt.shape[0] > src.shape[0] or tgt.shape[1] > src.shape[1] or hw[0] > src.shape[0] or hw[1] > src.shape[1]:
         raise PoisonlabError(f"target {tgt.shape[1]}x{tgt.shape[0]} / size {hw[1]}x{hw[0]} is larger than source "
@@ -67,7 +48,7 @@ def craft(
     if tgt.shape[:2] != hw:
         tgt = get_resizer("opencv", "area")(tgt, hw)
     result = craft_weak(tgt, resizer, src.shape[:2], eps) if weak else craft_attack(src, tgt, resizer, eps)
-    write_png(out, result.attack)
+    atomic_write_png(out, result.attack)
     body = {"out": str(out), "resizer": resizer.name, "size": f"{hw[1]}x{hw[0]}", "eps": eps,
             "psnr_attack_vs_source": result.psnr_source, "psnr_resized_vs_target": result.psnr_target,
             "max_target_error": result.max_target_error, "solver": result.info.method,
@@ -96,7 +77,7 @@ def scan(
     Example: poisonlab scaling scan data/*.png --size 64x64 --library opencv --algorithm linear
     """
     resizer, hw = get_resizer(library, algorithm), parse_size(size)
-    pixels = [read_image(p) for p in images]
+    pixels = [read_pixels(p, "RGB") for p in images]
     for path, img in zip(images, pixels, strict=True):
         if img.shape[0] < hw[0] or img.shape[1] < hw[1]:
             raise PoisonlabError(f"{path}: {img.shape[1]}x{img.shape[0]} is smaller than the size {size}")

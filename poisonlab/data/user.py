@@ -15,16 +15,23 @@ from poisonlab.data.validate import to_image_set
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
-def read_image(path: Path, mode: str | None = None) -> np.ndarray:
-    """One image as float32 (C, H, W) in [0, 1]; ``mode`` 'L' or 'RGB' forces the channels."""
+def read_pixels(path: Path, mode: str | None = None) -> np.ndarray:
+    """One image file as uint8 (H, W) or (H, W, 3); ``mode`` 'L' or 'RGB' forces the channels."""
     try:
         with Image.open(path) as im:
             im.load()
             if mode is None:
                 mode = "L" if im.mode in ("1", "L", "I", "I;16", "F") else "RGB"
-            arr = np.asarray(im.convert(mode), dtype=np.float32) / 255.0
+            return np.asarray(im.convert(mode))
+    except FileNotFoundError:
+        raise PoisonlabError(f"{path}: no such image file") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise PoisonlabError(f"{path}: not a readable image ({e})") from None
+
+
+def read_image(path: Path, mode: str | None = None) -> np.ndarray:
+    """One image as float32 (C, H, W) in [0, 1]; ``mode`` 'L' or 'RGB' forces the channels."""
+    arr = read_pixels(path, mode).astype(np.float32) / 255.0
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 

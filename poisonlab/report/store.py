@@ -23,6 +23,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def atomic_write_png(path: Path, pixels: Any) -> None:
+    """A uint8 (H, W[, C]) array as a PNG file, written atomically."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def atomic_write_tensors(path: Path, tensors: dict[str, Any]) -> None:
     """Tensors as a safetensors file, written like every other run file (atomic rename, the usual permissions).
 
