@@ -9,7 +9,6 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from poisonlab.core import PoisonlabError
 from poisonlab.report.store import to_json
@@ -42,16 +41,6 @@ def print_json(obj: Any) -> None:
     typer.echo(to_json(obj))
 
 
-def rich_table(data: TableData) -> Table:
-    """A report table for the terminal."""
-    table = Table(title=data.title, caption=data.caption or None)
-    for i, col in enumerate(data.columns):
-        table.add_column(col, justify="left" if i < data.left else "right")
-    for row in data.rows:
-        table.add_row(*row)
-    return table
-
-
 def print_tables(tables: list[TableData]) -> None:
     for t in tables:
-        console.print(rich_table(t))
+        console.print(t.to_rich())

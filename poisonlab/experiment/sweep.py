@@ -11,7 +11,6 @@ the sweep folder must be on storage every node sees (cells write their run folde
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import re
 from collections.abc import Callable
@@ -24,8 +23,8 @@ from typing import Any, Literal
 from poisonlab.core import PoisonlabError
 from poisonlab.experiment.config import read_toml, sweep_axes
 from poisonlab.experiment.run import Resolved, execute, experiment_of, resolve
-from poisonlab.report.store import REPORT_FILE, atomic_write_bytes, atomic_write_json, read_report
-from poisonlab.report.summary import PLAN_FILE, SOURCE_FILE, SUMMARY_FILE, SWEEP_SCHEMA, aggregate
+from poisonlab.report.store import REPORT_FILE, atomic_write_json, read_report
+from poisonlab.report.summary import SUMMARY_FILE, aggregate, open_sweep_folder
 
 Backend = Literal["local", "ray"]
 
@@ -103,34 +102,6 @@ def is_complete(run_dir: Path) -> bool:
     return read_report(run_dir / REPORT_FILE) is not None
 
 
-def _plan_body(p: SweepPlan) -> dict[str, Any]:
-    return {
-        "schema": SWEEP_SCHEMA,
-        "name": p.name,
-        "axes": p.axes,
-        "cells": [{"id": c.id, "overrides": c.overrides, "config": c.config.as_dict()} for c in p.cells],
-    }
-
-
-def _prepare(p: SweepPlan, out: Path) -> None:
-    """Create the sweep folder, or check that an existing one holds this very sweep (then it resumes)."""
-    body = _plan_body(p)
-    existing = out / PLAN_FILE
-    if existing.exists():
-        try:
-            old = json.loads(existing.read_text())
-        except ValueError:
-            old = None
-        if old is None or old.get("cells") != json.loads(json.dumps(body["cells"])):
-            raise PoisonlabError(f"{out}: holds a different sweep; choose another --out or delete the folder")
-    try:
-        (out / "cells").mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PoisonlabError(f"{out}: cannot create the sweep folder ({e.strerror})") from None
-    atomic_write_json(existing, body)
-    atomic_write_bytes(out / SOURCE_FILE, p.source.encode())
-
-
 def run_cell(cfg: Resolved, run_dir: str, threads: int | None = None) -> str:
     """Run one cell into ``run_dir`` (the worker side of every backend); returns the folder."""
     if threads is not None:
@@ -200,7 +171,8 @@ def run_sweep(
     """Run every unfinished cell of ``p`` into ``out``; write and return the aggregated summary."""
     if jobs < 1:
         raise PoisonlabError(f"jobs {jobs}: expected at least 1")
-    _prepare(p, out)
+    cells = [{"id": c.id, "overrides": c.overrides, "config": c.config.as_dict()} for c in p.cells]
+    open_sweep_folder(out, p.name, p.axes, cells, p.source)
     todo = [c for c in p.cells if not is_complete(out / "cells" / c.id)]
     errors: dict[str, str] = {}
 

@@ -9,7 +9,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from poisonlab.report.store import REPORT_FILE, read_report
+from poisonlab.core import PoisonlabError
+from poisonlab.report.store import REPORT_FILE, atomic_write_bytes, atomic_write_json, read_report
 
 SWEEP_SCHEMA = "poisonlab.sweep/1"
 PLAN_FILE = "sweep.json"
@@ -31,6 +32,30 @@ def _mean_std(values: Iterable[float]) -> dict[str, Any]:
     if not vals:
         return {"mean": None, "std": None, "n": 0}
     return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals)}
+
+
+def open_sweep_folder(out: Path, name: str, axes: dict[str, list[Any]], cells: list[dict[str, Any]],
+                      source: str) -> None:
+    """Create the sweep folder (plan and source config), or check that an existing one holds this very sweep.
+
+    ``cells`` are the plan's cells as plain data (id, overrides, resolved config); a folder whose plan
+    lists other cells is refused, so a resumed sweep never mixes two grids.
+    """
+    body = {"schema": SWEEP_SCHEMA, "name": name, "axes": axes, "cells": cells}
+    existing = out / PLAN_FILE
+    if existing.exists():
+        try:
+            old = json.loads(existing.read_text())
+        except ValueError:
+            old = None
+        if old is None or old.get("cells") != json.loads(json.dumps(cells)):
+            raise PoisonlabError(f"{out}: holds a different sweep; choose another --out or delete the folder")
+    try:
+        (out / "cells").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PoisonlabError(f"{out}: cannot create the sweep folder ({e.strerror})") from None
+    atomic_write_json(existing, body)
+    atomic_write_bytes(out / SOURCE_FILE, source.encode())
 
 
 def aggregate(out: Path) -> dict[str, Any]:

@@ -21,6 +21,17 @@ class TableData:
     left: int = 1
     id: str = "headline"
 
+    def to_rich(self) -> Any:
+        """The table for the terminal (a ``rich.table.Table``; the markup in cells renders as colour)."""
+        from rich.table import Table
+
+        table = Table(title=self.title, caption=self.caption or None)
+        for i, col in enumerate(self.columns):
+            table.add_column(col, justify="left" if i < self.left else "right")
+        for row in self.rows:
+            table.add_row(*row)
+        return table
+
 
 def plain(cell: str) -> str:
     """A cell without its rich markup."""
