@@ -123,3 +123,11 @@ def test_defend_and_scan_refuse_a_run_that_is_not_a_pipeline_run(tmp_path):
         assert result.exit_code == 2 and "a scaling-audit run; expected a pipeline run folder" in result.output
     result = runner.invoke(app, ["deploy-check", str(tmp_path / "audit")])
     assert result.exit_code == 2 and "holds no models.json" in result.output
+
+
+def test_loading_every_registry_imports_no_sklearn_or_matplotlib():
+    code = ("import sys\nfrom poisonlab.registry import registries\n"
+            "[reg.names() for reg in registries().values()]\n"
+            "print(sorted(m for m in ('sklearn', 'matplotlib') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr[-300:]

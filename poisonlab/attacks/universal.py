@@ -19,7 +19,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from numpy.typing import ArrayLike
-from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from torch import Tensor
 
 from poisonlab.attacks.surrogate import (
@@ -83,6 +82,10 @@ def lda_codes(embeddings: Tensor, labels: Tensor, num_classes: int, bits: int, t
     if not 1 <= bits <= limit:
         raise PoisonlabError(f"LDA codes: {bits} bits; expected 1 to {limit} (classes - 1 and embedding size)")
     x = embeddings.double().numpy()
+    from sklearn.discriminant_analysis import (
+        LinearDiscriminantAnalysis,  # deferred: scikit-learn takes a second to import
+    )
+
     lda = LinearDiscriminantAnalysis(n_components=bits, solver="eigen", shrinkage="auto")
     z = lda.fit(x, labels.numpy()).transform(x)
     centroids = np.stack([z[labels.numpy() == k].mean(0) for k in range(num_classes)])

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.datasets import load_breast_cancer, load_digits
-from sklearn.model_selection import train_test_split
 
 from poisonlab.core import ImageSet
 from poisonlab.data.validate import to_image_set
@@ -12,6 +10,9 @@ from poisonlab.data.validate import to_image_set
 
 def load_sklearn_digits(arg: str | None = None, seed: int = 0) -> tuple[ImageSet, ImageSet]:
     """scikit-learn's 1,797 8x8 digits, split 80/20 stratified with a fixed split seed."""
+    from sklearn.datasets import load_digits  # deferred: scikit-learn takes a second to import
+    from sklearn.model_selection import train_test_split
+
     digits = load_digits()
     x = (digits.images / 16.0).astype(np.float32)[:, None]
     xtr, xte, ytr, yte = train_test_split(x, digits.target, test_size=0.2, stratify=digits.target, random_state=0)
@@ -44,6 +45,9 @@ def load_breast_cancer_sets(arg: str | None = None, seed: int = 0) -> tuple[Imag
 
     Split 70/30 stratified with ``seed``; the scaling uses the training part's range (test values clipped).
     """
+    from sklearn.datasets import load_breast_cancer  # deferred: scikit-learn takes a second to import
+    from sklearn.model_selection import train_test_split
+
     data = load_breast_cancer()
     xtr, xte, ytr, yte = train_test_split(data.data, data.target, test_size=0.3, stratify=data.target,
                                           random_state=seed)

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from sklearn.model_selection import train_test_split
 
 from poisonlab.core import ImageSet, PoisonlabError
 from poisonlab.data.validate import to_image_set
@@ -82,6 +81,8 @@ def _split(full: ImageSet, test_size: float = 0.2) -> tuple[ImageSet, ImageSet]:
     idx = np.arange(len(full))
     labels = full.y.numpy()
     stratify = labels if np.bincount(labels).min() >= 2 else None
+    from sklearn.model_selection import train_test_split  # deferred: scikit-learn takes a second to import
+
     tr, te = train_test_split(idx, test_size=test_size, stratify=stratify, random_state=0)
     return full.subset(torch.from_numpy(np.sort(tr))), full.subset(torch.from_numpy(np.sort(te)))
 

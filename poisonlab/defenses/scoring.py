@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from sklearn.metrics import roc_auc_score
 from torch import Tensor
 
 from poisonlab.core import PoisonlabError, Verdict
@@ -40,6 +39,8 @@ def detection_metrics(verdict: Verdict, poisoned: Tensor, n: int) -> dict[str, f
     if verdict.scores is not None and 0 < int(truth.sum()) < n:
         if len(verdict.scores) != n:
             raise PoisonlabError(f"verdict scores of length {len(verdict.scores)}: expected {n}")
+        from sklearn.metrics import roc_auc_score  # deferred: scikit-learn takes a second to import
+
         auroc = float(roc_auc_score(truth.numpy(), verdict.scores.double().numpy()))
     return {"precision": precision, "recall": recall, "f1": f1, "auroc": auroc,
             "flagged": tp + fp, "true_positives": tp, "false_positives": fp, "poisoned": int(truth.sum())}

@@ -5,33 +5,39 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
+import torch
+from torch import Tensor, nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from torch import (
-    Tensor,  # noqa: E402
-    nn,  # noqa: E402
-)
+from poisonlab.core import ImageSet
+from poisonlab.report.store import atomic_write_bytes
+from poisonlab.training import predict
 
-from poisonlab.core import ImageSet  # noqa: E402
-from poisonlab.report.store import atomic_write_bytes  # noqa: E402
-from poisonlab.training import predict  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend, imported on first use (it takes about a second)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def save_figure(fig: Figure, path: Path) -> None:
     """Render ``fig`` as PNG and write it atomically."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    pyplot().close(fig)
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _show(ax: plt.Axes, img: Tensor) -> None:
+def _show(ax: Axes, img: Tensor) -> None:
     img = img.detach().cpu()
     if img.shape[0] == 1:
         ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
@@ -44,7 +50,7 @@ def _show(ax: plt.Axes, img: Tensor) -> None:
 def image_grid(rows: Sequence[tuple[str, Tensor, Sequence[str]]], title: str = "") -> Figure:
     """One row per (row label, images (N, C, H, W), per-image captions)."""
     ncols = max(len(imgs) for _, imgs, _ in rows)
-    fig, axes = plt.subplots(len(rows), ncols, figsize=(1.5 * ncols, 1.75 * len(rows)), squeeze=False)
+    fig, axes = pyplot().subplots(len(rows), ncols, figsize=(1.5 * ncols, 1.75 * len(rows)), squeeze=False)
     for r, (label, imgs, captions) in enumerate(rows):
         for c in range(ncols):
             ax = axes[r][c]
@@ -77,7 +83,7 @@ def backdoor_examples(test: ImageSet, triggered: ImageSet, models: dict[str, nn.
 def rate_curves(series: Sequence[tuple[str, Sequence[float], Sequence[float]]], xlabel: str, ylabel: str, title: str,
                 ylim: tuple[float, float] | None = None) -> Figure:
     """One line per (label, x values, y values): a metric against the poison budget, attack beside its baseline."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig, ax = pyplot().subplots(figsize=(5.5, 3.6))
     for (label, xs, ys), style in zip(series, ("o-", "s--", "^:", "d-."), strict=False):
         ax.plot(xs, ys, style, label=label)
     ax.set_xlabel(xlabel)
