@@ -178,3 +178,33 @@ def test_cli_scan_data_with_user_weights(tmp_path):
     res = CliRunner().invoke(app, ["scan", "data", "--dataset", f"npz:{tmp_path / 'd.npz'}", "--weights",
                                    str(tmp_path / "bad.safetensors"), "--model", "small-cnn"])
     assert res.exit_code == 2 and "weights do not fit" in res.output
+
+
+class Wrapped(nn.Module):
+    """A model that is not an nn.Sequential: the same layers behind an attribute and a forward of its own."""
+
+    def __init__(self, body: nn.Sequential) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def test_fine_pruning_works_on_any_module_and_reads_the_rectified_last_conv(backdoored):
+    from poisonlab.defenses.fine_pruning import channel_activity, last_conv
+
+    model, poisoned, train_set, test = backdoored
+    name, conv = last_conv(model)
+    assert name == "4" and isinstance(conv, nn.Conv2d)
+    with torch.no_grad():  # the activity is the mean of the conv layer's ReLU output per channel
+        expected = model[: int(name) + 2](test.x).mean(dim=(2, 3)).mean(0)
+    assert torch.allclose(channel_activity(model, conv, test.x, batch_size=128), expected, atol=1e-6)
+    evidence = Evidence(train_set.subset(slice(0, 300)))
+    defense = FinePruning(recipe=Recipe(epochs=1, batch_size=32, lr=1e-3))
+    plain, wrapped = defense.repair(model, evidence), defense.repair(Wrapped(model), evidence)
+    assert wrapped.details["layer"] == "body.4" and plain.details["layer"] == 4
+    assert wrapped.details["pruned_channels"] == plain.details["pruned_channels"] >= 1
+    assert torch.equal(wrapped.model(test.x).argmax(1), plain.model(test.x).argmax(1))
+    with pytest.raises(PoisonlabError, match="at least one Conv2d"):
+        defense.repair(nn.Sequential(nn.Flatten(), nn.Linear(144, 4)), evidence)

@@ -9,7 +9,6 @@ fine-tuned on the clean data with the pruned channels held at zero.
 from __future__ import annotations
 
 import copy
-import typing
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -23,23 +22,40 @@ from poisonlab.registry import DEFENSES
 from poisonlab.training import Recipe, predict, train
 
 
-def last_conv(model: nn.Module) -> int:
-    """Position of the last Conv2d in a Sequential model."""
-    convs = [i for i, m in enumerate(model) if isinstance(m, nn.Conv2d)] if isinstance(model, nn.Sequential) else []
+def last_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
+    """The last Conv2d of ``model`` in module order, with its qualified name: any ``nn.Module``, not only Sequential."""
+    convs = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     if not convs:
-        raise PoisonlabError("fine-pruning: expected an nn.Sequential model with at least one Conv2d")
+        raise PoisonlabError(f"fine-pruning: expected a model with at least one Conv2d, got {type(model).__name__}")
     return convs[-1]
 
 
-def channel_activity(model: nn.Sequential, conv: int, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Mean post-activation output of each channel of ``model[conv]`` over images ``x``."""
-    head = model[: conv + 2]
-    layer = model[conv]
-    assert isinstance(layer, nn.Conv2d)
-    total = torch.zeros(layer.out_channels)
-    with torch.no_grad():
-        for i in range(0, len(x), batch_size):
-            total += head(x[i : i + batch_size]).clamp_min(0).mean(dim=(2, 3)).sum(0)
+class _Reached(Exception):
+    """Raised by a forward hook once the layer of interest has run, so the rest of the model is skipped."""
+
+
+def channel_activity(model: nn.Module, conv: nn.Conv2d, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Mean rectified output of each channel of ``conv`` (a module of ``model``) over images ``x``.
+
+    A forward hook reads the layer's output and stops the pass there, so only the layers up to it run.
+    """
+    total = torch.zeros(conv.out_channels)
+
+    def read(_module: nn.Module, _inputs: object, out: torch.Tensor) -> None:
+        nonlocal total
+        total += out.clamp_min(0).mean(dim=(2, 3)).sum(0)
+        raise _Reached
+
+    hook = conv.register_forward_hook(read)
+    try:
+        with torch.no_grad():
+            for i in range(0, len(x), batch_size):
+                try:
+                    model(x[i : i + batch_size])
+                except _Reached:
+                    pass
+    finally:
+        hook.remove()
     return total / len(x)
 
 
@@ -69,14 +85,12 @@ class FinePruning:
         clean = evidence.clean
         if len(clean) < 20:
             raise PoisonlabError(f"fine-pruning: expected at least 20 clean images, got {len(clean)}")
-        conv_at = last_conv(model)
-        model = typing.cast(nn.Sequential, copy.deepcopy(model).eval())
-        conv = model[conv_at]
-        assert isinstance(conv, nn.Conv2d)
+        model = copy.deepcopy(model).eval()
+        conv_at, conv = last_conv(model)
         split = len(clean) * 4 // 5
         tune, val = clean.subset(slice(0, split)), clean.subset(slice(split, None))
         base = accuracy(predict(model, val.x), val.y)
-        order = channel_activity(model, conv_at, tune.x).argsort()
+        order = channel_activity(model, conv, tune.x).argsort()
         mask = torch.ones(conv.out_channels)
         hook = conv.register_forward_hook(lambda _m, _i, out: out * mask.view(1, -1, 1, 1))
         pruned = 0
@@ -93,7 +107,8 @@ class FinePruning:
         prune.remove(conv, "weight")
         prune.remove(conv, "bias")
         return Verdict(model=model.eval(), details={
-            "pruned_channels": pruned, "channels": conv.out_channels, "layer": conv_at,
+            "pruned_channels": pruned, "channels": conv.out_channels,
+            "layer": int(conv_at) if conv_at.isdigit() else conv_at,
             "val_accuracy_before": base, "val_accuracy_after": accuracy(predict(model, val.x), val.y),
         })
 
