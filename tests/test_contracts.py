@@ -253,7 +253,7 @@ def test_the_attack_contract_catches_wrong_ground_truth(tiny: tuple[ImageSet, Im
 def test_training_attack_contract(tiny: tuple[ImageSet, ImageSet]) -> None:
     train, _ = tiny
     names = sorted(set(ATTACK_CASES) - set(DATA_ATTACKS))
-    assert names == ["compression-artifact"]
+    assert names, "the training-attack contract checks no attack"
     for name in names:
         attack = ATTACKS.get(name)(**ATTACK_CASES[name])
         phases = attack.phases()

@@ -63,8 +63,9 @@ class LazyGroup(typer.core.TyperGroup):
         return typer.core.TyperCommand(name, help=help_text(name))
 
     def resolve_command(self, ctx: Any, args: list[str]) -> tuple[str | None, Any, list[str]]:
-        name, command, rest = super().resolve_command(ctx, args)
-        return name, (load_command(name) if name is not None and name in COMMANDS else command), rest
+        if args and args[0] in COMMANDS:  # load the real command; the listing placeholder is for help only
+            return args[0], load_command(args[0]), args[1:]
+        return super().resolve_command(ctx, args)
 
 
 app = typer.Typer(

@@ -6,14 +6,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from poisonlab.cli.common import console, one_line_errors, print_json
+from poisonlab.cli.common import console, one_line_errors, print_json, print_tables
 from poisonlab.cli.run import command
 from poisonlab.core import PoisonlabError
 from poisonlab.data.user import read_pixels
 from poisonlab.registry import EXPERIMENTS
 from poisonlab.report.store import atomic_write_png
+from poisonlab.report.tables import image_scan_tables
 from poisonlab.scaling.craft import craft_attack, craft_weak
 from poisonlab.scaling.defenses import DETECTORS, detect
 from poisonlab.scaling.resize import get_resizer, parse_size
@@ -88,13 +88,8 @@ def scan(
     if json_out:
         print_json({"resizer": resizer.name, "size": size, **verdict.details, "images": rows})
     else:
-        table = Table(title=f"scaling-attack scan ({score} score vs {resizer.name} to {size}, "
-                            f"threshold {verdict.details['threshold']:g})")
-        for col in ("image", "score", "verdict"):
-            table.add_column(col)
-        for r in rows:
-            table.add_row(str(r["image"]), f"{r['score']:.1f}", "[red]ATTACK[/red]" if r["flagged"] else "clean")
-        console.print(table)
+        print_tables(image_scan_tables(rows, f"scaling-attack scan ({score} score vs {resizer.name} to {size}, "
+                                             f"threshold {verdict.details['threshold']:g})"))
     if any(r["flagged"] for r in rows):
         raise typer.Exit(1)
 

@@ -182,11 +182,15 @@ class AttackConfig:
             raise PoisonlabError(f"attack {self.name!r}: {e}") from None
 
     @staticmethod
+    def missing(path: str = "attack") -> PoisonlabError:
+        """The error for a config that gives no ``[attack]`` table."""
+        return PoisonlabError(f"{path}: missing [attack] table; expected name = one of: {', '.join(ATTACKS.names())}")
+
+    @staticmethod
     def resolve(raw: Any, path: str = "attack") -> AttackConfig:
         """Validate an ``[attack]`` table: a registered name and that attack's parameters, each type-checked."""
         if raw is None:
-            raise PoisonlabError(f"{path}: missing [attack] table; expected name = one of: "
-                                 f"{', '.join(ATTACKS.names())}")
+            raise AttackConfig.missing(path)
         raw = check_type(path, raw, dict)
         if "name" not in raw:
             raise PoisonlabError(f"{path}.name: missing; expected one of: {', '.join(ATTACKS.names())}")

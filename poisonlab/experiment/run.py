@@ -113,19 +113,19 @@ def resolve(raw: Mapping[str, Any], source: str = "config") -> Resolved:
         fields = {k: v for k, v in raw.items() if k not in ("experiment", "name")}
         for key in experiment.required:
             if key not in fields:
-                raise PoisonlabError(_missing(key))
+                raise _missing(key)
         config = resolve_fields(experiment.config, merged(experiment.defaults, fields))
         return Resolved(name, config, check_type("name", raw.get("name", name), str))
     except PoisonlabError as e:
         raise PoisonlabError(f"{source}: {e}") from None
 
 
-def _missing(key: str) -> str:
+def _missing(key: str) -> PoisonlabError:
     if key != "dataset":
-        AttackConfig.resolve(None, key)  # raises the missing [attack] table's one-line error
+        return AttackConfig.missing(key)
     from poisonlab.data import DATASETS
 
-    return f"dataset: missing; expected one of: {', '.join(DATASETS.names())} (NAME or NAME:ARGUMENT)"
+    return PoisonlabError(f"dataset: missing; expected one of: {', '.join(DATASETS.names())} (NAME or NAME:ARGUMENT)")
 
 
 def load(path: Path) -> Resolved:

@@ -15,9 +15,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from poisonlab.attacks.surrogate import (
-    sample_per_class,
-)
+from poisonlab.attacks.surrogate import sample_per_class
 from poisonlab.attacks.universal import (
     Threshold,
     UniversalBackdoor,

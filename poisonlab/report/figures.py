@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -84,7 +85,7 @@ def rate_curves(series: Sequence[tuple[str, Sequence[float], Sequence[float]]], 
                 ylim: tuple[float, float] | None = None) -> Figure:
     """One line per (label, x values, y values): a metric against the poison budget, attack beside its baseline."""
     fig, ax = pyplot().subplots(figsize=(5.5, 3.6))
-    for (label, xs, ys), style in zip(series, ("o-", "s--", "^:", "d-."), strict=False):
+    for (label, xs, ys), style in zip(series, itertools.cycle(("o-", "s--", "^:", "d-.")), strict=False):
         ax.plot(xs, ys, style, label=label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

@@ -15,15 +15,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from poisonlab.core import PoisonlabError  # noqa: E402
-from poisonlab.report.store import atomic_write_bytes  # noqa: E402
-from poisonlab.report.summary import PLAN_FILE, SOURCE_FILE, SUMMARY_FILE, aggregate, flatten  # noqa: E402
-from poisonlab.report.tables import HEADLINE, TableData, plain, sweep_tables  # noqa: E402
+from poisonlab.core import PoisonlabError
+from poisonlab.report.figures import pyplot
+from poisonlab.report.store import atomic_write_bytes
+from poisonlab.report.summary import PLAN_FILE, SOURCE_FILE, SUMMARY_FILE, aggregate, flatten
+from poisonlab.report.tables import HEADLINE, TableData, plain, sweep_tables
 
 REPORT_HTML = "report.html"
 STYLE = """
@@ -159,7 +155,7 @@ def render_run(run_dir: Path) -> str:
 def _svg(fig: Any) -> str:
     buf = io.StringIO()
     fig.savefig(buf, format="svg", bbox_inches="tight")
-    plt.close(fig)
+    pyplot().close(fig)
     text = buf.getvalue()
     return text[text.index("<svg"):]
 
@@ -173,7 +169,7 @@ def _curves(summary: dict[str, Any]) -> list[str]:
             continue
         others = [a for a in axes if a != axis]
         for key, label in HEADLINE[:2]:
-            fig, ax = plt.subplots(figsize=(5.2, 3.4))
+            fig, ax = pyplot().subplots(figsize=(5.2, 3.4))
             lines: dict[str, list[tuple[float, float, float]]] = {}
             for group in summary["groups"]:
                 stat = group["metrics"].get(key)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -266,6 +267,12 @@ def before_after_tables(result: dict[str, Any], title: str) -> list[TableData]:
                        ["after", pct(result["ca_after"]), pct(result["asr_after"])]], left=0)]
 
 
+def image_scan_tables(rows: list[dict[str, Any]], title: str) -> list[TableData]:
+    """``scaling scan``: each image's detection score and verdict."""
+    return [TableData(title, ["image", "score", "verdict"], [[r["image"], f"{r['score']:.1f}", "[red]ATTACK[/red]"
+                                                              if r["flagged"] else "clean"] for r in rows], left=3)]
+
+
 def runs_tables(rows: list[dict[str, Any]], title: str) -> list[TableData]:
     """``poisonlab runs``: one row per indexed run; CA and ASR are the backdoored model's."""
     def p(v: Any) -> str:
@@ -285,7 +292,7 @@ def compare_tables(result: dict[str, Any]) -> list[TableData]:
     def cell(v: Any) -> str:
         return f"{v:.4f}" if isinstance(v, float) else "-" if v is None else str(v)
 
-    names = [f"[{i + 1}] {str(label).rstrip('/').rpartition('/')[2]}" for i, label in enumerate(result["runs"])]
+    names = [f"[{i + 1}] {Path(label).name}" for i, label in enumerate(result["runs"])]
     table = TableData("runs side by side", ["field", *names],
                       caption="  ".join(f"[{i + 1}] {label}" for i, label in enumerate(result["runs"])))
     for section in ("config", "metrics"):
