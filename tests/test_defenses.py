@@ -8,7 +8,7 @@ from torch import nn
 
 from poisonlab.core import ImageSet, PoisonlabError, Verdict
 from poisonlab.defenses import ActivationClustering, SpectralSignatures, detection_metrics
-from poisonlab.defenses.features import features, layer_cut
+from poisonlab.defenses.features import Tap, features, layer_tap
 from poisonlab.defenses.split import ClassSplit, poison_cluster, suspicious_classes
 
 CLASSES = 10
@@ -119,16 +119,50 @@ def test_features_kept_within_budget_read_the_data_once(scanner):
 def test_layer_selection_and_bad_layers():
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 5), nn.ReLU(), nn.Linear(5, 3))
     x = torch.rand(7, 1, 4, 4)
-    assert layer_cut(model, "penultimate") == 5 and layer_cut(model, "pre-activation") == 4
-    assert layer_cut(model, "conv") == 3
-    assert features(model, x, "penultimate", batch_size=3).shape == (7, 5)
+    assert layer_tap(model, "penultimate") == Tap(model[5], reads_input=True)
+    assert layer_tap(model, "pre-activation") == Tap(model[3], reads_input=False)
+    assert layer_tap(model, "conv") == Tap(model[3], reads_input=True)
+    assert torch.allclose(features(model, x, "penultimate", batch_size=3), features(model, x, 5), atol=1e-6)
+    assert torch.allclose(features(model, x, "pre-activation"), model[:4](x), atol=1e-6)
     assert (features(model, x, "penultimate") >= 0).all()
     assert features(model, x, "conv").shape == (7, 8)
+    assert torch.allclose(features(model, x, "1"), model[:2](x).flatten(1), atol=1e-6)  # a module's name: its output
     for bad in ("middle", 0, 99):
         with pytest.raises(PoisonlabError, match="feature layer"):
-            layer_cut(model, bad)
-    with pytest.raises(PoisonlabError, match="nn.Sequential"):
-        layer_cut(nn.Linear(2, 2), "penultimate")
+            layer_tap(model, bad)
+    with pytest.raises(PoisonlabError, match="at least one nn.Linear"):
+        layer_tap(nn.Conv2d(1, 1, 1), "penultimate")
+
+
+class _Residual(nn.Module):
+    """Not a Sequential: a skip connection and an in-place ReLU after the layer the scanners read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.block = nn.Conv2d(4, 4, 3, padding=1)
+        self.hidden = nn.Linear(4, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.stem(x))
+        h = torch.relu(h + self.block(h)).mean((2, 3))
+        return self.head(nn.functional.relu(self.hidden(h), inplace=True))
+
+
+def test_features_of_any_module_read_by_hooks():
+    torch.manual_seed(0)
+    model, x = _Residual(), torch.rand(5, 1, 6, 6)
+    with torch.no_grad():
+        pooled = torch.relu(model.stem(x))
+        pooled = torch.relu(pooled + model.block(pooled)).mean((2, 3))
+        hidden = model.hidden(pooled)
+    assert torch.allclose(features(model, x, "conv"), pooled, atol=1e-6)
+    assert torch.allclose(features(model, x, "pre-activation"), hidden, atol=1e-6)  # copied before the in-place ReLU
+    assert torch.allclose(features(model, x, "penultimate"), hidden.relu(), atol=1e-6)
+    assert features(model, x, "block").shape == (5, 4 * 6 * 6)
+    with pytest.raises(PoisonlabError, match="index needs an nn.Sequential"):
+        features(model, x, 2)
 
 
 def test_detection_metrics_counts():

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from poisonlab.core import ImageSet, PoisonlabError
+from poisonlab.defenses.features import Tap, iter_taps, layer_tap
 from poisonlab.models import build_model
 from poisonlab.training import Recipe, train
 
@@ -46,31 +47,18 @@ def train_surrogate(data: ImageSet, model: str = "small-cnn", recipe: Recipe | N
 
 
 def penultimate(model: nn.Module, batch_size: int = 2048) -> Embedder:
-    """Embed with everything but the last layer of a ``nn.Sequential`` classifier."""
-    if not isinstance(model, nn.Sequential) or len(model) < 2:
-        raise PoisonlabError("surrogate: expected an nn.Sequential classifier whose last layer gives the logits")
-    body = model[:-1].eval()
-
-    @torch.no_grad()
-    def embed(x: Tensor) -> Tensor:
-        return torch.cat([body(x[i : i + batch_size].contiguous()) for i in range(0, len(x), batch_size)]).flatten(1)
-
-    return embed
+    """Embed with the input of the classifier's last ``nn.Linear`` (any ``nn.Module``)."""
+    tap = layer_tap(model, "penultimate")
+    return lambda x: torch.cat([f.flatten(1) for (f,) in iter_taps(model, x, [tap], batch_size)])
 
 
 def feature_maps(model: nn.Module, batch_size: int = 2048) -> FeatureMaps:
-    """The spatial output of a ``nn.Sequential`` classifier's layers before its first ``nn.Flatten``."""
-    flat = next((i for i, m in enumerate(model) if isinstance(m, nn.Flatten)), None) \
-        if isinstance(model, nn.Sequential) else None
-    if not flat or not isinstance(model, nn.Sequential):
-        raise PoisonlabError("surrogate: expected an nn.Sequential classifier with convolutions before an nn.Flatten")
-    body = model[:flat].eval()
-
-    @torch.no_grad()
-    def maps(x: Tensor) -> Tensor:
-        return torch.cat([body(x[i : i + batch_size].contiguous()) for i in range(0, len(x), batch_size)])
-
-    return maps
+    """The spatial features a classifier flattens: the input of its first ``nn.Flatten`` (any ``nn.Module``)."""
+    flatten = next((m for m in model.modules() if isinstance(m, nn.Flatten)), None)
+    if flatten is None:
+        raise PoisonlabError(f"surrogate {type(model).__name__}: expected convolutions followed by an nn.Flatten")
+    tap = Tap(flatten, reads_input=True)
+    return lambda x: torch.cat([f for (f,) in iter_taps(model, x, [tap], batch_size)])
 
 
 class EfficientNetLite0:

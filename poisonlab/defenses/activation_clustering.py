@@ -23,7 +23,7 @@ from torch import nn
 from poisonlab.core import DefenseKind, ImageSet, PoisonlabError, Verdict
 from poisonlab.defenses.features import ClassPass
 from poisonlab.defenses.provenance import foreign_share
-from poisonlab.defenses.split import poison_cluster, suspicious_classes, two_means
+from poisonlab.defenses.split import Gate, poison_cluster, two_means
 from poisonlab.registry import DEFENSES
 
 
@@ -86,18 +86,18 @@ class ActivationClustering:
             groups[k] = idx[labels == bad] if self.rule == "size" else idx[t / spread > self.clean_sds]
             clusters[str(k)] = {"poison_cluster_size": int(sizes[bad]), "class_size": len(idx),
                                 "separation": separation[k]}
+        reasons: dict[str, str] = {}
         if self.rule == "size":
             suspicious = {k for k in groups if len(groups[k]) < self.size_ratio * clusters[str(k)]["class_size"]}
         else:
-            outliers = suspicious_classes(separation, self.class_threshold, self.min_separation)
-            foreign = {k: foreign_share(model, data.x[groups[k]], k, seen.means, self.provenance_layer, self.batch_size)
-                       for k in sorted(outliers)}
-            suspicious = {k for k, share in foreign.items() if share >= self.min_foreign}
+            gate = Gate(self.class_threshold, self.min_separation, self.min_foreign)
+            suspicious, foreign, reasons = gate.decide(separation, lambda k: foreign_share(
+                model, data.x[groups[k]], k, seen.means, self.provenance_layer, self.batch_size))
             for k, share in foreign.items():
                 clusters[str(k)]["foreign_share"] = share
         flagged = [groups[k] for k in sorted(suspicious)]
         flagged_idx = torch.cat(flagged).sort().values if flagged else torch.empty(0, dtype=torch.long)
         return Verdict(scores=scores, flagged=flagged_idx, details={
-            "suspicious_classes": sorted(suspicious), "clusters": clusters,
+            "suspicious_classes": sorted(suspicious), "clusters": clusters, "gate": reasons,
             "layer": self.layer, "rule": self.rule, "whiten": self.whiten,
         })

@@ -1,4 +1,4 @@
-"""Batched feature extraction from a chosen layer of a ``nn.Sequential`` classifier.
+"""Batched feature extraction from a chosen layer of any classifier, read by forward hooks.
 
 Scanners look at one class at a time; features are computed ``batch_size`` images at a time and
 only the requested images' features are kept, so a full-dataset activation tensor never exists.
@@ -16,65 +16,102 @@ from poisonlab.core import ImageSet, PoisonlabError
 from poisonlab.defenses.whitening import ClassStats, whitener
 
 LAYERS = ("penultimate", "pre-activation", "conv")
-"""Named layers: the input of the last Linear (post-ReLU), the same units before their ReLU,
-and the flattened output of the convolutional stack (the input of the first Linear)."""
+"""Named layers: the input of the last Linear (post-ReLU), the output of the Linear before it (pre-ReLU),
+and the input of the first Linear (the flattened output of the convolutional stack)."""
 
 
-def _linear_positions(model: nn.Sequential) -> list[int]:
-    return [i for i, m in enumerate(model) if isinstance(m, nn.Linear)]
+@dataclass(frozen=True)
+class Tap:
+    """Where a layer's features are read: the input or the output of one module of the model."""
+
+    module: nn.Module
+    reads_input: bool
 
 
-def layer_cut(model: nn.Module, layer: str | int) -> int:
-    """How many leading modules of ``model`` produce the features of ``layer``.
+def layer_tap(model: nn.Module, layer: str | int) -> Tap:
+    """The module whose input or output holds the features of ``layer``, in any ``nn.Module``.
 
-    ``layer`` is a name from LAYERS or an integer k (features = output of ``model[:k]``).
+    ``layer`` is a name from LAYERS, a module's qualified name in ``model.named_modules()`` (its
+    output), or, for an ``nn.Sequential``, an integer k (the output of ``model[:k]``).
     """
-    if not isinstance(model, nn.Sequential):
-        raise PoisonlabError(f"model: expected an nn.Sequential to cut at a layer, got {type(model).__name__}")
-    linear = _linear_positions(model)
     if isinstance(layer, int):
+        if not isinstance(model, nn.Sequential):
+            raise PoisonlabError(f"feature layer {layer}: an index needs an nn.Sequential; name a module instead")
         if not 0 < layer < len(model):
             raise PoisonlabError(f"feature layer {layer}: expected an index in [1, {len(model) - 1}]")
-        return layer
+        return Tap(model[layer - 1], reads_input=False)
+    modules = dict(model.named_modules())
+    if layer in modules and layer:
+        return Tap(modules[layer], reads_input=False)
     if layer not in LAYERS:
-        raise PoisonlabError(f"feature layer {layer!r}: expected one of {', '.join(LAYERS)} or an integer")
+        names = [n for n in modules if n][:6]
+        raise PoisonlabError(f"feature layer {layer!r}: expected one of {', '.join(LAYERS)} or a module name "
+                             f"of the model (e.g. {', '.join(names)})")
+    linear = [m for m in modules.values() if isinstance(m, nn.Linear)]
     if not linear:
-        raise PoisonlabError("model: expected at least one nn.Linear to locate the feature layer")
+        raise PoisonlabError(f"model {type(model).__name__}: expected at least one nn.Linear to locate layer {layer!r}")
     if layer == "penultimate":
-        return linear[-1]
+        return Tap(linear[-1], reads_input=True)
     if layer == "pre-activation":
         if len(linear) < 2:
             raise PoisonlabError("feature layer 'pre-activation': the model has a single Linear layer")
-        return linear[-2] + 1
-    return linear[0]
+        return Tap(linear[-2], reads_input=False)
+    return Tap(linear[0], reads_input=True)
+
+
+class _Reached(Exception):
+    """Raised by a forward hook once every tapped layer has run, so the rest of the model is skipped."""
+
+
+def iter_taps(model: nn.Module, x: Tensor, taps: Sequence[Tap], batch_size: int = 512) -> Iterator[list[Tensor]]:
+    """Yield, ``batch_size`` images at a time, what every tap reads (detached copies, in the taps' order).
+
+    Forward hooks (pre-hooks for a module's input) read the tensors and stop the pass once the last
+    of them is read, so only the layers before the deepest tap run, in any ``nn.Module``. Inputs go in
+    channels-last, where CPU convolution and pooling are several times faster than on the layout a
+    one-channel input leaves.
+    """
+    if batch_size < 1:
+        raise PoisonlabError(f"batch size {batch_size}: expected at least 1")
+    got: dict[int, Tensor] = {}
+
+    def keep(slot: int, value: Tensor) -> None:
+        got.setdefault(slot, value.detach().clone())
+        if len(got) == len(taps):
+            raise _Reached
+
+    hooks = [tap.module.register_forward_pre_hook(lambda _m, inputs, i=i: keep(i, inputs[0])) if tap.reads_input
+             else tap.module.register_forward_hook(lambda _m, _inputs, output, i=i: keep(i, output))
+             for i, tap in enumerate(taps)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i in range(0, len(x), batch_size):
+                got.clear()
+                batch = x[i : i + batch_size]
+                try:
+                    model(batch.contiguous(memory_format=torch.channels_last) if batch.dim() == 4 else batch)
+                except _Reached:
+                    pass
+                if len(got) < len(taps):
+                    raise PoisonlabError(f"model {type(model).__name__}: a tapped layer did not run in forward()")
+                yield [got[k] for k in range(len(taps))]
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
 
 
 def iter_layers(
     model: nn.Module, x: Tensor, layers: Sequence[str | int], batch_size: int = 512
 ) -> Iterator[list[Tensor]]:
-    """Yield, ``batch_size`` images at a time, the flattened features of every layer in ``layers``.
+    """Yield, ``batch_size`` images at a time, the flattened float features of every layer in ``layers``.
 
-    The model runs once per batch: a layer's features come from the same forward pass that goes
-    on to the next, deeper one. Image-shaped activations are kept channels-last, where CPU
-    pooling is several times faster than on the (N, C, H, W) layout a one-channel input leaves.
+    The model runs once per batch: every layer's features come from the same forward pass.
     """
-    if batch_size < 1:
-        raise PoisonlabError(f"batch size {batch_size}: expected at least 1")
-    cuts = [layer_cut(model, layer) for layer in layers]
-    wanted = set(cuts)
-    mods = list(model)[: max(cuts)]  # type: ignore[call-overload]
-    for m in mods:
-        m.eval()
-    with torch.no_grad():
-        for i in range(0, len(x), batch_size):
-            h, out = x[i : i + batch_size], {}
-            for depth, m in enumerate(mods, 1):
-                h = m(h)
-                if h.dim() == 4:
-                    h = h.contiguous(memory_format=torch.channels_last)
-                if depth in wanted:
-                    out[depth] = h
-            yield [out[c].flatten(1).float() for c in cuts]
+    for parts in iter_taps(model, x, [layer_tap(model, layer) for layer in layers], batch_size):
+        yield [f.flatten(1).float() for f in parts]
 
 
 def iter_features(

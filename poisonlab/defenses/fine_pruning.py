@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from poisonlab.core import DefenseKind, Evidence, PoisonlabError, Verdict
+from poisonlab.defenses.features import Tap, iter_taps
 from poisonlab.metrics import accuracy
 from poisonlab.registry import DEFENSES
 from poisonlab.training import Recipe, predict, train
@@ -30,32 +31,14 @@ def last_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
     return convs[-1]
 
 
-class _Reached(Exception):
-    """Raised by a forward hook once the layer of interest has run, so the rest of the model is skipped."""
-
-
 def channel_activity(model: nn.Module, conv: nn.Conv2d, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """Mean rectified output of each channel of ``conv`` (a module of ``model``) over images ``x``.
 
-    A forward hook reads the layer's output and stops the pass there, so only the layers up to it run.
+    Only the layers up to ``conv`` run (``features.iter_taps`` stops the pass there).
     """
     total = torch.zeros(conv.out_channels)
-
-    def read(_module: nn.Module, _inputs: object, out: torch.Tensor) -> None:
-        nonlocal total
+    for (out,) in iter_taps(model, x, [Tap(conv, reads_input=False)], batch_size):
         total += out.clamp_min(0).mean(dim=(2, 3)).sum(0)
-        raise _Reached
-
-    hook = conv.register_forward_hook(read)
-    try:
-        with torch.no_grad():
-            for i in range(0, len(x), batch_size):
-                try:
-                    model(x[i : i + batch_size])
-                except _Reached:
-                    pass
-    finally:
-        hook.remove()
     return total / len(x)
 
 

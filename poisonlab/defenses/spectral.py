@@ -23,7 +23,7 @@ from torch import nn
 from poisonlab.core import DefenseKind, ImageSet, PoisonlabError, Verdict
 from poisonlab.defenses.features import ClassPass
 from poisonlab.defenses.provenance import foreign_share
-from poisonlab.defenses.split import ClassSplit, poison_cluster, suspicious_classes
+from poisonlab.defenses.split import ClassSplit, Gate, poison_cluster
 from poisonlab.defenses.whitening import top_direction
 from poisonlab.registry import DEFENSES
 
@@ -79,20 +79,19 @@ class SpectralSignatures:
             scores[idx] = split.scores(proj).float()
             sides[k] = idx[split.side(proj, self.clean_sds)]
         foreign: dict[int, float] = {}
+        reasons: dict[str, str] = {}
         if self.removal is not None:
             suspicious = set(sides)
         else:
-            outliers = suspicious_classes({k: s.separation for k, s in splits.items()}, self.class_threshold,
-                                          self.min_separation)
-            for k in sorted(outliers):
-                foreign[k] = foreign_share(model, data.x[sides[k]], k, seen.means, self.provenance_layer,
-                                           self.batch_size)
-            suspicious = {k for k, share in foreign.items() if share >= self.min_foreign}
+            gate = Gate(self.class_threshold, self.min_separation, self.min_foreign)
+            suspicious, foreign, reasons = gate.decide(
+                {k: s.separation for k, s in splits.items()},
+                lambda k: foreign_share(model, data.x[sides[k]], k, seen.means, self.provenance_layer, self.batch_size))
         flagged = [sides[k] for k in sorted(suspicious)]
         flagged_idx = torch.cat(flagged).sort().values if flagged else torch.empty(0, dtype=torch.long)
         return Verdict(scores=scores, flagged=flagged_idx, details={
             "suspicious_classes": sorted(suspicious) if self.removal is None else [],
             "layer": self.layer, "whiten": self.whiten,
             "splits": {str(k): s.summary() for k, s in splits.items()},
-            "foreign_share": {str(k): v for k, v in foreign.items()},
+            "foreign_share": {str(k): v for k, v in foreign.items()}, "gate": reasons,
         })

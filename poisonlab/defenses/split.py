@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,47 @@ def suspicious_classes(values: dict[int, float], threshold: float, minimum: floa
     if len(values) < 3:
         return set()
     return {k for k, z in robust_z(values).items() if z > threshold and values[k] >= minimum}
+
+
+@dataclass(frozen=True)
+class Gate:
+    """The data scanners' class rule: a class is poisoned when its split is wide (``min_separation`` clean
+    standard deviations), an outlier among the classes (robust z > ``class_threshold``) and its far side
+    mostly looks like other classes (``min_foreign``, see ``provenance``).
+
+    ``decide`` also says, for every class whose split is wide, why it was or was not flagged, so a scan
+    that flags nothing still shows a ranking that separates.
+    """
+
+    class_threshold: float
+    min_separation: float
+    min_foreign: float
+
+    def decide(self, separation: dict[int, float], foreign_of: Callable[[int], float]
+               ) -> tuple[set[int], dict[int, float], dict[str, str]]:
+        """(suspicious classes, foreign share of each outlier class, reason per widely split class)."""
+        outliers = suspicious_classes(separation, self.class_threshold, self.min_separation)
+        foreign = {k: foreign_of(k) for k in sorted(outliers)}
+        suspicious = {k for k, share in foreign.items() if share >= self.min_foreign}
+        z = robust_z(separation) if len(separation) >= 3 else {}
+        reasons: dict[str, str] = {}
+        for k in sorted(separation):
+            s = separation[k]
+            if s < self.min_separation:
+                continue
+            split = f"split {s:.1f} sd"
+            if k in suspicious:
+                reasons[str(k)] = f"flagged: {split}, outlier z {z[k]:.1f}, {foreign[k]:.0%} of its far side nearest " \
+                                  "other classes"
+            elif k in foreign:
+                reasons[str(k)] = f"rejected: {split} and an outlier, but only {foreign[k]:.0%} of its far side " \
+                                  f"looks like other classes (< {self.min_foreign:.0%})"
+            elif not z:
+                reasons[str(k)] = f"rejected: {split}, but fewer than 3 classes to compare"
+            else:
+                reasons[str(k)] = f"rejected: {split}, not an outlier among the classes (z {z[k]:.1f} <= " \
+                                  f"{self.class_threshold:g}; all-to-all poison splits every class alike)"
+        return suspicious, foreign, reasons
 
 
 @dataclass(frozen=True)
