@@ -122,7 +122,7 @@ def test_defend_and_scan_refuse_a_run_that_is_not_a_pipeline_run(tmp_path):
         result = runner.invoke(app, [*command, str(tmp_path / "audit")])
         assert result.exit_code == 2 and "a scaling-audit run; expected a pipeline run folder" in result.output
     result = runner.invoke(app, ["deploy-check", str(tmp_path / "audit")])
-    assert result.exit_code == 2 and "holds no models.json" in result.output
+    assert result.exit_code == 2 and "a scaling-audit run; expected a pipeline run folder" in result.output
 
 
 def test_loading_every_registry_imports_no_sklearn_or_matplotlib():

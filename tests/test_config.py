@@ -96,6 +96,7 @@ def test_bad_config_fails_before_training_naming_the_field(tmp_path, monkeypatch
     def no_training(*args, **kwargs):
         raise AssertionError("training started on a bad config")
 
+    monkeypatch.setattr("poisonlab.cli.run.execute", no_training)  # imported first, so it binds the real one
     monkeypatch.setattr(runmod, "execute", no_training)
     path = write_toml(tmp_path / "bad.toml", text)
     with pytest.raises(PoisonlabError, match=message):

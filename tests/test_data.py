@@ -4,11 +4,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from poisonlab.core import PoisonlabError
 from poisonlab.data import load_dataset, load_image_folder, make_synthetic
 from poisonlab.data.mnist import load_arrays_pickle, read_idx
+from poisonlab.experiment.victim import Victim, load_rows
 
 
 def test_mnist_is_the_official_60k_10k_with_original_bytes():
@@ -121,12 +123,33 @@ def test_image_folder_errors_name_the_file(tmp_path):
         load_image_folder(tmp_path / "missing")
 
 
-def test_npz_loads_uint8_and_splits(tmp_path):
+def test_npz_rows_are_all_training_rows_unless_held_out(tmp_path):
     rng = np.random.default_rng(0)
     path = tmp_path / "d.npz"
-    np.savez(path, x=rng.integers(0, 256, (40, 5, 5, 3), dtype=np.uint8), y=np.arange(40) % 4)
+    x = rng.integers(0, 256, (40, 5, 5, 3), dtype=np.uint8)
+    np.savez(path, x=x, y=np.arange(40) % 4)
     train, test = load_dataset(f"npz:{path}")
-    assert train.shape == (3, 5, 5) and len(train) == 32 and len(test) == 8 and train.num_classes == 4
+    assert train.shape == (3, 5, 5) and len(train) == 40 and len(test) == 0 and train.num_classes == 4
+    assert torch.equal(train.x[7], torch.from_numpy(x[7]).permute(2, 0, 1).float() / 255)  # row 7 is the file's row 7
+    data = load_rows(Victim(dataset=f"npz:{path}", holdout=0.2), need_test=False)
+    assert len(data.train) == 32 and len(data.test) == 8 and data.files is None
+    assert torch.equal(data.train.x, train.x[data.rows])  # each kept row knows its row in the file
+    with pytest.raises(PoisonlabError, match="has no test part.*holdout"):
+        load_rows(Victim(dataset=f"npz:{path}"))
+    np.savez(path, x=x, y=np.arange(40) % 4, x_test=x[:4])
+    with pytest.raises(PoisonlabError, match="x_test without y_test"):
+        load_dataset(f"npz:{path}")
+    np.savez(path, x=x, y=np.arange(40) % 4, x_test=x[:4, :4], y_test=np.arange(4))
+    with pytest.raises(PoisonlabError, match="x_test images are"):
+        load_dataset(f"npz:{path}")
+
+
+def test_folder_rows_know_their_files(tmp_path):
+    _write_folder(tmp_path)
+    data = load_rows(Victim(dataset=f"folder:{tmp_path}"), need_test=False)
+    assert len(data.test) == 0 and data.files is not None
+    assert [Path(f).relative_to(tmp_path).as_posix() for f in data.files] == [
+        "cat/0.png", "cat/1.png", "cat/2.png", "dog/0.png", "dog/1.png", "dog/2.png"]
 
 
 @pytest.mark.parametrize(

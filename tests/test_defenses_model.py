@@ -128,14 +128,22 @@ def run_dir(tmp_path):
 
 def test_cli_scan_data_scan_model_and_defend(run_dir, tmp_path):
     runner = CliRunner()
-    res = runner.invoke(app, ["scan", "data", "--run", str(run_dir), "--json"])
-    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["scan", "data", "--run", str(run_dir), "--json", "--out", str(tmp_path / "ss")])
     body = json.loads(res.output)
-    assert body["detection"]["poisoned"] == 200 and 0 <= body["detection"]["recall"] <= 1
+    assert res.exit_code == 1 and body["flagged"] > 0, res.output  # poison found: exit 1
+    assert body["detection"]["poisoned"] == 200 and body["detection"]["recall"] > 0.9
+    assert body["verdict"].startswith("POISON SUSPECTED") and body["gate"]["class1"].startswith("flagged")
+    lines = (tmp_path / "ss" / "scores.csv").read_text().splitlines()
+    assert lines[0] == "row,file,label,score,flagged" and len(lines) == 1 + body["samples"]
+    top = [float(line.split(",")[3]) for line in lines[1:]]
+    assert top == sorted(top, reverse=True) and len(body["top"]) == 10
+    saved = json.loads((tmp_path / "ss" / "report.json").read_text())
+    assert len(saved["flagged_rows"]) == body["flagged"]
     res = runner.invoke(app, ["scan", "model", "--run", str(run_dir), "--steps", "30", "--images", "200",
                               "--json", "--out", str(tmp_path / "nc")])
-    assert res.exit_code == 0, res.output
-    assert len(json.loads(res.output)["anomaly_index"]) == 4 and (tmp_path / "nc" / "triggers.png").exists()
+    body = json.loads(res.output)
+    assert res.exit_code == (1 if body["flagged_classes"] else 0), res.output
+    assert len(body["anomaly_index"]) == 4 and (tmp_path / "nc" / "triggers.png").exists()
     res = runner.invoke(app, ["defend", "--run", str(run_dir), "--method", "fine-pruning", "--reserve", "300",
                               "--json", "--out", str(tmp_path / "repaired")])
     assert res.exit_code == 0, res.output
@@ -148,13 +156,13 @@ def test_cli_scan_data_scan_model_and_defend(run_dir, tmp_path):
     assert body["scan"]["recall"] > 0.9 and body["asr_after"] < 0.2  # retrained without what spectral flagged
 
 
-def test_cli_bad_input_is_one_line(tmp_path):
+def test_cli_bad_input_is_one_line(run_dir, tmp_path):
     runner = CliRunner()
     cases = [
         (["scan", "data"], "expected --run"),
         (["scan", "data", "--run", str(tmp_path)], "no such config file"),
         (["scan", "data", "--run", str(tmp_path), "--defense", "magic"], "data scanner"),
-        (["scan", "model", "--run", str(tmp_path), "--which", "other"], "--which"),
+        (["scan", "model", "--run", str(run_dir), "--which", "other"], "no model 'other'"),
         (["defend", "--run", str(tmp_path), "--method", "prayer"], "mitigation"),
     ]
     for args, msg in cases:
@@ -171,9 +179,11 @@ def test_cli_scan_data_with_user_weights(tmp_path):
 
     np.savez(tmp_path / "d.npz", x=data.x.numpy(), y=data.y.numpy())
     res = CliRunner().invoke(app, ["scan", "data", "--dataset", f"npz:{tmp_path / 'd.npz'}", "--weights",
-                                   str(tmp_path / "w.safetensors"), "--model", "small-cnn", "--json"])
-    assert res.exit_code == 0, res.output
-    assert "detection" not in json.loads(res.output)
+                                   str(tmp_path / "w.safetensors"), "--model", "small-cnn", "--json",
+                                   "--out", str(tmp_path / "scan")])
+    body = json.loads(res.output)
+    assert res.exit_code == (1 if body["flagged"] else 0), res.output
+    assert "detection" not in body and body["samples"] == 300  # every row of the file, none set aside
     save_file({"x": torch.zeros(2)}, str(tmp_path / "bad.safetensors"))
     res = CliRunner().invoke(app, ["scan", "data", "--dataset", f"npz:{tmp_path / 'd.npz'}", "--weights",
                                    str(tmp_path / "bad.safetensors"), "--model", "small-cnn"])

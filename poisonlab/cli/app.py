@@ -17,7 +17,8 @@ import typer
 import poisonlab
 
 COMMANDS: dict[str, str] = {
-    "run": "run:app", "list": "listing:list_components", "triggers": "triggers:triggers", "sweep": "sweep:sweep",
+    "run": "run:app", "train": "run:train", "list": "listing:list_components", "triggers": "triggers:triggers",
+    "sweep": "sweep:sweep",
     "runs": "runs:runs", "compare": "runs:compare", "report": "report:report",
     "deploy-check": "deploy_check:deploy_check_command", "scan": "scan:app", "defend": "defend:defend",
     "scaling": "scaling:app",

@@ -29,6 +29,8 @@ def defend(
     = "spectral",
     reserve: Annotated[int, typer.Option(help="clean training images the defender holds")] = DEFAULT_RESERVE,
     seed: Annotated[int | None, typer.Option(help="seed for the mitigation (default: the run's)")] = None,
+    model: Annotated[str | None, typer.Option(help="the run's architecture, when it is code (package.module:factory)")]
+    = None,
     out: Annotated[Path | None, typer.Option(help="folder for the repaired model and report.json")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
@@ -42,7 +44,7 @@ def defend(
         raise PoisonlabError(f"mitigation {method!r}: expected one of {', '.join(names_of('mitigation'))}")
     if method == "retrain" and scanner not in names_of("data-scanner"):
         raise PoisonlabError(f"scanner {scanner!r}: expected one of {', '.join(names_of('data-scanner'))}")
-    subject = open_run(run)
+    subject = open_run(run, model)
     cfg = subject.config if seed is None else dataclasses.replace(subject.config, seed=seed)
     d = subject.data
     specs = [scanner, f"retrain:scanner={scanner}"] if method == "retrain" else [method]

@@ -7,49 +7,26 @@ from typing import Annotated
 
 import torch
 import typer
-from torch import nn
 
 from poisonlab.cli.common import console, one_line_errors, print_json, print_tables
 from poisonlab.compress import CALIBRATION_IMAGES, DEFAULT_DEPLOYMENTS, calibration_images, parse_deployment
 from poisonlab.compress.check import CheckSettings, deploy_check
 from poisonlab.core import PoisonlabError
-from poisonlab.data import load_dataset
 from poisonlab.defenses import NeuralCleanse
-from poisonlab.experiment.run import CONFIG_FILE, load
-from poisonlab.models import load_model, load_run_model
+from poisonlab.experiment.subject import open_subject
 from poisonlab.report.tables import deploy_check_tables
 from poisonlab.triggers import parse_trigger
-
-
-def resolve_model(path: Path, arch: str | None, dataset: str | None, which: str | None
-                  ) -> tuple[nn.Module, str, str, str]:
-    """(model, what was loaded, architecture, dataset) from a run folder (models.json, config.toml) or a weights file.
-
-    A run folder names its architecture and dataset itself; a bare weights file needs --arch and --dataset.
-    """
-    if path.is_dir():
-        model, name, spec = load_run_model(path, which)
-        if dataset is None:
-            config = load(path / CONFIG_FILE).config
-            dataset = getattr(config, "dataset", None)
-            if dataset is None:
-                raise PoisonlabError(f"{path}: its config names no dataset; pass --dataset")
-        return model, str(path / spec["models"][name]), spec["architecture"], dataset
-    if not path.exists():
-        raise PoisonlabError(f"{path}: no such weights file or run folder")
-    if arch is None or dataset is None:
-        raise PoisonlabError(f"{path}: a weights file alone names no architecture or data; pass --arch and --dataset "
-                             "(or give its run folder)")
-    train_set, _ = load_dataset(dataset)
-    return load_model(arch, train_set.shape, train_set.num_classes, path), str(path), arch, dataset
 
 
 @one_line_errors
 def deploy_check_command(
     model: Annotated[Path, typer.Argument(help="weights (.safetensors) or a run folder holding them")],
-    arch: Annotated[str | None, typer.Option(help="architecture of a weights file (a run folder names its own)")]
+    arch: Annotated[str | None, typer.Option("--arch", "--model", help="architecture of a weights file (a run folder "
+                                                                     "names its own; code it names needs this too)")]
     = None,
     dataset: Annotated[str | None, typer.Option(help="dataset (default: the run folder's)")] = None,
+    holdout: Annotated[float | None, typer.Option(help="with --dataset: share of rows held out as test images")]
+    = None,
     which: Annotated[str | None, typer.Option(help="with a run folder: which model (default: the attacked one)")]
     = None,
     deployment: Annotated[list[str] | None, typer.Option("--deployment", "-d", help="deployment (repeatable)")] = None,
@@ -77,8 +54,15 @@ def deploy_check_command(
     if test_size < 0:
         raise PoisonlabError(f"--test-size {test_size}: expected >= 0")
     deployments = [parse_deployment(s) for s in (deployment or DEFAULT_DEPLOYMENTS)]
-    net, weights, arch_name, data_spec = resolve_model(model, arch, dataset, which)
-    train_set, test = load_dataset(data_spec, seed)
+    if not model.exists():
+        raise PoisonlabError(f"{model}: no such weights file or run folder")
+    if not model.is_dir() and (arch is None or dataset is None):
+        raise PoisonlabError(f"{model}: a weights file alone names no architecture or data; pass --arch and --dataset "
+                             "(or give its run folder)")
+    subject = open_subject(model if model.is_dir() else None, dataset, None if model.is_dir() else model, arch,
+                           which, holdout)
+    net, weights, arch_name, data_spec = subject.model, subject.loaded, subject.architecture, subject.dataset
+    train_set, test = subject.train, subject.held_out("deploy-check")
     if test_size:
         test = test.subset(slice(0, test_size))
     calib = calibration_images(train_set, seed, calibration)

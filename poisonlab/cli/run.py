@@ -112,8 +112,8 @@ def _value(option: _Option, given: Any) -> Any:
     return list(given)
 
 
-def command(name: str, experiment: Experiment) -> Callable[..., None]:
-    """A typer command for ``experiment``: one option per settable config field."""
+def command(name: str, experiment: Experiment, help: str | None = None) -> Callable[..., None]:
+    """A typer command for ``experiment``: one option per settable config field; ``help`` replaces its summary."""
     options = _options(experiment)
 
     @one_line_errors
@@ -153,13 +153,19 @@ def command(name: str, experiment: Experiment) -> Callable[..., None]:
     ]
     run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     run.__annotations__ = {}
-    run.__doc__ = f"{EXPERIMENTS.describe(name)}.\n\nEvery option is a field of its config file (see examples/)."
+    summary = help or EXPERIMENTS.describe(name) + "."
+    run.__doc__ = f"{summary}\n\nEvery option is a field of its config file (see examples/)."
     return run
 
 
 for _name in EXPERIMENTS:
     if _name != PIPELINE:
         app.command(_name)(command(_name, EXPERIMENTS.get(_name)))
+
+
+train = command("train", EXPERIMENTS.get("train"), help="Train a model on your data as it is (npz:FILE, folder:DIR, "
+                "...) into a run folder that scan data, scan model, defend and deploy-check accept. Example: "
+                "poisonlab train --dataset npz:suspect.npz --model mymodule:factory --epochs 5 --out runs/suspect")
 
 
 @app.command(CONFIG_COMMAND, hidden=True)

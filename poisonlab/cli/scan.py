@@ -1,4 +1,7 @@
-"""``poisonlab scan data`` and ``poisonlab scan model``: find poisoned training samples, find a backdoored model."""
+"""``poisonlab scan data`` and ``poisonlab scan model``: find poisoned training samples, find a backdoored model.
+
+Both print one verdict line and exit 1 when they flag anything (0 when not), like deploy-check.
+"""
 
 from __future__ import annotations
 
@@ -9,37 +12,53 @@ from typing import Annotated, Any
 import torch
 import typer
 
-from poisonlab.cli.common import one_line_errors, print_json, print_tables
-from poisonlab.core import ImageSet, PoisonlabError
-from poisonlab.data import load_dataset
+from poisonlab.cli.common import console, one_line_errors, print_json, print_tables
+from poisonlab.core import PoisonlabError
+from poisonlab.data.user import read_row_numbers
 from poisonlab.defenses import DEFENSES, NeuralCleanse, names_of
 from poisonlab.defenses.scoring import detection_metrics
-from poisonlab.experiment.pipeline import open_run
-from poisonlab.experiment.rundir import make_run_dir
-from poisonlab.models import load_model
+from poisonlab.experiment.rundir import make_run_dir, refuse_finished
+from poisonlab.experiment.subject import Subject, open_subject
 from poisonlab.report.figures import reversed_triggers, save_figure
-from poisonlab.report.store import atomic_write_json
+from poisonlab.report.store import atomic_write_bytes, atomic_write_json
 from poisonlab.report.tables import data_scan_tables, model_scan_tables
 
 app = typer.Typer(help="Scan training data for poison, or a model for a backdoor.", no_args_is_help=True)
 
-RunOpt = Annotated[Path | None, typer.Option("--run", help="a pipeline run folder (scored against its ground truth)")]
+RunOpt = Annotated[Path | None, typer.Option("--run", help="a run folder of `poisonlab train` or a pipeline run")]
 DatasetOpt = Annotated[str | None, typer.Option(help="data spec (npz:PATH, folder:PATH, mnist, ...) when not --run")]
-WeightsOpt = Annotated[Path | None, typer.Option(help="safetensors weights of the model, when not --run")]
-ModelOpt = Annotated[str, typer.Option(help="architecture of --weights")]
+WeightsOpt = Annotated[Path | None, typer.Option(help="safetensors weights of --model, when not --run")]
+ModelOpt = Annotated[str | None, typer.Option(help="architecture: badnets-cnn, small-cnn, package.module:factory or a "
+                                                   "TorchScript file (needed with --run when the run's is code)")]
+HoldoutOpt = Annotated[float | None, typer.Option(help="with --dataset: hold out this share of rows (not scanned)")]
+OutOpt = Annotated[Path | None, typer.Option(help="folder for report.json and scores (default runs/KIND-TIMESTAMP)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the result as JSON")]
 
 
-def _subject(run: Path | None, dataset: str | None, weights: Path | None, model: str,
-             which: str = "backdoored") -> tuple[ImageSet, ImageSet, Any, torch.Tensor | None]:
-    """(training data, held-out data, model, ground-truth poisoned indices or None) from the options."""
-    if run is not None:
-        s = open_run(run)
-        return s.data.train, s.data.test, s.models[which], s.data.poisoned.indices
-    if dataset is None or weights is None:
-        raise PoisonlabError("scan: expected --run RUN_DIR, or both --dataset SPEC and --weights PATH")
-    train, test = load_dataset(dataset)
-    return train, test, load_model(model, train.shape, train.num_classes, weights), None
+def _verdict(result: dict[str, Any]) -> str:
+    """One line: what was flagged, or why nothing was though a class separates."""
+    n, scanned = result["flagged"], f"{result['samples']:,} rows"
+    if n:
+        return (f"POISON SUSPECTED: {n:,} of {scanned} flagged, in class(es) "
+                f"{', '.join(result['suspicious_classes'])}; ranked scores in {result['out']}")
+    rejected = {c: r for c, r in result["gate"].items() if r.startswith("rejected")}
+    if rejected:
+        return (f"nothing flagged in {scanned}, but {len(rejected)} class(es) split into two separated groups and "
+                f"were not flagged: " + "; ".join(f"{c}: {r}" for c, r in rejected.items())
+                + f". Inspect the top of {result['out']}/scores.csv")
+    return f"nothing flagged in {scanned}: no class splits into separated groups ({result['defense']})"
+
+
+def _scores_csv(subject: Subject, scores: torch.Tensor, flagged: torch.Tensor) -> bytes:
+    """Every scanned row, highest score first: dataset row, file, label, score, flagged."""
+    marked = torch.zeros(len(scores), dtype=torch.bool)
+    marked[flagged] = True
+    files, names, rows = subject.data.files, subject.train.classes, subject.data.rows.tolist()
+    lines = ["row,file,label,score,flagged"]
+    for i in scores.argsort(descending=True, stable=True).tolist():
+        file = (files[i] if files else "").replace('"', '""')
+        lines.append(f'{rows[i]},"{file}",{names[int(subject.train.y[i])]},{float(scores[i]):.6g},{int(marked[i])}')
+    return ("\n".join(lines) + "\n").encode()
 
 
 @app.command("data")
@@ -48,78 +67,115 @@ def data(
     run: RunOpt = None,
     dataset: DatasetOpt = None,
     weights: WeightsOpt = None,
-    model: ModelOpt = "badnets-cnn",
+    model: ModelOpt = None,
+    holdout: HoldoutOpt = None,
     defense: Annotated[str, typer.Option(help="a data scanner: spectral or activation-clustering")] = "spectral",
-    layer: Annotated[str, typer.Option(help="feature layer: penultimate, pre-activation, conv, or an index")]
-    = "penultimate",
-    out: Annotated[Path | None, typer.Option(help="write flagged indices and scores as JSON here")] = None,
+    layer: Annotated[str, typer.Option(help="feature layer: penultimate, pre-activation, conv, a module name, or an "
+                                            "index")] = "penultimate",
+    truth: Annotated[Path | None, typer.Option(help="known poisoned rows (.npy, .json or text of row numbers), to "
+                                                    "score the scan")] = None,
+    top: Annotated[int, typer.Option(help="highest-scoring rows to print")] = 10,
+    out: OutOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Flag the training samples a data scanner judges poisoned, using a model trained on that data.
+    """Scan every training row of a dataset with a model trained on it; exit 1 when any row is flagged.
 
-    Example: poisonlab scan data --run runs/badnets-20260101-120000 --defense activation-clustering
+    Rows are the dataset's own (row of the npz, file of the folder). The output folder holds report.json and
+    scores.csv, every row ranked by suspicion.
+
+    Example: poisonlab scan data --run runs/suspect --defense activation-clustering
     """
     if defense not in names_of("data-scanner"):
         raise PoisonlabError(f"data scanner {defense!r}: expected one of {', '.join(names_of('data-scanner'))}")
-    train, _, net, truth = _subject(run, dataset, weights, model)
+    if top < 0:
+        raise PoisonlabError(f"--top {top}: expected >= 0")
+    refuse_finished(out)
+    subject = open_subject(run, dataset, weights, model, holdout=holdout)
+    train = subject.train
+    truth_at = subject.truth
+    if truth is not None:
+        position = {r: i for i, r in enumerate(subject.data.rows.tolist())}
+        truth_at = torch.tensor([position[r] for r in read_row_numbers(truth).tolist() if r in position],
+                                dtype=torch.long)
     scanner = DEFENSES.build(defense, layer=int(layer) if layer.lstrip("-").isdigit() else layer)
     t0 = time.perf_counter()
-    verdict = scanner.scan(net, train)
+    verdict = scanner.scan(subject.model, train)
     seconds = time.perf_counter() - t0
-    result: dict[str, Any] = {"defense": defense, "layer": layer, "samples": len(train), "seconds": seconds,
-                              "flagged": len(verdict.flagged),
-                              "suspicious_classes": verdict.details["suspicious_classes"]}
-    if truth is not None:
-        result["detection"] = detection_metrics(verdict, truth, len(train))
-    if out is not None:
-        atomic_write_json(out, {**result, "flagged_indices": verdict.flagged.tolist(),
-                                "scores": verdict.scores.tolist()})
+    folder = make_run_dir(out, "scan-data")
+    names, rows, files = train.classes, subject.data.rows, subject.data.files
+    order = verdict.scores.argsort(descending=True, stable=True)[:top].tolist()
+    result: dict[str, Any] = {
+        "defense": defense, "layer": layer, "dataset": subject.dataset, "model": subject.loaded,
+        "samples": len(train), "seconds": seconds, "flagged": len(verdict.flagged),
+        "suspicious_classes": [names[k] for k in verdict.details["suspicious_classes"]],
+        "gate": {names[int(k)]: r for k, r in verdict.details.get("gate", {}).items()},
+        "top": [{"row": int(rows[i]), "file": files[i] if files else None, "label": names[int(train.y[i])],
+                 "score": float(verdict.scores[i])} for i in order],
+        "out": str(folder)}
+    if truth_at is not None:
+        result["detection"] = detection_metrics(verdict, truth_at, len(train))
+    result["verdict"] = _verdict(result)
+    atomic_write_bytes(folder / "scores.csv", _scores_csv(subject, verdict.scores, verdict.flagged))
+    atomic_write_json(folder / "report.json", {**result, "flagged_rows": rows[verdict.flagged].tolist()})
     if json_out:
         print_json(result)
-        return
-    counts = torch.bincount(train.y[verdict.flagged], minlength=train.num_classes).tolist()
-    print_tables(data_scan_tables(result, [(name + (" (suspicious)" if k in result["suspicious_classes"] else ""),
-                                            counts[k]) for k, name in enumerate(train.classes)]))
+    else:
+        counts = torch.bincount(train.y[verdict.flagged], minlength=train.num_classes).tolist()
+        print_tables(data_scan_tables(result, [(name + (" (suspicious)" if name in result["suspicious_classes"]
+                                                        else ""), counts[k]) for k, name in enumerate(names)]))
+        console.print(("[red]" if result["flagged"] else "[green]") + "verdict:[/] " + result["verdict"],
+                      markup=True, highlight=False)
+    if result["flagged"]:
+        raise typer.Exit(1)
 
 
 @app.command("model")
 @one_line_errors
 def model_scan(
     run: RunOpt = None,
-    which: Annotated[str, typer.Option(help="with --run: backdoored or clean model")] = "backdoored",
+    which: Annotated[str | None, typer.Option(help="with --run: which model (default: the attacked or trained one)")]
+    = None,
     dataset: DatasetOpt = None,
     weights: WeightsOpt = None,
-    model: ModelOpt = "badnets-cnn",
+    model: ModelOpt = None,
+    holdout: HoldoutOpt = None,
     images: Annotated[int, typer.Option(help="clean held-out images the triggers are optimised on")] = 2000,
     steps: Annotated[int, typer.Option(help="optimisation steps per class")] = 300,
     max_classes: Annotated[int | None, typer.Option(help="scan only this many sampled classes (budget)")] = None,
-    out: Annotated[Path | None, typer.Option(help="folder for report.json and triggers.png")] = None,
+    out: OutOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Neural Cleanse: reverse-engineer a minimal trigger per class; flag classes with anomaly index > 2.
+    """Neural Cleanse: reverse-engineer a minimal trigger per class; exit 1 when a class has anomaly index > 2.
 
     Example: poisonlab scan model --run runs/badnets-20260101-120000 --out runs/nc
     """
-    if which not in ("backdoored", "clean"):
-        raise PoisonlabError(f"--which {which!r}: expected backdoored or clean")
     if images < 1:
         raise PoisonlabError(f"--images {images}: expected at least 1")
-    _, held_out, net, _ = _subject(run, dataset, weights, model, which)
+    refuse_finished(out)
+    subject = open_subject(run, dataset, weights, model, which, holdout)
+    held_out = subject.held_out("scan model")
     cleanse = NeuralCleanse(steps=steps, max_classes=max_classes)
     t0 = time.perf_counter()
-    verdict = cleanse.scan(net, held_out.subset(slice(0, images)), progress=not json_out)
+    verdict = cleanse.scan(subject.model, held_out.subset(slice(0, images)), progress=not json_out)
     seconds = time.perf_counter() - t0
     d = verdict.details
     names = held_out.classes
     flagged = [] if verdict.flagged is None else verdict.flagged.tolist()
-    result = {"flagged_classes": [names[k] for k in flagged], "seconds": seconds,
+    folder = make_run_dir(out, "scan-model")
+    result = {"flagged_classes": [names[k] for k in flagged], "seconds": seconds, "model": subject.loaded,
               "classes": [names[k] for k in d["classes"]], "mask_l1": d["mask_l1"],
-              "anomaly_index": d["anomaly_index"], "trigger_success": d["trigger_success"]}
-    if out is not None:
-        folder = make_run_dir(out, "neural-cleanse")
-        atomic_write_json(folder / "report.json", result)
-        save_figure(reversed_triggers(d, names), folder / "triggers.png")
+              "anomaly_index": d["anomaly_index"], "trigger_success": d["trigger_success"], "out": str(folder)}
+    result["verdict"] = (f"BACKDOOR SUSPECTED: class(es) {', '.join(result['flagged_classes'])} have a trigger far "
+                         f"smaller than the others' (anomaly index > 2); triggers in {folder}/triggers.png"
+                         if flagged else f"no class stands out (every anomaly index <= 2, {len(d['classes'])} classes "
+                                         "scanned): no small-trigger backdoor found")
+    atomic_write_json(folder / "report.json", result)
+    save_figure(reversed_triggers(d, names), folder / "triggers.png")
     if json_out:
         print_json(result)
-        return
-    print_tables(model_scan_tables(result))
+    else:
+        print_tables(model_scan_tables(result))
+        console.print(("[red]" if flagged else "[green]") + "verdict:[/] " + result["verdict"], markup=True,
+                      highlight=False)
+    if flagged:
+        raise typer.Exit(1)

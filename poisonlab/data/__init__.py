@@ -8,7 +8,7 @@ from poisonlab.core import ImageSet
 from poisonlab.data.mnist import load_fashion_mnist, load_mnist
 from poisonlab.data.numbers import load_mnist_numbers
 from poisonlab.data.toy import load_breast_cancer_sets, load_sklearn_digits, load_synthetic, make_synthetic
-from poisonlab.data.user import load_folder_dataset, load_image_folder, load_npz_dataset
+from poisonlab.data.user import dataset_files, holdout_rows, load_folder_dataset, load_image_folder, load_npz_dataset
 from poisonlab.registry import Registry
 
 Loader = Callable[[str | None, int], tuple[ImageSet, ImageSet]]
@@ -20,19 +20,24 @@ DATASETS.register("fashion-mnist", "Fashion-MNIST 60k/10k from Debian dataset-fa
 )
 DATASETS.register("digits", "scikit-learn's 1,797 8x8 digits, 80/20 split")(load_sklearn_digits)
 DATASETS.register("synthetic", "seeded 1x12x12 toy images, 4 classes (for tests)")(load_synthetic)
-DATASETS.register("folder", "folder:PATH of class sub-folders (PATH/train + PATH/test, or split 80/20)")(
+DATASETS.register("folder", "folder:PATH of class sub-folders (PATH/train + PATH/test, or all training rows)")(
     load_folder_dataset
 )
-DATASETS.register("npz", "npz:PATH with arrays x, y [, x_test, y_test, classes]")(load_npz_dataset)
+DATASETS.register("npz", "npz:PATH with arrays x, y [, x_test, y_test, classes]; x: all training rows")(
+    load_npz_dataset)
 DATASETS.register("breast-cancer", "scikit-learn's 569 x 30 breast-cancer table as 1x1x30 images, 70/30 split")(
     load_breast_cancer_sets)
 DATASETS.register("mnist-numbers", "K-digit MNIST numbers, 10**K classes (mnist-numbers:2)")(load_mnist_numbers)
 
 
 def load_dataset(spec: str, seed: int = 0) -> tuple[ImageSet, ImageSet]:
-    """Load the (train, test) pair named by ``spec``: ``NAME`` or ``NAME:ARGUMENT``."""
+    """Load the (train, test) pair named by ``spec``: ``NAME`` or ``NAME:ARGUMENT``.
+
+    A user's data without a test part (an npz of x and y only, a folder without train/ and test/)
+    comes back whole as training rows, in file order, with an empty test set.
+    """
     name, _, arg = spec.partition(":")
     return DATASETS.get(name)(arg or None, seed)
 
 
-__all__ = ["DATASETS", "load_dataset", "load_image_folder", "make_synthetic"]
+__all__ = ["DATASETS", "dataset_files", "holdout_rows", "load_dataset", "load_image_folder", "make_synthetic"]

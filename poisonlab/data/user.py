@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from torch import Tensor
 
 from poisonlab.core import ImageSet, PoisonlabError
 from poisonlab.data.validate import to_image_set
@@ -41,11 +43,8 @@ def _class_folders(root: Path) -> list[Path]:
     return folders
 
 
-def load_image_folder(root: Path) -> ImageSet:
-    """Images under ``root/<class name>/``; classes in sorted folder order; all images one size.
-
-    Grayscale when every image is grayscale, RGB otherwise. Errors name the offending file.
-    """
+def folder_files(root: Path) -> tuple[list[tuple[Path, int]], tuple[str, ...]]:
+    """The image files under ``root/<class name>/`` with their labels, in row order, and the class names."""
     if not root.is_dir():
         raise PoisonlabError(f"{root}: no such folder of images")
     folders = _class_folders(root)
@@ -55,6 +54,15 @@ def load_image_folder(root: Path) -> ImageSet:
         if not found:
             raise PoisonlabError(f"{folder}: class {folder.name!r} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         files += [(p, k) for p in found]
+    return files, tuple(f.name for f in folders)
+
+
+def load_image_folder(root: Path) -> ImageSet:
+    """Images under ``root/<class name>/``; classes in sorted folder order; all images one size.
+
+    Grayscale when every image is grayscale, RGB otherwise. Errors name the offending file.
+    """
+    files, classes = folder_files(root)
     gray = True
     for path, _ in files:
         try:
@@ -73,31 +81,68 @@ def load_image_folder(root: Path) -> ImageSet:
             )
         images.append(img)
     y = np.array([k for _, k in files], dtype=np.int64)
-    return to_image_set(np.stack(images), y, tuple(f.name for f in folders), str(root))
+    return to_image_set(np.stack(images), y, classes, str(root))
 
 
-def _split(full: ImageSet, test_size: float = 0.2) -> tuple[ImageSet, ImageSet]:
-    """A stratified split with a fixed seed, so the test set never depends on the run's seed."""
-    idx = np.arange(len(full))
-    labels = full.y.numpy()
-    stratify = labels if np.bincount(labels).min() >= 2 else None
+def holdout_rows(labels: Tensor, fraction: float) -> tuple[Tensor, Tensor]:
+    """(kept rows, held-out rows): a stratified split of ``fraction`` with a fixed seed, never the run's."""
+    idx = np.arange(len(labels))
+    y = labels.numpy()
+    stratify = y if np.bincount(y).min() >= 2 else None
     from sklearn.model_selection import train_test_split  # deferred: scikit-learn takes a second to import
 
-    tr, te = train_test_split(idx, test_size=test_size, stratify=stratify, random_state=0)
-    return full.subset(torch.from_numpy(np.sort(tr))), full.subset(torch.from_numpy(np.sort(te)))
+    try:
+        tr, te = train_test_split(idx, test_size=fraction, stratify=stratify, random_state=0)
+    except ValueError as e:
+        raise PoisonlabError(f"holdout {fraction}: cannot hold out that share of {len(idx)} rows ({e})") from None
+    return torch.from_numpy(np.sort(tr)), torch.from_numpy(np.sort(te))
 
 
-def load_folder_dataset(arg: str | None = None, seed: int = 0) -> tuple[ImageSet, ImageSet]:
-    """``folder:PATH``: PATH/train and PATH/test if both exist, else PATH split 80/20 (fixed split seed)."""
+def folder_root(arg: str | None) -> tuple[Path, bool]:
+    """``folder:PATH``'s root and whether it splits into PATH/train and PATH/test."""
     if not arg:
         raise PoisonlabError("dataset folder: expected folder:PATH to a folder of class sub-folders")
     root = Path(arg)
-    if (root / "train").is_dir() and (root / "test").is_dir():
+    return root, (root / "train").is_dir() and (root / "test").is_dir()
+
+
+def load_folder_dataset(arg: str | None = None, seed: int = 0) -> tuple[ImageSet, ImageSet]:
+    """``folder:PATH``: PATH/train and PATH/test if both exist, else every image of PATH and no test part."""
+    root, split = folder_root(arg)
+    if split:
         train, test = load_image_folder(root / "train"), load_image_folder(root / "test")
         if train.classes != test.classes or train.shape != test.shape:
             raise PoisonlabError(f"{root}: train/ and test/ must have the same class folders and image size")
         return train, test
-    return _split(load_image_folder(root))
+    full = load_image_folder(root)
+    return full, full.subset(slice(0, 0))
+
+
+def dataset_files(spec: str) -> list[str] | None:
+    """The file behind each training row of a ``folder:`` dataset, in row order; None for other datasets."""
+    name, _, arg = spec.partition(":")
+    if name != "folder":
+        return None
+    root, split = folder_root(arg)
+    return [str(p) for p, _ in folder_files(root / "train" if split else root)[0]]
+
+
+def read_row_numbers(path: Path) -> Tensor:
+    """Row numbers from a .npy (integers, no pickles), a .json list, or text (one per line or comma-separated)."""
+    try:
+        if path.suffix == ".npy":
+            values = np.load(path, allow_pickle=False)
+        elif path.suffix == ".json":
+            values = np.asarray(json.loads(path.read_text()))
+        else:
+            values = np.asarray([int(v) for v in path.read_text().replace(",", " ").split()])
+    except FileNotFoundError:
+        raise PoisonlabError(f"{path}: no such file of row numbers") from None
+    except (OSError, ValueError) as e:
+        raise PoisonlabError(f"{path}: not a list of row numbers ({e})") from None
+    if values.ndim != 1 or (values.size and not np.issubdtype(values.dtype, np.integer)) or (values < 0).any():
+        raise PoisonlabError(f"{path}: expected a flat list of row numbers >= 0, got {values.dtype} {values.shape}")
+    return torch.from_numpy(values.astype(np.int64))
 
 
 def _to_nchw(x: np.ndarray, source: str) -> np.ndarray:
@@ -119,7 +164,11 @@ def _scale(x: np.ndarray, source: str) -> np.ndarray:
 
 
 def load_npz_dataset(arg: str | None = None, seed: int = 0) -> tuple[ImageSet, ImageSet]:
-    """``npz:PATH``: arrays ``x``, ``y`` and optionally ``x_test``, ``y_test``, ``classes`` (no pickles)."""
+    """``npz:PATH``: arrays ``x``, ``y`` and optionally ``x_test``, ``y_test``, ``classes`` (no pickles).
+
+    Without ``x_test``/``y_test`` every row of ``x`` is training data and the test part is empty; a
+    run sets rows aside only when asked (``holdout``).
+    """
     if not arg:
         raise PoisonlabError("dataset npz: expected npz:PATH to an .npz with arrays x and y")
     path = Path(arg)
@@ -147,6 +196,12 @@ def load_npz_dataset(arg: str | None = None, seed: int = 0) -> tuple[ImageSet, I
         return to_image_set(_scale(_to_nchw(arrays[xkey], source), source), arrays[ykey], classes, source)
 
     train = part("x", "y")
-    if "x_test" in arrays and "y_test" in arrays:
-        return train, part("x_test", "y_test")
-    return _split(train)
+    if ("x_test" in arrays) != ("y_test" in arrays):
+        raise PoisonlabError(f"{path}: has {'x_test' if 'x_test' in arrays else 'y_test'} without "
+                             f"{'y_test' if 'x_test' in arrays else 'x_test'}; give both or neither")
+    if "x_test" not in arrays:
+        return train, train.subset(slice(0, 0))
+    test = part("x_test", "y_test")
+    if test.shape != train.shape:
+        raise PoisonlabError(f"{path}: x_test images are {test.shape}, x images {train.shape}; expected one shape")
+    return train, test

@@ -24,8 +24,8 @@ from poisonlab.compress import CALIBRATION_IMAGES, DEFAULT_DEPLOYMENTS, calibrat
 from poisonlab.core import DataAttack, ImageSet, Poisoned, PoisonlabError, TrainingAttack, require
 from poisonlab.defenses.apply import apply_defenses, check_defenses, check_scheme, defender_data
 from poisonlab.experiment.config import AttackConfig, helped
-from poisonlab.experiment.run import CONFIG_FILE, PIPELINE, Experiment, Result, Run, Timer, load, register
-from poisonlab.experiment.victim import Victim, fit, fit_phases, load_data
+from poisonlab.experiment.run import PIPELINE, Experiment, Result, Run, Timer, register
+from poisonlab.experiment.victim import Rows, Victim, fit, fit_phases, load_rows
 from poisonlab.metrics import ASR_DEFINITION, evaluate
 from poisonlab.models import load_run_model, read_models, save_models
 from poisonlab.report.figures import backdoor_examples, save_figure
@@ -75,6 +75,7 @@ class Prepared:
 
     attack: DataAttack | TrainingAttack
     poisoned: Poisoned
+    rows: Rows
     clean_train: ImageSet
     train: ImageSet
     test: ImageSet
@@ -83,13 +84,14 @@ class Prepared:
 
 def prepare(cfg: PipelineConfig) -> Prepared:
     """source -> poison -> preprocess: the training sets (clean and attacked), the test set and its triggered copy."""
-    raw_train, raw_test = load_data(cfg)
+    rows = load_rows(cfg)
+    raw_train, raw_test = rows.train, rows.test
     attack = cfg.attack.build()
     if isinstance(attack, TrainingAttack):
         poisoned = attack.backdoor(raw_train)
     else:
         poisoned = attack.poison(raw_train, torch.Generator().manual_seed(cfg.seed))
-    return Prepared(attack, poisoned, preprocess(cfg.preprocessing, raw_train),
+    return Prepared(attack, poisoned, rows, preprocess(cfg.preprocessing, raw_train),
                     preprocess(cfg.preprocessing, poisoned.data), preprocess(cfg.preprocessing, raw_test),
                     preprocess(cfg.preprocessing, poisoned.triggered(raw_test)))
 
@@ -147,7 +149,7 @@ register("compression-artifact", "backdoor that appears once quantized or pruned
 
 
 @dataclass(frozen=True)
-class Subject:
+class Finished:
     """A finished pipeline run rebuilt from its folder: config, data (poison re-made and checked), models."""
 
     config: PipelineConfig
@@ -155,16 +157,19 @@ class Subject:
     models: dict[str, nn.Module]
 
 
-def open_run(run_dir: Path) -> Subject:
+def open_run(run_dir: Path, model: str | None = None) -> Finished:
     """Rebuild a pipeline run folder's data (poisoning is deterministic for a seed) and load its models.
 
     One-line errors for a folder that is not a pipeline run or whose rebuilt poison differs from its
-    ``poisoned_indices.safetensors``.
+    ``poisoned_indices.safetensors``; ``model`` as in ``subject.run_config``.
     """
-    resolved = load(run_dir / CONFIG_FILE)
+    from poisonlab.experiment.subject import run_config  # deferred: subject opens pipeline runs through here
+
+    resolved = run_config(run_dir, model)
     if not isinstance(resolved.config, PipelineConfig):
         raise PoisonlabError(f"{run_dir}: a {resolved.experiment} run; expected a pipeline run folder (run badnets, "
-                             "compression-artifact or a config without experiment), whose poisoned data is rebuilt")
+                             "compression-artifact or a config without experiment), whose poisoned data is rebuilt, "
+                             "or for scan and deploy-check a `poisonlab train` run")
     data = prepare(resolved.config)
     try:
         saved = load_file(str(run_dir / "poisoned_indices.safetensors"))["indices"]
@@ -172,5 +177,5 @@ def open_run(run_dir: Path) -> Subject:
         raise PoisonlabError(f"{run_dir}: no readable poisoned_indices.safetensors") from None
     if not torch.equal(saved, data.poisoned.indices):
         raise PoisonlabError(f"{run_dir}: the rebuilt poison differs from poisoned_indices.safetensors")
-    models = {name: load_run_model(run_dir, name)[0] for name in read_models(run_dir)["models"]}
-    return Subject(resolved.config, data, models)
+    models = {name: load_run_model(run_dir, name, model)[0] for name in read_models(run_dir)["models"]}
+    return Finished(resolved.config, data, models)

@@ -10,12 +10,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from poisonlab.core import ImageSet, LossFn, Phase, PoisonlabError, require
-from poisonlab.data import DATASETS, load_dataset
+from poisonlab.data import DATASETS, dataset_files, holdout_rows, load_dataset
 from poisonlab.experiment.config import check_component, helped
-from poisonlab.models import MODELS, build_model
+from poisonlab.models import build_model, model_factory
 from poisonlab.training import Recipe, train
 from poisonlab.training.trainer import cross_entropy, train_phases
 
@@ -25,31 +25,67 @@ class Victim:
     """What a run trains: a dataset, an architecture, a recipe and a seed."""
 
     dataset: str = helped("mnist", "dataset spec: mnist, fashion-mnist, digits, folder:PATH, npz:PATH, ...")
-    model: str = helped("badnets-cnn", "architecture: badnets-cnn or small-cnn")
+    model: str = helped("badnets-cnn", "architecture: badnets-cnn, small-cnn, package.module:factory or a "
+                                       "TorchScript file")
     training: Recipe = helped(Recipe(), "the trainer's recipe: epochs, batch_size, lr, weight_decay")
     train_size: int | None = helped(None, "train on a seeded random subset of this many images (default: all)")
     test_size: int | None = helped(None, "evaluate on a seeded random subset of this many test images (default: all)")
     seed: int = helped(0, "seed for subsets, poisoning, initialisation and batching")
+    holdout: float | None = helped(None, "hold out this share of the training rows as the test set (for data "
+                                         "without a test part)")
 
     def __post_init__(self) -> None:
         check_component("dataset", self.dataset, DATASETS)
-        if self.model not in MODELS:
-            raise PoisonlabError(f"model: unknown model {self.model!r}; expected one of: {', '.join(MODELS.names())}")
+        try:
+            model_factory(self.model)
+        except PoisonlabError as e:
+            raise PoisonlabError(f"model: {e}") from None
         require(self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        require(self.holdout is None or 0.0 < self.holdout < 1.0, "holdout", self.holdout, "a share in (0, 1)")
         for name in ("train_size", "test_size"):
             value = getattr(self, name)
             require(value is None or value >= 1, name, value, "an integer >= 1, or leave it out for all")
 
 
-def load_data(victim: Victim) -> tuple[ImageSet, ImageSet]:
-    """The (train, test) pair, each a seeded random subset when ``train_size`` / ``test_size`` is set."""
+@dataclass(frozen=True)
+class Rows:
+    """A victim's data: the training and test sets, and the dataset row (and file) of every training sample."""
+
+    train: ImageSet
+    test: ImageSet
+    rows: Tensor
+    files: list[str] | None
+
+
+def load_rows(victim: Victim, need_test: bool = True) -> Rows:
+    """The victim's data: ``holdout`` carves the test set out of the training rows; subsets are seeded.
+
+    ``need_test`` refuses data without a test part (and no holdout) with a one-line error naming the fix.
+    """
     train_set, test = load_dataset(victim.dataset, victim.seed)
+    rows = torch.arange(len(train_set))
+    if victim.holdout is not None:
+        if len(test):
+            raise PoisonlabError(f"holdout: {victim.dataset} has a test part of its own; leave holdout out")
+        rows, held = holdout_rows(train_set.y, victim.holdout)
+        train_set, test = train_set.subset(rows), train_set.subset(held)
+    if need_test and not len(test):
+        raise PoisonlabError(f"dataset {victim.dataset}: has no test part (x_test/y_test, or train/ and test/ "
+                             "folders); set holdout = 0.2 (--holdout 0.2) to hold out a share of its rows")
     gen = torch.Generator().manual_seed(victim.seed)
     if victim.train_size is not None:
-        train_set = train_set.subset(torch.randperm(len(train_set), generator=gen)[: victim.train_size])
-    if victim.test_size is not None:
+        pick = torch.randperm(len(train_set), generator=gen)[: victim.train_size]
+        train_set, rows = train_set.subset(pick), rows[pick]
+    if victim.test_size is not None and len(test):
         test = test.subset(torch.randperm(len(test), generator=gen)[: victim.test_size])
-    return train_set, test
+    files = dataset_files(victim.dataset)
+    return Rows(train_set, test, rows, None if files is None else [files[r] for r in rows.tolist()])
+
+
+def load_data(victim: Victim) -> tuple[ImageSet, ImageSet]:
+    """The (train, test) pair of ``load_rows``."""
+    data = load_rows(victim)
+    return data.train, data.test
 
 
 def fit(victim: Victim, data: ImageSet, description: str, progress: bool = False, loss: LossFn | None = None

@@ -1,11 +1,17 @@
-"""Small image classifiers: the BadNets MNIST CNN (Gu et al. 2017) and a faster small CNN; saved as safetensors."""
+"""Image classifiers: the built-in CNNs (the BadNets MNIST net of Gu et al. 2017, a faster small one), a user's own
+``nn.Module`` named as ``package.module:factory`` or a TorchScript file; weights saved as safetensors."""
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
+import os
+import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors import SafetensorError
@@ -73,15 +79,99 @@ def small_cnn(shape: Shape, num_classes: int) -> nn.Module:
     return nn.Sequential(*features, nn.Linear(_flat_size(features, shape), 128), nn.ReLU(), nn.Linear(128, num_classes))
 
 
-def build_model(name: str, data: ImageSet, seed: int) -> nn.Module:
-    """A freshly initialised ``name`` for ``data``'s image shape and classes, its normaliser fitted to ``data``.
+CODE_SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+SCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".jit")
 
-    Initialisation depends only on ``seed``, so two models built with one seed start identical.
+
+def is_code_spec(spec: str) -> bool:
+    """Whether ``spec`` names code to import (``package.module:factory``) rather than a built-in or a file."""
+    return bool(CODE_SPEC.fullmatch(spec))
+
+
+def _imported(spec: str) -> Callable[..., Any]:
+    module_name, _, attr = spec.partition(":")
+    added = os.getcwd() not in sys.path
+    if added:  # a console script's sys.path lacks the current folder that `python -m` would search
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as e:
+        raise PoisonlabError(f"model {spec}: cannot import {module_name!r} ({e})") from None
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise PoisonlabError(f"model {spec}: {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise PoisonlabError(f"model {spec}: {attr!r} is not callable; expected a function returning an nn.Module")
+    return cast(Callable[..., Any], obj)
+
+
+def _scripted(spec: str) -> nn.Module:
+    """A TorchScript file: its code runs TorchScript operators only, never Python, and its weights come with it."""
+    try:
+        return cast(nn.Module, torch.jit.load(spec, map_location="cpu"))
+    except (RuntimeError, ValueError, OSError) as e:
+        raise PoisonlabError(f"model {spec}: not a loadable TorchScript file ({str(e).splitlines()[0]})") from None
+
+
+def model_factory(spec: str) -> Callable[[Shape, int], nn.Module]:
+    """The constructor ``spec`` names: a built-in (``badnets-cnn``), ``package.module:factory``, or a TorchScript file.
+
+    A factory is called as ``factory(input_shape, num_classes)`` when it takes two arguments, else as
+    ``factory()``; it must return an ``nn.Module`` mapping (N, C, H, W) images in [0, 1] to logits.
     """
-    factory = MODELS.get(name)
+    if spec in MODELS:
+        return MODELS.get(spec)
+    if spec.endswith(SCRIPT_SUFFIXES):
+        if not Path(spec).is_file():
+            raise PoisonlabError(f"model {spec}: no such TorchScript file")
+        return lambda shape, num_classes: _scripted(spec)
+    if not is_code_spec(spec):
+        raise PoisonlabError(f"unknown model {spec!r}; expected one of: {', '.join(MODELS.names())}, "
+                             "package.module:factory, or a TorchScript file (.pt)")
+    factory = _imported(spec)
+    try:
+        takes_shape = len(inspect.signature(factory).parameters) >= 2
+    except (TypeError, ValueError):
+        takes_shape = True
+
+    def build(shape: Shape, num_classes: int) -> nn.Module:
+        model = factory(shape, num_classes) if takes_shape else factory()
+        if not isinstance(model, nn.Module):
+            raise PoisonlabError(f"model {spec}: returned {type(model).__name__}, expected an nn.Module")
+        return model
+
+    return build
+
+
+def check_model(spec: str, model: nn.Module, shape: Shape, num_classes: int) -> nn.Module:
+    """``model`` itself, once one image of ``shape`` gives ``num_classes`` logits; a one-line error otherwise."""
+    try:
+        with torch.no_grad():
+            was = model.training
+            out = model.eval()(torch.zeros(1, *shape))
+            model.train(was)
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        raise PoisonlabError(f"model {spec}: fails on one {shape} image ({str(e).splitlines()[0]})") from None
+    if not isinstance(out, Tensor) or tuple(out.shape) != (1, num_classes):
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise PoisonlabError(f"model {spec}: one {shape} image gives {got}; expected (1, {num_classes}) logits")
+    return model
+
+
+def build_model(name: str, data: ImageSet, seed: int) -> nn.Module:
+    """A freshly initialised model ``name`` (see ``model_factory``) for ``data``'s shape and classes.
+
+    Initialisation depends only on ``seed``, so two models built with one seed start identical;
+    the built-ins' normaliser is fitted to ``data``.
+    """
+    factory = model_factory(name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = factory(data.shape, data.num_classes)
+        model = check_model(name, factory(data.shape, data.num_classes), data.shape, data.num_classes)
     for module in model.modules():
         if isinstance(module, Normalize):
             module.mean.copy_(data.x.mean(dim=(0, 2, 3)).view_as(module.mean))
@@ -94,9 +184,13 @@ def save_model(model: nn.Module, path: Path) -> None:
     atomic_write_tensors(path, model.state_dict())
 
 
-def load_model(name: str, shape: Shape, num_classes: int, path: Path) -> nn.Module:
-    """Rebuild ``name`` and load its weights from a safetensors file; one-line errors on mismatch."""
-    model = MODELS.get(name)(shape, num_classes)
+def load_model(name: str, shape: Shape, num_classes: int, path: Path | None) -> nn.Module:
+    """Rebuild ``name`` and load its weights from a safetensors file (a TorchScript file may bring its own)."""
+    model = check_model(name, model_factory(name)(shape, num_classes), shape, num_classes)
+    if path is None:
+        if name.endswith(SCRIPT_SUFFIXES):
+            return model.eval()
+        raise PoisonlabError(f"model {name}: expected --weights, a safetensors file of its trained weights")
     try:
         state = load_file(str(path))
     except FileNotFoundError:
@@ -156,13 +250,29 @@ def read_models(run_dir: Path) -> dict[str, Any]:
     return spec
 
 
-def load_run_model(run_dir: Path, which: str | None = None) -> tuple[nn.Module, str, dict[str, Any]]:
-    """(model, its name, models.json) of a run folder; ``which`` names one (default: the backdoored one)."""
+def trusted_architecture(run_dir: Path, architecture: str, model: str | None) -> str:
+    """A run folder's architecture, refused when it names code the caller did not name too (``--model``).
+
+    A run folder may come from anyone; it never makes poisonlab import a module on its own.
+    """
+    if is_code_spec(architecture) and architecture != model:
+        raise PoisonlabError(f"{run_dir}: its model is built by code, {architecture}; pass --model {architecture} "
+                             "to import it (a run folder never imports code by itself)")
+    return architecture
+
+
+def load_run_model(run_dir: Path, which: str | None = None, model: str | None = None
+                   ) -> tuple[nn.Module, str, dict[str, Any]]:
+    """(model, its name, models.json) of a run folder; ``which`` names one (default: the backdoored one).
+
+    ``model`` is the caller's own architecture spec, required when the folder's names code to import.
+    """
     spec = read_models(run_dir)
     names = list(spec["models"])
     name = which or ("backdoored" if "backdoored" in names else names[-1])
     if name not in spec["models"]:
         raise PoisonlabError(f"{run_dir}: no model {name!r}; it holds {', '.join(names)}")
     shape = tuple(spec["input_shape"])
-    model = load_model(spec["architecture"], shape, len(spec["classes"]), run_dir / spec["models"][name])  # type: ignore[arg-type]
-    return model, name, spec
+    architecture = trusted_architecture(run_dir, spec["architecture"], model)
+    net = load_model(architecture, shape, len(spec["classes"]), run_dir / spec["models"][name])  # type: ignore[arg-type]
+    return net, name, spec

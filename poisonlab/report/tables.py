@@ -92,6 +92,15 @@ def pipeline_tables(body: dict[str, Any]) -> list[TableData]:
     return tables
 
 
+def train_tables(body: dict[str, Any]) -> list[TableData]:
+    """``train``: accuracy on the training rows and on the test part (when the data have one)."""
+    m, cfg = body["metrics"], body["config"]
+    table = TableData(f"{cfg['model']} trained on {cfg['dataset']}, seed {cfg['seed']}", ["rows", "images", "accuracy"],
+                      [["training", str(m["train_size"]), pct(m["train_accuracy"])]])
+    table.rows.append(["test", str(m["test_size"]), pct(m["test_accuracy"]) if m["test_size"] else "- (no test part)"])
+    return [table]
+
+
 def defense_summary(r: dict[str, Any]) -> str:
     """One defense's result in a line, by the kind of result it has."""
     if "precision" in r:
