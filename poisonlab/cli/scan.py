@@ -70,8 +70,8 @@ def data(
     model: ModelOpt = None,
     holdout: HoldoutOpt = None,
     defense: Annotated[str, typer.Option(help="a data scanner: spectral or activation-clustering")] = "spectral",
-    layer: Annotated[str, typer.Option(help="feature layer: penultimate, pre-activation, conv, a module name, or an "
-                                            "index")] = "penultimate",
+    layer: Annotated[str, typer.Option(help="feature layer: auto, penultimate, pre-activation, conv, a module name, "
+                                            "or an index")] = "auto",
     truth: Annotated[Path | None, typer.Option(help="known poisoned rows (.npy, .json or text of row numbers), to "
                                                     "score the scan")] = None,
     top: Annotated[int, typer.Option(help="highest-scoring rows to print")] = 10,

@@ -42,7 +42,7 @@ class ActivationClustering:
     """
 
     kind: ClassVar[DefenseKind] = "data-scanner"
-    layer: str | int = "penultimate"
+    layer: str | int = "auto"
     dims: int = 10
     whiten: bool = True
     class_threshold: float = 3.5

@@ -15,9 +15,13 @@ from torch import Tensor, nn
 from poisonlab.core import ImageSet, PoisonlabError
 from poisonlab.defenses.whitening import ClassStats, whitener
 
-LAYERS = ("penultimate", "pre-activation", "conv")
+LAYERS = ("auto", "penultimate", "pre-activation", "conv")
 """Named layers: the input of the last Linear (post-ReLU), the output of the Linear before it (pre-ReLU),
-and the input of the first Linear (the flattened output of the convolutional stack)."""
+the input of the first Linear (the flattened output of the convolutional stack), and ``auto``:
+pre-activation where the model has two Linear layers, else penultimate. On MNIST poisoned at 5% by a
+3x3 stamp poisonlab did not draw, whitened Spectral Signatures ranked the poison at AUROC 0.79 in
+penultimate features and flagged none, and at AUROC 1.000 (P 0.999, R 1.000) in pre-activation
+features; on poisonlab's own BadNets at 1% both layers give P >= 0.99 at R 1.0."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,8 @@ def layer_tap(model: nn.Module, layer: str | int) -> Tap:
     linear = [m for m in modules.values() if isinstance(m, nn.Linear)]
     if not linear:
         raise PoisonlabError(f"model {type(model).__name__}: expected at least one nn.Linear to locate layer {layer!r}")
+    if layer == "auto":
+        layer = "pre-activation" if len(linear) >= 2 else "penultimate"
     if layer == "penultimate":
         return Tap(linear[-1], reads_input=True)
     if layer == "pre-activation":

@@ -84,11 +84,13 @@ class FinePruning:
                 break
             pruned += 1
         hook.remove()
+        masked = ["weight", "bias"] if conv.bias is not None else ["weight"]
         prune.custom_from_mask(conv, "weight", mask.view(-1, 1, 1, 1).expand_as(conv.weight).clone())
-        prune.custom_from_mask(conv, "bias", mask.clone())
+        if conv.bias is not None:
+            prune.custom_from_mask(conv, "bias", mask.clone())
         train(model, tune, self.recipe, self.seed, progress=False, description="fine-tuning")
-        prune.remove(conv, "weight")
-        prune.remove(conv, "bias")
+        for name in masked:
+            prune.remove(conv, name)
         return Verdict(model=model.eval(), details={
             "pruned_channels": pruned, "channels": conv.out_channels,
             "layer": int(conv_at) if conv_at.isdigit() else conv_at,

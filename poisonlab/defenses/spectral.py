@@ -42,7 +42,7 @@ class SpectralSignatures:
     """
 
     kind: ClassVar[DefenseKind] = "data-scanner"
-    layer: str | int = "penultimate"
+    layer: str | int = "auto"
     whiten: bool = True
     class_threshold: float = 3.5
     min_separation: float = 6.0
