@@ -193,3 +193,16 @@ def test_scaling_camouflage_runs_as_a_plain_pipeline_config(tmp_path):
     m = body["metrics"]
     assert m["backdoored"]["attack_success_rate"] > 0.8 > m["clean"]["attack_success_rate"]
     assert json.loads((out / "models.json").read_text())["input_shape"] == [1, 12, 12]  # what the model sees
+
+
+def test_a_datasets_suggested_defaults_apply_unless_set(tmp_path):
+    cfg = resolve({"experiment": "badnets", "dataset": "digits"}).config
+    assert cfg.training.epochs == 20 and cfg.attack.params["rate"] == 0.1
+    cfg = resolve({"experiment": "badnets", "dataset": "digits", "training": {"epochs": 3}}).config
+    assert cfg.training.epochs == 3 and cfg.attack.params["rate"] == 0.1  # what the user sets wins
+    assert resolve({"experiment": "badnets"}).config.training.epochs == 2  # MNIST keeps the experiment's own
+    result = runner.invoke(app, ["run", "badnets", "--dataset", "digits", "--out", str(tmp_path / "d"), "--json",
+                                 "--quiet"])
+    assert result.exit_code == 0, result.output
+    m = json.loads(result.output)["metrics"]
+    assert m["backdoored"]["attack_success_rate"] > 0.9 and m["backdoored"]["clean_accuracy"] > 0.95

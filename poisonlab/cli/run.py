@@ -133,16 +133,16 @@ def command(name: str, experiment: Experiment, help: str | None = None) -> Calla
     for key, option in options.items():
         kind, listed = _cli_type(option.annotation)
         default = option.default
-        shown = ",".join(map(str, default)) if listed and default else default
+        shown = ",".join(map(str, default)) if listed else default
         flag = f"--{key.replace('_', '-')}"
         decl = [flag] if kind is not bool else [f"{flag}/--no-{key.replace('_', '-')}"]
-        typer_default = None if listed else default
         choices = typing.get_args(option.annotation) if typing.get_origin(option.annotation) is typing.Literal else ()
+        # unset options stay None, so the config's defaults (and a dataset's suggestions) apply, as in a TOML file
         help_text = option.help + (f" (one of: {', '.join(choices)})" if choices else "") + \
-            (f" [default: {shown}]" if listed and shown else "")
-        params.append(inspect.Parameter(key.replace("-", "_"), inspect.Parameter.KEYWORD_ONLY, default=typer_default,
-                                        annotation=Annotated[kind, typer.Option(*decl, help=help_text,
-                                                                                show_default=not listed)]))
+            (f" (default: {shown})" if shown not in (None, "") else "")
+        params.append(inspect.Parameter(key.replace("-", "_"), inspect.Parameter.KEYWORD_ONLY, default=None,
+                                        annotation=Annotated[kind | None, typer.Option(*decl, help=help_text,
+                                                                                       show_default=False)]))
     params += [
         inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
             Path | None, typer.Option("--out", "-o", help=f"run folder (default runs/{name}-TIMESTAMP)")]),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from poisonlab.core import ImageSet
 from poisonlab.data.mnist import load_fashion_mnist, load_mnist
@@ -30,6 +31,16 @@ DATASETS.register("breast-cancer", "scikit-learn's 569 x 30 breast-cancer table 
 DATASETS.register("mnist-numbers", "K-digit MNIST numbers, 10**K classes (mnist-numbers:2)")(load_mnist_numbers)
 
 
+SUGGESTED: dict[str, dict[str, dict[str, Any]]] = {
+    "digits": {"training": {"epochs": 20}, "attack": {"rate": 0.1}},
+}
+"""Run defaults that fit a dataset better than an experiment's own, applied where the user sets nothing.
+
+On scikit-learn's 1,437 8x8 training digits, ``run badnets``'s MNIST defaults (1% = 14 poisoned images,
+2 epochs) gave CA 79.7% and ASR 0.3%; 20 epochs at rate 0.1 gave CA 98.6% / 98.3% and ASR 100% (3.7 s).
+"""
+
+
 def load_dataset(spec: str, seed: int = 0) -> tuple[ImageSet, ImageSet]:
     """Load the (train, test) pair named by ``spec``: ``NAME`` or ``NAME:ARGUMENT``.
 
@@ -40,4 +51,5 @@ def load_dataset(spec: str, seed: int = 0) -> tuple[ImageSet, ImageSet]:
     return DATASETS.get(name)(arg or None, seed)
 
 
-__all__ = ["DATASETS", "dataset_files", "holdout_rows", "load_dataset", "load_image_folder", "make_synthetic"]
+__all__ = ["DATASETS", "SUGGESTED", "dataset_files", "holdout_rows", "load_dataset", "load_image_folder",
+           "make_synthetic"]

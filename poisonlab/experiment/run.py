@@ -10,6 +10,7 @@ attack pipeline with BadNets on MNIST).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -19,7 +20,16 @@ from typing import Any
 import tomli_w
 
 from poisonlab.core import PoisonlabError
-from poisonlab.experiment.config import AttackConfig, as_dict, check_type, read_toml, resolve_fields, sweep_axes
+from poisonlab.experiment.config import (
+    AttackConfig,
+    as_dict,
+    attack_defaults,
+    check_type,
+    field_default,
+    read_toml,
+    resolve_fields,
+    sweep_axes,
+)
 from poisonlab.registry import EXPERIMENTS
 from poisonlab.report.store import REPORT_FILE, atomic_write_bytes, atomic_write_json, report
 from poisonlab.report.tables import TableData
@@ -114,10 +124,29 @@ def resolve(raw: Mapping[str, Any], source: str = "config") -> Resolved:
         for key in experiment.required:
             if key not in fields:
                 raise _missing(key)
-        config = resolve_fields(experiment.config, merged(experiment.defaults, fields))
+        config = resolve_fields(experiment.config, merged(dataset_defaults(experiment, fields), fields))
         return Resolved(name, config, check_type("name", raw.get("name", name), str))
     except PoisonlabError as e:
         raise PoisonlabError(f"{source}: {e}") from None
+
+
+def dataset_defaults(experiment: Experiment, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The experiment's defaults with the chosen dataset's suggestions (``data.SUGGESTED``) over them.
+
+    A suggestion applies only to a field the config has (and an attack parameter the attack has); what the
+    user sets still wins, and the resolved config.toml records the values used.
+    """
+    from poisonlab.data import SUGGESTED
+
+    names = {f.name: f for f in dataclasses.fields(experiment.config)}
+    given = merged(experiment.defaults, fields)
+    spec = given.get("dataset", field_default(names["dataset"]) if "dataset" in names else "")
+    suggested = {k: v for k, v in SUGGESTED.get(str(spec).partition(":")[0], {}).items() if k in names}
+    attack = given.get("attack")
+    if "attack" in suggested:
+        settable = attack_defaults(attack["name"]) if isinstance(attack, dict) and "name" in attack else {}
+        suggested["attack"] = {k: v for k, v in suggested["attack"].items() if k in settable}
+    return merged(experiment.defaults, suggested)
 
 
 def _missing(key: str) -> PoisonlabError:
