@@ -75,7 +75,7 @@ name = "badnets"
         ('dataset = "synthetic"\n[training]\nepochs = 0\n[attack]\nname = "badnets"\n',
          r"training\.epochs: 0; expected an integer >= 1"),
         ('dataset = "synthetic"\n[training]\nepoch = 2\n[attack]\nname = "badnets"\n',
-         r"training\.epoch: unknown key; expected one of: batch_size, epochs, lr, weight_decay"),
+         r"training\.epoch: unknown key; expected one of: batch_size, device, epochs, lr, weight_decay"),
         ('dataset = "synthetic"\nseed = -1\n[attack]\nname = "badnets"\n', r"seed: -1; expected an integer >= 0"),
         ('dataset = "synthetic"\ndefenses = ["spectre"]\n[attack]\nname = "badnets"\n',
          r"defenses\[0\]: unknown defense 'spectre'"),

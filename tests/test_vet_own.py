@@ -102,3 +102,20 @@ def test_train_rejects_a_factory_that_is_not_a_model(user_module):
         assert not Path("T").exists()  # refused before the run folder exists
     res = runner.invoke(app, ["train", "--dataset", "npz:rgb.npz", "--model", "bad:factory", "--out", "T2"])
     assert res.exit_code == 2 and "returned str, expected an nn.Module" in res.output, res.output
+
+
+def test_device_choices_are_checked_in_one_line():
+    import torch
+
+    from poisonlab.core import PoisonlabError
+    from poisonlab.training import Recipe
+    from poisonlab.training.trainer import resolve_device
+
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(PoisonlabError, match="expected cpu, cuda, cuda:N or auto"):
+        Recipe(device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(PoisonlabError, match="no CUDA GPU is visible"):
+            Recipe(device="cuda")
+        res = runner.invoke(app, ["train", "--dataset", "synthetic", "--device", "cuda", "--out", "nowhere"])
+        assert res.exit_code == 2 and "no CUDA GPU is visible" in res.output and not Path("nowhere").exists()

@@ -22,6 +22,7 @@ from poisonlab.experiment.subject import Subject, open_subject
 from poisonlab.report.figures import reversed_triggers, save_figure
 from poisonlab.report.store import atomic_write_bytes, atomic_write_json
 from poisonlab.report.tables import data_scan_tables, model_scan_tables
+from poisonlab.training.trainer import resolve_device
 
 app = typer.Typer(help="Scan training data for poison, or a model for a backdoor.", no_args_is_help=True)
 
@@ -75,6 +76,7 @@ def data(
     truth: Annotated[Path | None, typer.Option(help="known poisoned rows (.npy, .json or text of row numbers), to "
                                                     "score the scan")] = None,
     top: Annotated[int, typer.Option(help="highest-scoring rows to print")] = 10,
+    device: Annotated[str, typer.Option(help="where the model runs: cpu, cuda, cuda:N or auto")] = "cpu",
     out: OutOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -90,6 +92,7 @@ def data(
     if top < 0:
         raise PoisonlabError(f"--top {top}: expected >= 0")
     refuse_finished(out)
+    where = resolve_device(device)
     subject = open_subject(run, dataset, weights, model, holdout=holdout)
     train = subject.train
     truth_at = subject.truth
@@ -99,7 +102,7 @@ def data(
                                 dtype=torch.long)
     scanner = DEFENSES.build(defense, layer=int(layer) if layer.lstrip("-").isdigit() else layer)
     t0 = time.perf_counter()
-    verdict = scanner.scan(subject.model, train)
+    verdict = scanner.scan(subject.model.to(where), train)
     seconds = time.perf_counter() - t0
     folder = make_run_dir(out, "scan-data")
     names, rows, files = train.classes, subject.data.rows, subject.data.files

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from poisonlab.core import ImageSet, PoisonlabError
 from poisonlab.defenses.whitening import ClassStats, whitener
+from poisonlab.training.trainer import device_of
 
 LAYERS = ("auto", "penultimate", "pre-activation", "conv")
 """Named layers: the input of the last Linear (post-ReLU), the output of the Linear before it (pre-ReLU),
@@ -75,14 +76,14 @@ def iter_taps(model: nn.Module, x: Tensor, taps: Sequence[Tap], batch_size: int 
     Forward hooks (pre-hooks for a module's input) read the tensors and stop the pass once the last
     of them is read, so only the layers before the deepest tap run, in any ``nn.Module``. Inputs go in
     channels-last, where CPU convolution and pooling are several times faster than on the layout a
-    one-channel input leaves.
+    one-channel input leaves. Batches go to the model's device; what the taps read comes back to the CPU.
     """
     if batch_size < 1:
         raise PoisonlabError(f"batch size {batch_size}: expected at least 1")
     got: dict[int, Tensor] = {}
 
     def keep(slot: int, value: Tensor) -> None:
-        got.setdefault(slot, value.detach().clone())
+        got.setdefault(slot, value.detach().cpu().clone())
         if len(got) == len(taps):
             raise _Reached
 
@@ -91,11 +92,12 @@ def iter_taps(model: nn.Module, x: Tensor, taps: Sequence[Tap], batch_size: int 
              for i, tap in enumerate(taps)]
     was_training = model.training
     model.eval()
+    device = device_of(model)
     try:
         with torch.no_grad():
             for i in range(0, len(x), batch_size):
                 got.clear()
-                batch = x[i : i + batch_size]
+                batch = x[i : i + batch_size].to(device)
                 try:
                     model(batch.contiguous(memory_format=torch.channels_last) if batch.dim() == 4 else batch)
                 except _Reached:

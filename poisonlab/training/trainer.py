@@ -16,6 +16,29 @@ from torch import Tensor, nn
 from poisonlab.core import ImageSet, LossFn, Phase, PoisonlabError, require
 
 
+def resolve_device(spec: str) -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (a GPU when one is visible) as a device; one line when absent."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise PoisonlabError(f"device {spec!r}: expected cpu, cuda, cuda:N or auto") from None
+    if device.type not in ("cpu", "cuda"):
+        raise PoisonlabError(f"device {spec!r}: expected cpu, cuda, cuda:N or auto")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PoisonlabError(f"device {spec!r}: no CUDA GPU is visible to torch on this machine; use cpu or auto")
+    return device
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """Where ``model``'s parameters (or buffers) live; CPU for a model that has none."""
+    tensor: Tensor | None = next(model.parameters(), None)
+    if tensor is None:
+        tensor = next(model.buffers(), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
 @dataclass(frozen=True)
 class Recipe:
     """How a model is trained; the same recipe and seed give the same weights on the same machine."""
@@ -24,8 +47,10 @@ class Recipe:
     batch_size: int = field(default=128, metadata={"help": "minibatch size"})
     lr: float = field(default=3e-3, metadata={"help": "peak learning rate (Adam, one-cycle)"})
     weight_decay: float = field(default=0.0, metadata={"help": "Adam weight decay"})
+    device: str = field(default="cpu", metadata={"help": "where to train: cpu, cuda, cuda:N or auto"})
 
     def __post_init__(self) -> None:
+        resolve_device(self.device)
         require(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
         require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
         require(self.lr > 0, "lr", self.lr, "a number > 0")
@@ -51,10 +76,12 @@ def train(
     Adam with a one-cycle learning-rate schedule over ``recipe.epochs``; batches are drawn by a
     generator seeded with ``seed``. ``loss_fn(model, x, y)`` lets a training-time attack add its
     loss terms without owning the loop. Uses channels-last memory, which mkldnn runs fastest on CPU.
+    On ``recipe.device`` each minibatch is copied there; the trained model comes back on the CPU.
     """
     gen = torch.Generator().manual_seed(seed)
+    device = resolve_device(recipe.device)
     x = data.x.contiguous(memory_format=torch.channels_last)
-    model.to(memory_format=torch.channels_last).train()  # type: ignore[call-overload]
+    model.to(device, memory_format=torch.channels_last).train()  # type: ignore[call-overload]
     opt = torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     per_epoch = -(-len(data) // recipe.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, recipe.lr, total_steps=recipe.epochs * per_epoch)
@@ -76,7 +103,7 @@ def train(
             order = torch.randperm(len(data), generator=gen)
             for start in range(0, len(data), recipe.batch_size):
                 idx = order[start : start + recipe.batch_size]
-                loss = loss_fn(model, x[idx], data.y[idx])
+                loss = loss_fn(model, x[idx].to(device), data.y[idx].to(device))
                 if not torch.isfinite(loss):
                     raise PoisonlabError(f"{description}: loss became {loss.item()}; lower the learning rate")
                 opt.zero_grad(set_to_none=True)
@@ -84,7 +111,7 @@ def train(
                 opt.step()
                 schedule.step()
                 bar.update(task, advance=1, loss=loss.item())
-    return model.eval()
+    return model.cpu().eval()
 
 
 @torch.no_grad()
@@ -92,12 +119,14 @@ def predict(model: nn.Module, x: Tensor, batch_size: int = 512) -> Tensor:
     """Predicted classes for images ``x``, computed in batches.
 
     512 is the fastest batch measured on 2 CPU cores (bench/evaluation.py: the BadNets CNN on 10,000 MNIST
-    images takes 0.29 s at 512 and 0.61 s at 2048, whose activations outgrow the cache).
+    images takes 0.29 s at 512 and 0.61 s at 2048, whose activations outgrow the cache). Batches go to the
+    model's device; the predictions come back to the CPU.
     """
     was_training = model.training
     model.eval()
+    device = device_of(model)
     out = [
-        model(x[i : i + batch_size].contiguous(memory_format=torch.channels_last)).argmax(1)
+        model(x[i : i + batch_size].to(device).contiguous(memory_format=torch.channels_last)).argmax(1).cpu()
         for i in range(0, len(x), batch_size)
     ]
     model.train(was_training)
