@@ -139,6 +139,8 @@ def test_cli_scan_data_scan_model_and_defend(run_dir, tmp_path):
     assert top == sorted(top, reverse=True) and len(body["top"]) == 10
     saved = json.loads((tmp_path / "ss" / "report.json").read_text())
     assert len(saved["flagged_rows"]) == body["flagged"]
+    res = runner.invoke(app, ["scan", "data", "--run", str(run_dir), "--out", str(tmp_path / "s[/x]")])
+    assert res.exit_code == 1 and "verdict: POISON SUSPECTED" in res.output and "s[/x]" in res.output  # literal path
     res = runner.invoke(app, ["scan", "model", "--run", str(run_dir), "--steps", "30", "--images", "200",
                               "--json", "--out", str(tmp_path / "nc")])
     body = json.loads(res.output)

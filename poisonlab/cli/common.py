@@ -41,6 +41,13 @@ def print_json(obj: Any) -> None:
     typer.echo(to_json(obj))
 
 
+def print_verdict(text: str, alarm: bool) -> None:
+    """A command's one verdict line, red when it raises the alarm; ``text`` (paths, class names) printed literally."""
+    from rich.markup import escape
+
+    console.print(("[red]" if alarm else "[green]") + "verdict:[/] " + escape(text), highlight=False)
+
+
 def print_tables(tables: list[TableData]) -> None:
     for t in tables:
         console.print(t.to_rich())

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import torch
 import typer
 
-from poisonlab.cli.common import console, one_line_errors, print_json, print_tables
+from poisonlab.cli.common import one_line_errors, print_json, print_tables, print_verdict
 from poisonlab.core import PoisonlabError
 from poisonlab.data.user import read_row_numbers
 from poisonlab.defenses import DEFENSES, NeuralCleanse, names_of
@@ -50,13 +50,13 @@ def _verdict(result: dict[str, Any]) -> str:
     return f"nothing flagged in {scanned}: no class splits into separated groups ({result['defense']})"
 
 
-def _scores_csv(subject: Subject, scores: torch.Tensor, flagged: torch.Tensor) -> bytes:
-    """Every scanned row, highest score first: dataset row, file, label, score, flagged."""
+def _scores_csv(subject: Subject, scores: torch.Tensor, flagged: torch.Tensor, ranked: list[int]) -> bytes:
+    """Every scanned row in ``ranked`` order (highest score first): dataset row, file, label, score, flagged."""
     marked = torch.zeros(len(scores), dtype=torch.bool)
     marked[flagged] = True
     files, names, rows = subject.data.files, subject.train.classes, subject.data.rows.tolist()
     lines = ["row,file,label,score,flagged"]
-    for i in scores.argsort(descending=True, stable=True).tolist():
+    for i in ranked:
         file = (files[i] if files else "").replace('"', '""')
         lines.append(f'{rows[i]},"{file}",{names[int(subject.train.y[i])]},{float(scores[i]):.6g},{int(marked[i])}')
     return ("\n".join(lines) + "\n").encode()
@@ -106,19 +106,19 @@ def data(
     seconds = time.perf_counter() - t0
     folder = make_run_dir(out, "scan-data")
     names, rows, files = train.classes, subject.data.rows, subject.data.files
-    order = verdict.scores.argsort(descending=True, stable=True)[:top].tolist()
+    ranked = verdict.scores.argsort(descending=True, stable=True).tolist()
     result: dict[str, Any] = {
         "defense": defense, "layer": layer, "dataset": subject.dataset, "model": subject.loaded,
         "samples": len(train), "seconds": seconds, "flagged": len(verdict.flagged),
         "suspicious_classes": [names[k] for k in verdict.details["suspicious_classes"]],
         "gate": {names[int(k)]: r for k, r in verdict.details.get("gate", {}).items()},
         "top": [{"row": int(rows[i]), "file": files[i] if files else None, "label": names[int(train.y[i])],
-                 "score": float(verdict.scores[i])} for i in order],
+                 "score": float(verdict.scores[i])} for i in ranked[:top]],
         "out": str(folder)}
     if truth_at is not None:
         result["detection"] = detection_metrics(verdict, truth_at, len(train))
     result["verdict"] = _verdict(result)
-    atomic_write_bytes(folder / "scores.csv", _scores_csv(subject, verdict.scores, verdict.flagged))
+    atomic_write_bytes(folder / "scores.csv", _scores_csv(subject, verdict.scores, verdict.flagged, ranked))
     atomic_write_json(folder / "report.json", {**result, "flagged_rows": rows[verdict.flagged].tolist()})
     if json_out:
         print_json(result)
@@ -126,8 +126,7 @@ def data(
         counts = torch.bincount(train.y[verdict.flagged], minlength=train.num_classes).tolist()
         print_tables(data_scan_tables(result, [(name + (" (suspicious)" if name in result["suspicious_classes"]
                                                         else ""), counts[k]) for k, name in enumerate(names)]))
-        console.print(("[red]" if result["flagged"] else "[green]") + "verdict:[/] " + result["verdict"],
-                      markup=True, highlight=False)
+        print_verdict(result["verdict"], bool(result["flagged"]))
     if result["flagged"]:
         raise typer.Exit(1)
 
@@ -178,7 +177,6 @@ def model_scan(
         print_json(result)
     else:
         print_tables(model_scan_tables(result))
-        console.print(("[red]" if flagged else "[green]") + "verdict:[/] " + result["verdict"], markup=True,
-                      highlight=False)
+        print_verdict(result["verdict"], bool(flagged))
     if flagged:
         raise typer.Exit(1)

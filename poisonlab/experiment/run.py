@@ -157,9 +157,9 @@ def _missing(key: str) -> PoisonlabError:
     return PoisonlabError(f"dataset: missing; expected one of: {', '.join(DATASETS.names())} (NAME or NAME:ARGUMENT)")
 
 
-def load(path: Path) -> Resolved:
-    """The single run ``path`` describes; a config with list-valued fields is a sweep and is refused."""
-    raw = read_toml(path)
+def load(path: Path, raw: Mapping[str, Any] | None = None) -> Resolved:
+    """The single run ``path`` describes (``raw``: its contents, when already read); a sweep is refused."""
+    raw = read_toml(path) if raw is None else raw
     try:
         _, experiment = experiment_of(raw)
         axes = sweep_axes(experiment.config, raw)

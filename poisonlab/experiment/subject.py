@@ -52,10 +52,10 @@ def run_config(run_dir: Path, model: str | None = None) -> Resolved:
     path = run_dir / CONFIG_FILE
     if not run_dir.is_dir():
         raise PoisonlabError(f"{run_dir}: no such run folder")
-    arch = read_toml(path).get("model")
-    if isinstance(arch, str):
-        trusted_architecture(run_dir, arch, model)
-    return load(path)
+    raw = read_toml(path)
+    if isinstance(raw.get("model"), str):
+        trusted_architecture(run_dir, raw["model"], model)
+    return load(path, raw)
 
 
 def open_subject(run: Path | None, dataset: str | None, weights: Path | None, model: str | None,
