@@ -48,8 +48,12 @@ def test_run_badnets_prints_the_table_and_writes_the_run_folder(tmp_path):
     assert json.loads((out / "models.json").read_text())["architecture"] == "small-cnn"
     assert 'experiment = "badnets"' in (out / "config.toml").read_text()
 
-    again = runner.invoke(app, ["run", "badnets", *FAST, "--out", str(out)])
-    assert again.exit_code == 2 and "already holds a report.json" in again.output
+    weights = (out / "backdoored.safetensors").read_bytes()
+    again = runner.invoke(app, ["run", "badnets", *FAST, "--out", str(out)])  # the same config: shown, not re-run
+    assert again.exit_code == 0 and "clean accuracy" in again.output
+    other = runner.invoke(app, ["run", "badnets", *FAST, "--seed", "1", "--out", str(out)])
+    assert other.exit_code == 2 and "already holds a finished run" in other.stderr
+    assert (out / "backdoored.safetensors").read_bytes() == weights
 
 
 def test_run_badnets_json_is_machine_readable(tmp_path):
@@ -69,7 +73,7 @@ def test_bad_input_fails_fast_with_one_line(tmp_path):
         (["--trigger", "patch:position=middle"], "trigger position 'middle'"),
         (["--model", "resnet"], "unknown model 'resnet'"),
         (["--mode", "some"], "attack.mode: 'some' is not allowed"),
-        (["--dataset", f"npz:{tmp_path / 'none.npz'}"], "no such file"),
+        (["--dataset", f"npz:{tmp_path / 'none.npz'}"], "no such npz file"),
     ]
     for args, message in cases:
         result = runner.invoke(app, ["run", "badnets", *FAST, *args, "--out", str(tmp_path / "x")])

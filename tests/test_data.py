@@ -184,7 +184,7 @@ def test_npz_bad_input_gets_one_line_errors(tmp_path, arrays, message):
 def test_npz_with_pickled_objects_is_refused(tmp_path):
     path = tmp_path / "obj.npz"
     np.savez(path, x=np.array([object()], dtype=object), y=np.array([0]))
-    with pytest.raises(PoisonlabError, match="without pickled objects"):
+    with pytest.raises(PoisonlabError, match="holds Python objects"):
         load_dataset(f"npz:{path}")
     with pytest.raises(PoisonlabError, match="no such file"):
         load_dataset(f"npz:{tmp_path / 'none.npz'}")

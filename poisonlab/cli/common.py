@@ -5,10 +5,11 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from poisonlab.core import PoisonlabError
 from poisonlab.report.store import to_json
@@ -20,6 +21,7 @@ PIPE_WIDTH = 160
 console = Console(width=None if sys.stdout.isatty() else PIPE_WIDTH)
 err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
+ForceOpt = Annotated[bool, typer.Option("--force", help="write into a non-empty --out that holds no finished run")]
 
 
 def one_line_errors(fn: F) -> F:
@@ -30,7 +32,7 @@ def one_line_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except PoisonlabError as e:
-            err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True, markup=True)
+            say(str(e), label="error:", style="red", err=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
@@ -41,11 +43,18 @@ def print_json(obj: Any) -> None:
     typer.echo(to_json(obj))
 
 
-def print_verdict(text: str, alarm: bool) -> None:
-    """A command's one verdict line, red when it raises the alarm; ``text`` (paths, class names) printed literally."""
-    from rich.markup import escape
+def say(text: str, label: str = "", style: str = "", err: bool = False) -> None:
+    """One line printed literally (paths and class names may hold ``[`` or ``:name:``), after a coloured ``label``.
 
-    console.print(("[red]" if alarm else "[green]") + "verdict:[/] " + escape(text), highlight=False)
+    Rich never parses ``text`` as markup or emoji codes, and never wraps it: one message, one line.
+    """
+    line = Text.assemble((label, style), " " if label else "", text)
+    (err_console if err else console).print(line, highlight=False, soft_wrap=True)
+
+
+def print_verdict(text: str, alarm: bool) -> None:
+    """A command's one verdict line, red when it raises the alarm."""
+    say(text, label="verdict:", style="red" if alarm else "green")
 
 
 def print_tables(tables: list[TableData]) -> None:

@@ -9,12 +9,12 @@ from typing import Annotated, Any
 import typer
 from torch import nn
 
-from poisonlab.cli.common import one_line_errors, print_json, print_tables
+from poisonlab.cli.common import ForceOpt, one_line_errors, print_json, print_tables
 from poisonlab.core import PoisonlabError
 from poisonlab.defenses import names_of
 from poisonlab.defenses.apply import DEFAULT_RESERVE, apply_defenses, defender_data
 from poisonlab.experiment.pipeline import open_run
-from poisonlab.experiment.rundir import make_run_dir
+from poisonlab.experiment.rundir import check_out, make_run_dir
 from poisonlab.experiment.victim import fit
 from poisonlab.models import save_models
 from poisonlab.report.store import atomic_write_json, report
@@ -32,6 +32,7 @@ def defend(
     model: Annotated[str | None, typer.Option(help="the run's architecture, when it is code (package.module:factory)")]
     = None,
     out: Annotated[Path | None, typer.Option(help="folder for the repaired model and report.json")] = None,
+    force: ForceOpt = False,
     json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Repair the backdoored model of a pipeline run; print CA and ASR before and after, on the whole test set.
@@ -44,6 +45,7 @@ def defend(
         raise PoisonlabError(f"mitigation {method!r}: expected one of {', '.join(names_of('mitigation'))}")
     if method == "retrain" and scanner not in names_of("data-scanner"):
         raise PoisonlabError(f"scanner {scanner!r}: expected one of {', '.join(names_of('data-scanner'))}")
+    check_out(out, force)
     subject = open_run(run, model)
     cfg = subject.config if seed is None else dataclasses.replace(subject.config, seed=seed)
     d = subject.data
@@ -57,7 +59,7 @@ def defend(
     if method == "retrain":
         result["scan"] = results[scanner]
     if out is not None:
-        folder = make_run_dir(out, "defend")
+        folder = make_run_dir(out, "defend", force)
         files = save_models(folder, cfg.model, d.clean_train, {"repaired": repaired[specs[-1]]})
         atomic_write_json(folder / "report.json", report("defend", {"run": str(run), "method": method,
                                                                      "scanner": scanner, "seed": cfg.seed}, result,

@@ -8,7 +8,7 @@ from typing import Annotated
 import torch
 import typer
 
-from poisonlab.cli.common import console, one_line_errors, print_json, print_tables
+from poisonlab.cli.common import one_line_errors, print_json, print_tables, say
 from poisonlab.compress import CALIBRATION_IMAGES, DEFAULT_DEPLOYMENTS, calibration_images, parse_deployment
 from poisonlab.compress.check import CheckSettings, deploy_check
 from poisonlab.core import PoisonlabError
@@ -77,8 +77,8 @@ def deploy_check_command(
         title = f"deploy-check: {weights} ({arch_name}) on {data_spec}, {len(test)} test images"
         print_tables(deploy_check_tables(result, title))
         if result["flagged"]:
-            console.print(f"[red]{len(result['flagged'])} variant(s) depart from the float model:[/red] "
-                          + ", ".join(result["flagged"]))
+            say(", ".join(result["flagged"]), label=f"{len(result['flagged'])} variant(s) depart from the float model:",
+                style="red")
     if result["flagged"]:
         raise typer.Exit(1)
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from poisonlab.cli.common import console, one_line_errors, print_json
+from poisonlab.cli.common import one_line_errors, print_json, say
 from poisonlab.report.html import write_report
 
 
@@ -27,4 +27,4 @@ def report(
     if json_out:
         print_json({"report": str(path)})
     else:
-        console.print(f"report: {path}", highlight=False)
+        say(f"report: {path}")

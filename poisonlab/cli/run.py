@@ -16,9 +16,9 @@ from typing import Annotated, Any
 
 import typer
 
-from poisonlab.cli.common import console, err_console, one_line_errors, print_json, print_tables
+from poisonlab.cli.common import ForceOpt, err_console, one_line_errors, print_json, print_tables, say
 from poisonlab.experiment import config as cfgmod
-from poisonlab.experiment.run import PIPELINE, Experiment, Resolved, execute, load, resolve
+from poisonlab.experiment.run import PIPELINE, Experiment, Resolved, execute, finished_same, load, resolve
 from poisonlab.experiment.rundir import make_run_dir
 from poisonlab.registry import ATTACKS, EXPERIMENTS
 
@@ -39,15 +39,20 @@ app = typer.Typer(cls=ExperimentOrConfigGroup, no_args_is_help=True,
                        "or `poisonlab run CONFIG.toml` (see examples/).")
 
 
-def run_and_print(resolved: Resolved, out: Path | None, json_out: bool, quiet: bool) -> None:
-    """Run into a new run folder, then print the experiment's tables (or the report as JSON)."""
-    run_dir = make_run_dir(out, resolved.name)
-    body = execute(resolved, run_dir, progress=not (quiet or json_out))
+def run_and_print(resolved: Resolved, out: Path | None, json_out: bool, quiet: bool, force: bool = False) -> None:
+    """Run into a new run folder, then print the experiment's tables (or the report as JSON).
+
+    An ``out`` that already holds a finished run of this very config is not run again: its report is shown.
+    """
+    body = finished_same(out, resolved)
+    run_dir = out if body is not None and out is not None else make_run_dir(out, resolved.name, force)
+    if body is None:
+        body = execute(resolved, run_dir, progress=not (quiet or json_out))
     if json_out:
         print_json({"run_dir": str(run_dir), **body})
         return
     print_tables(EXPERIMENTS.get(resolved.experiment).table(body))
-    console.print(f"run folder: {run_dir}  ({body['timings']['total_seconds']:.1f} s)")
+    say(f"run folder: {run_dir}  ({body['timings']['total_seconds']:.1f} s)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +132,7 @@ def command(name: str, experiment: Experiment, help: str | None = None) -> Calla
             for part in option.path[:-1]:
                 table = table.setdefault(part, {})
             table[option.path[-1]] = _value(option, given)
-        run_and_print(resolve(raw, f"run {name}"), kwargs["out"], kwargs["json_out"], kwargs["quiet"])
+        run_and_print(resolve(raw, f"run {name}"), kwargs["out"], kwargs["json_out"], kwargs["quiet"], kwargs["force"])
 
     params = []
     for key, option in options.items():
@@ -146,6 +151,7 @@ def command(name: str, experiment: Experiment, help: str | None = None) -> Calla
     params += [
         inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
             Path | None, typer.Option("--out", "-o", help=f"run folder (default runs/{name}-TIMESTAMP)")]),
+        inspect.Parameter("force", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=ForceOpt),
         inspect.Parameter("json_out", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
             bool, typer.Option("--json", help="print report.json instead of the table")]),
         inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
@@ -173,6 +179,7 @@ train = command("train", EXPERIMENTS.get("train"), help="Train a model on your d
 def config(
     path: Annotated[Path, typer.Argument(help="experiment config (TOML), e.g. examples/badnets-mnist.toml")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="run folder (default runs/NAME-TIMESTAMP)")] = None,
+    force: ForceOpt = False,
     json_out: Annotated[bool, typer.Option("--json", help="print report.json instead of the table")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
 ) -> None:
@@ -183,7 +190,7 @@ def config(
 
     Example: poisonlab run examples/badnets-mnist.toml
     """
-    run_and_print(load(path), out, json_out, quiet)
+    run_and_print(load(path), out, json_out, quiet, force)
 
 
 __all__ = ["app", "err_console"]

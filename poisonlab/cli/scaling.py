@@ -7,10 +7,10 @@ from typing import Annotated
 
 import typer
 
-from poisonlab.cli.common import console, one_line_errors, print_json, print_tables
+from poisonlab.cli.common import one_line_errors, print_json, print_tables, say
 from poisonlab.cli.run import command
 from poisonlab.core import PoisonlabError
-from poisonlab.data.user import read_pixels
+from poisonlab.data.images import read_pixels
 from poisonlab.registry import EXPERIMENTS
 from poisonlab.report.store import atomic_write_png
 from poisonlab.report.tables import image_scan_tables
@@ -56,7 +56,7 @@ def craft(
     if json_out:
         print_json(body)
         return
-    console.print(f"wrote {out}: PSNR(A, S) {result.psnr_source:.2f} dB; {resizer.name} output within "
+    say(f"wrote {out}: PSNR(A, S) {result.psnr_source:.2f} dB; {resizer.name} output within "
                   f"{result.max_target_error:.2f} of the target (PSNR {result.psnr_target:.2f} dB); "
                   f"{result.info.method} solver {result.info.seconds:.2f} s")
 

@@ -12,12 +12,12 @@ from typing import Annotated, Any
 import torch
 import typer
 
-from poisonlab.cli.common import one_line_errors, print_json, print_tables, print_verdict
+from poisonlab.cli.common import ForceOpt, one_line_errors, print_json, print_tables, print_verdict
 from poisonlab.core import PoisonlabError
 from poisonlab.data.user import read_row_numbers
 from poisonlab.defenses import DEFENSES, NeuralCleanse, names_of
 from poisonlab.defenses.scoring import detection_metrics
-from poisonlab.experiment.rundir import make_run_dir, refuse_finished
+from poisonlab.experiment.rundir import check_out, make_run_dir
 from poisonlab.experiment.subject import Subject, open_subject
 from poisonlab.report.figures import reversed_triggers, save_figure
 from poisonlab.report.store import atomic_write_bytes, atomic_write_json
@@ -78,6 +78,7 @@ def data(
     top: Annotated[int, typer.Option(help="highest-scoring rows to print")] = 10,
     device: Annotated[str, typer.Option(help="where the model runs: cpu, cuda, cuda:N or auto")] = "cpu",
     out: OutOpt = None,
+    force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Scan every training row of a dataset with a model trained on it; exit 1 when any row is flagged.
@@ -91,7 +92,7 @@ def data(
         raise PoisonlabError(f"data scanner {defense!r}: expected one of {', '.join(names_of('data-scanner'))}")
     if top < 0:
         raise PoisonlabError(f"--top {top}: expected >= 0")
-    refuse_finished(out)
+    check_out(out, force)
     where = resolve_device(device)
     subject = open_subject(run, dataset, weights, model, holdout=holdout)
     train = subject.train
@@ -104,7 +105,7 @@ def data(
     t0 = time.perf_counter()
     verdict = scanner.scan(subject.model.to(where), train)
     seconds = time.perf_counter() - t0
-    folder = make_run_dir(out, "scan-data")
+    folder = make_run_dir(out, "scan-data", force)
     names, rows, files = train.classes, subject.data.rows, subject.data.files
     ranked = verdict.scores.argsort(descending=True, stable=True).tolist()
     result: dict[str, Any] = {
@@ -145,6 +146,7 @@ def model_scan(
     steps: Annotated[int, typer.Option(help="optimisation steps per class")] = 300,
     max_classes: Annotated[int | None, typer.Option(help="scan only this many sampled classes (budget)")] = None,
     out: OutOpt = None,
+    force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Neural Cleanse: reverse-engineer a minimal trigger per class; exit 1 when a class has anomaly index > 2.
@@ -153,7 +155,7 @@ def model_scan(
     """
     if images < 1:
         raise PoisonlabError(f"--images {images}: expected at least 1")
-    refuse_finished(out)
+    check_out(out, force)
     subject = open_subject(run, dataset, weights, model, which, holdout)
     held_out = subject.held_out("scan model")
     cleanse = NeuralCleanse(steps=steps, max_classes=max_classes)
@@ -163,7 +165,7 @@ def model_scan(
     d = verdict.details
     names = held_out.classes
     flagged = [] if verdict.flagged is None else verdict.flagged.tolist()
-    folder = make_run_dir(out, "scan-model")
+    folder = make_run_dir(out, "scan-model", force)
     result = {"flagged_classes": [names[k] for k in flagged], "seconds": seconds, "model": subject.loaded,
               "classes": [names[k] for k in d["classes"]], "mask_l1": d["mask_l1"],
               "anomaly_index": d["anomaly_index"], "trigger_success": d["trigger_success"], "out": str(folder)}

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from poisonlab.cli.common import console, err_console, one_line_errors, print_json, print_tables
+from poisonlab.cli.common import err_console, one_line_errors, print_json, print_tables, say
 from poisonlab.experiment.sweep import Cell, plan, run_sweep
 from poisonlab.report.tables import sweep_tables
 
@@ -37,7 +37,7 @@ def sweep(
         def on_cell(cell: Cell, error: str | None) -> None:
             bar.advance(task)
             if error is not None:
-                err_console.print(f"[red]cell {cell.id} failed:[/red] {error}", highlight=False, soft_wrap=True)
+                say(str(error), label=f"cell {cell.id} failed:", style="red", err=True)
 
         summary = run_sweep(p, folder, backend=backend, jobs=jobs, address=address, on_cell=on_cell)  # type: ignore[arg-type]
         bar.update(task, completed=len(p.cells))
@@ -45,6 +45,6 @@ def sweep(
         print_json({"sweep_dir": str(folder), **summary})
     else:
         print_tables(sweep_tables(summary))
-        console.print(f"sweep folder: {folder}  (ran {summary['ran']}, skipped {summary['skipped']} already done)")
+        say(f"sweep folder: {folder}  (ran {summary['ran']}, skipped {summary['skipped']} already done)")
     if summary["errors"]:
         raise typer.Exit(1)

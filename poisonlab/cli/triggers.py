@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from poisonlab.cli.common import console, one_line_errors
+from poisonlab.cli.common import one_line_errors, say
 from poisonlab.data import load_dataset
 from poisonlab.report.figures import image_grid, save_figure
 from poisonlab.triggers import parse_trigger
@@ -36,4 +36,4 @@ def triggers(
     sample = test.x[:6]
     rows = [(s, parse_trigger(s)(sample, None), [s.partition(":")[0]] * len(sample)) for s in (spec or GALLERY)]
     save_figure(image_grid(rows, title="poisonlab triggers"), out)
-    console.print(f"wrote {out}")
+    say(f"wrote {out}")

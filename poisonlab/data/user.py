@@ -3,37 +3,21 @@
 from __future__ import annotations
 
 import json
+import math
+import zipfile
+import zlib
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from poisonlab.core import ImageSet, PoisonlabError
+from poisonlab.data.images import check_regular, image_header, read_image
 from poisonlab.data.validate import to_image_set
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-
-
-def read_pixels(path: Path, mode: str | None = None) -> np.ndarray:
-    """One image file as uint8 (H, W) or (H, W, 3); ``mode`` 'L' or 'RGB' forces the channels."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if mode is None:
-                mode = "L" if im.mode in ("1", "L", "I", "I;16", "F") else "RGB"
-            return np.asarray(im.convert(mode))
-    except FileNotFoundError:
-        raise PoisonlabError(f"{path}: no such image file") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise PoisonlabError(f"{path}: not a readable image ({e})") from None
-
-
-def read_image(path: Path, mode: str | None = None) -> np.ndarray:
-    """One image as float32 (C, H, W) in [0, 1]; ``mode`` 'L' or 'RGB' forces the channels."""
-    arr = read_pixels(path, mode).astype(np.float32) / 255.0
-    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
 def _class_folders(root: Path) -> list[Path]:
@@ -51,6 +35,8 @@ def folder_files(root: Path) -> tuple[list[tuple[Path, int]], tuple[str, ...]]:
     files: list[tuple[Path, int]] = []
     for k, folder in enumerate(folders):
         found = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        for p in found:
+            check_regular(p)
         if not found:
             raise PoisonlabError(f"{folder}: class {folder.name!r} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         files += [(p, k) for p in found]
@@ -63,23 +49,13 @@ def load_image_folder(root: Path) -> ImageSet:
     Grayscale when every image is grayscale, RGB otherwise. Errors name the offending file.
     """
     files, classes = folder_files(root)
-    gray = True
-    for path, _ in files:
-        try:
-            with Image.open(path) as im:
-                gray &= im.mode in ("1", "L", "I", "I;16", "F")
-        except (UnidentifiedImageError, OSError) as e:
-            raise PoisonlabError(f"{path}: not a readable image ({e})") from None
-    mode = "L" if gray else "RGB"
-    images: list[np.ndarray] = []
-    for path, _ in files:
-        img = read_image(path, mode)
-        if images and img.shape != images[0].shape:
-            raise PoisonlabError(
-                f"{path}: size {img.shape[2]}x{img.shape[1]} differs from the first image's "
-                f"{images[0].shape[2]}x{images[0].shape[1]}; resize the folder to one size first"
-            )
-        images.append(img)
+    headers = [image_header(path) for path, _ in files]
+    for (path, _), (w, h, _gray) in zip(files, headers, strict=True):
+        if (w, h) != headers[0][:2]:
+            raise PoisonlabError(f"{path}: size {w}x{h} differs from the first image's {headers[0][0]}x{headers[0][1]}"
+                                 "; resize the folder to one size first")
+    mode = "L" if all(gray for _, _, gray in headers) else "RGB"
+    images = [read_image(path, mode) for path, _ in files]
     y = np.array([k for _, k in files], dtype=np.int64)
     return to_image_set(np.stack(images), y, classes, str(root))
 
@@ -163,6 +139,57 @@ def _scale(x: np.ndarray, source: str) -> np.ndarray:
     raise PoisonlabError(f"{source}: expected uint8 (0-255) or float (0-1) images, got dtype {x.dtype}")
 
 
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an .npz, after checking each member's header: no pickled objects, no size it cannot hold.
+
+    The headers are read before any data, so a member declaring 10**12 elements in a few bytes, an
+    object array, a truncated or CRC-corrupt archive, or an empty file is a one-line error, not a
+    memory blow-up or a traceback.
+    """
+    check_regular(path, "npz file")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                with zf.open(info) as member:
+                    shape, dtype = _npy_header(member)
+                if dtype.hasobject:
+                    raise PoisonlabError(f"{path}: member {info.filename!r} holds Python objects (a pickle); "
+                                         "expected plain numeric arrays")
+                if math.prod(shape) * dtype.itemsize > info.file_size:
+                    raise PoisonlabError(f"{path}: member {info.filename!r} declares shape {shape} of {dtype}, more "
+                                         f"than its {info.file_size:,} bytes hold")
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except PoisonlabError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, MemoryError) as e:
+        raise PoisonlabError(f"{path}: not a readable .npz of plain arrays ({type(e).__name__}: {e})") from None
+
+
+def _npy_header(member: IO[bytes]) -> tuple[tuple[int, ...], np.dtype[Any]]:
+    """(shape, dtype) from an .npy stream's header, reading nothing after it."""
+    version = np.lib.format.read_magic(member)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+    else:
+        raise ValueError(f"unsupported .npy format version {version}")
+    return shape, dtype
+
+
+def implied_classes(labels: list[np.ndarray], path: Path) -> int:
+    """Classes 0..max label when an npz names none; refused when the training rows cannot fill them all."""
+    rows = len(labels[0])
+    for a in labels:
+        if a.min() < 0:
+            raise PoisonlabError(f"{path}: label {a.min()} at index {int(np.argmin(a))} is negative; expected >= 0")
+        if a.max() >= rows:
+            raise PoisonlabError(f"{path}: label {a.max()} at index {int(np.argmax(a))} implies {int(a.max()) + 1:,} "
+                                 f"classes for {rows:,} training rows; give a 'classes' array or labels 0 to K-1")
+    return int(max(a.max() for a in labels)) + 1
+
+
 def load_npz_dataset(arg: str | None = None, seed: int = 0) -> tuple[ImageSet, ImageSet]:
     """``npz:PATH``: arrays ``x``, ``y`` and optionally ``x_test``, ``y_test``, ``classes`` (no pickles).
 
@@ -172,13 +199,7 @@ def load_npz_dataset(arg: str | None = None, seed: int = 0) -> tuple[ImageSet, I
     if not arg:
         raise PoisonlabError("dataset npz: expected npz:PATH to an .npz with arrays x and y")
     path = Path(arg)
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except FileNotFoundError:
-        raise PoisonlabError(f"{path}: no such file") from None
-    except (OSError, ValueError) as e:
-        raise PoisonlabError(f"{path}: not a readable .npz without pickled objects ({e})") from None
+    arrays = read_npz(path)
     for key in ("x", "y"):
         if key not in arrays:
             raise PoisonlabError(f"{path}: missing array {key!r}; found {sorted(arrays)}")
@@ -187,18 +208,20 @@ def load_npz_dataset(arg: str | None = None, seed: int = 0) -> tuple[ImageSet, I
         if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer) or a.size == 0:
             raise PoisonlabError(f"{path}: {key!r} must be a non-empty 1-D integer array, got {a.dtype} {a.shape}")
     if "classes" in arrays:
+        if arrays["classes"].ndim != 1:
+            raise PoisonlabError(f"{path}: 'classes' must be a 1-D array of names, got shape {arrays['classes'].shape}")
         classes = tuple(str(c) for c in arrays["classes"])
     else:
-        classes = tuple(str(k) for k in range(max(int(a.max()) for a in labels) + 1))
+        classes = tuple(str(k) for k in range(implied_classes(labels, path)))
 
     def part(xkey: str, ykey: str) -> ImageSet:
         source = f"{path} [{xkey}]"
         return to_image_set(_scale(_to_nchw(arrays[xkey], source), source), arrays[ykey], classes, source)
 
-    train = part("x", "y")
     if ("x_test" in arrays) != ("y_test" in arrays):
         raise PoisonlabError(f"{path}: has {'x_test' if 'x_test' in arrays else 'y_test'} without "
                              f"{'y_test' if 'x_test' in arrays else 'x_test'}; give both or neither")
+    train = part("x", "y")
     if "x_test" not in arrays:
         return train, train.subset(slice(0, 0))
     test = part("x_test", "y_test")

@@ -12,7 +12,7 @@ def to_image_set(x: np.ndarray, y: np.ndarray, classes: tuple[str, ...], source:
     """Validate float images in [0, 1] shaped (N, C, H, W) and integer labels, and wrap them as an ImageSet.
 
     Raises PoisonlabError naming ``source`` and the first offending index for NaNs, values outside
-    [0, 1], labels outside [0, len(classes)) and classes without a single sample.
+    [0, 1], duplicate class names, labels outside [0, len(classes)) and classes without a single sample.
     """
     if x.ndim != 4:
         raise PoisonlabError(f"{source}: expected images shaped (N, C, H, W), got {x.shape}")
@@ -32,6 +32,9 @@ def to_image_set(x: np.ndarray, y: np.ndarray, classes: tuple[str, ...], source:
         raise PoisonlabError(
             f"{source}: image {i} has values in [{flat[i].min():g}, {flat[i].max():g}]; expected [0, 1]"
         )
+    if len(set(classes)) != len(classes):
+        twice = next(c for c in classes if classes.count(c) > 1)
+        raise PoisonlabError(f"{source}: class name {twice!r} appears more than once; expected distinct names")
     bad = (y < 0) | (y >= len(classes))
     if bad.any():
         i = int(np.argmax(bad))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -30,8 +31,9 @@ from poisonlab.experiment.config import (
     resolve_fields,
     sweep_axes,
 )
+from poisonlab.experiment.rundir import run_name
 from poisonlab.registry import EXPERIMENTS
-from poisonlab.report.store import REPORT_FILE, atomic_write_bytes, atomic_write_json, report
+from poisonlab.report.store import REPORT_FILE, atomic_write_bytes, atomic_write_json, read_report, report, to_json
 from poisonlab.report.tables import TableData
 
 CONFIG_FILE = "config.toml"
@@ -125,7 +127,7 @@ def resolve(raw: Mapping[str, Any], source: str = "config") -> Resolved:
             if key not in fields:
                 raise _missing(key)
         config = resolve_fields(experiment.config, merged(dataset_defaults(experiment, fields), fields))
-        return Resolved(name, config, check_type("name", raw.get("name", name), str))
+        return Resolved(name, config, run_name(check_type("name", raw.get("name", name), str)))
     except PoisonlabError as e:
         raise PoisonlabError(f"{source}: {e}") from None
 
@@ -168,6 +170,15 @@ def load(path: Path, raw: Mapping[str, Any] | None = None) -> Resolved:
     if axes:
         raise PoisonlabError(f"{path}: {next(iter(axes))}: a list makes a sweep; run it with `poisonlab sweep {path}`")
     return resolve(raw, str(path))
+
+
+def finished_same(out: Path | None, resolved: Resolved) -> dict[str, Any] | None:
+    """The report in ``out`` when it is a finished run of this very config (so it need not run again), else None."""
+    body = None if out is None else read_report(out / REPORT_FILE)
+    if body is None or body.get("config") != json.loads(to_json(resolved.as_dict())):
+        return None
+    timings = body.get("timings")
+    return body if isinstance(timings, dict) and "total_seconds" in timings else None
 
 
 def execute(resolved: Resolved, out: Path, progress: bool = True) -> dict[str, Any]:

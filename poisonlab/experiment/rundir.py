@@ -1,26 +1,96 @@
-"""Run folders: where a run writes, refused when it already holds a finished run."""
+"""Run folders: where a run writes, checked before any work so that nothing already written is overwritten.
+
+A run writes into a new or empty folder. A folder with files but no finished run is refused unless the
+user passes ``--force``; a finished run (its report.json) is never overwritten. Names become folder names
+only when they are plain (``run_name``), so a config cannot write outside the runs root.
+"""
 
 from __future__ import annotations
 
+import fcntl
+import os
+import re
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from poisonlab.core import PoisonlabError
-from poisonlab.report.store import REPORT_FILE
+from poisonlab.report.store import LOCK_FILE, REPORT_FILE
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,99}")
+"""A run or sweep name: one plain folder-name component (no separators, no leading dot, at most 100 chars)."""
+
+
+def run_name(name: str, field: str = "name") -> str:
+    """``name`` when it is safe as a folder name under the runs root, else a one-line error."""
+    if not NAME.fullmatch(name) or ".." in name:
+        raise PoisonlabError(f"{field}: {name!r} is not a plain folder name; expected letters, digits and . _ + = -, "
+                             "starting with a letter or digit, no '/' or '..'")
+    return name
 
 
 def refuse_finished(path: Path | None) -> None:
-    """A one-line error when ``path`` already holds a finished run (checked before any work starts)."""
+    """A one-line error when ``path`` already holds a finished run."""
     if path is not None and (path / REPORT_FILE).exists():
-        raise PoisonlabError(f"{path}: already holds a report.json; choose another --out")
+        raise PoisonlabError(f"{path}: already holds a finished run (report.json); choose another --out")
 
 
-def make_run_dir(out: Path | None, kind: str, root: Path = Path("runs")) -> Path:
-    """``out`` if given (created; refused when it holds a report), else ``root/<kind>-<timestamp>``."""
-    path = out if out is not None else root / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+def check_out(path: Path | None, force: bool = False) -> None:
+    """Refuse an output folder before any work: a file, a finished run, other files without ``force``, or no write.
+
+    Creates nothing; a path that does not exist yet must have a writable folder above it.
+    """
+    if path is None:
+        return
+    if path.exists() and not path.is_dir():
+        raise PoisonlabError(f"{path}: is a file; expected a folder for the run (or a path that does not exist)")
     refuse_finished(path)
+    if path.is_dir():
+        try:
+            held = sorted(p.name for p in path.iterdir())
+        except OSError as e:
+            raise PoisonlabError(f"{path}: cannot list the run folder ({e.strerror})") from None
+        if held and not force:
+            raise PoisonlabError(f"{path}: already holds {len(held)} file(s) ({', '.join(held[:3])}"
+                                 f"{', ...' if len(held) > 3 else ''}) but no finished run; choose a new or empty "
+                                 "--out, or pass --force to write over them")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PoisonlabError(f"{path}: the run folder is not writable")
+        return
+    parent = next(p for p in path.absolute().parents if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise PoisonlabError(f"{path}: cannot create the run folder: {parent} is not a writable folder")
+
+
+def make_run_dir(out: Path | None, kind: str, force: bool = False, root: Path = Path("runs")) -> Path:
+    """``out`` if given (checked by ``check_out``, then created), else ``root/<kind>-<timestamp>``."""
+    path = out if out is not None else root / f"{run_name(kind)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_out(path, force)
     try:
         path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
     except OSError as e:
-        raise PoisonlabError(f"{path}: cannot create the run folder ({e.strerror})") from None
+        raise PoisonlabError(f"{path}: cannot write the run folder ({e.strerror})") from None
     return path
+
+
+@contextmanager
+def locked(folder: Path, what: str = "sweep") -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (its ``.lock`` file) for a while; a second holder gets a one-line error."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(folder / LOCK_FILE, "a+")  # noqa: SIM115 - held open for the whole block
+    except OSError as e:
+        raise PoisonlabError(f"{folder}: cannot create or lock the {what} folder ({e.strerror})") from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PoisonlabError(f"{folder}: another {what} is running in this folder; wait for it to finish") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -23,6 +23,7 @@ from typing import Any, Literal
 from poisonlab.core import PoisonlabError
 from poisonlab.experiment.config import read_toml, sweep_axes
 from poisonlab.experiment.run import Resolved, execute, experiment_of, resolve
+from poisonlab.experiment.rundir import locked
 from poisonlab.report.store import REPORT_FILE, atomic_write_json, read_report
 from poisonlab.report.summary import SUMMARY_FILE, aggregate, open_sweep_folder
 
@@ -172,7 +173,14 @@ def run_sweep(
     if jobs < 1:
         raise PoisonlabError(f"jobs {jobs}: expected at least 1")
     cells = [{"id": c.id, "overrides": c.overrides, "config": c.config.as_dict()} for c in p.cells]
-    open_sweep_folder(out, p.name, p.axes, cells, p.source)
+    with locked(out):
+        open_sweep_folder(out, p.name, p.axes, cells, p.source)
+        return _run_cells(p, out, backend, jobs, address, on_cell)
+
+
+def _run_cells(p: SweepPlan, out: Path, backend: Backend, jobs: int, address: str | None,
+               on_cell: CellDone | None) -> dict[str, Any]:
+    """The unfinished cells of ``p`` run by ``backend``, then the summary aggregated over the folder."""
     todo = [c for c in p.cells if not is_complete(out / "cells" / c.id)]
     errors: dict[str, str] = {}
 

@@ -14,6 +14,8 @@ from typing import Any
 
 REPORT_SCHEMA = "poisonlab.report/1"
 REPORT_FILE = "report.json"
+LOCK_FILE = ".lock"
+"""Held (flock) by the process running a sweep in a folder, so that a second sweep there is refused."""
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from poisonlab.core import PoisonlabError
-from poisonlab.report.store import REPORT_FILE, atomic_write_bytes, atomic_write_json, read_report
+from poisonlab.report.store import LOCK_FILE, REPORT_FILE, atomic_write_bytes, atomic_write_json, read_report
 
 SWEEP_SCHEMA = "poisonlab.sweep/1"
 PLAN_FILE = "sweep.json"
@@ -43,6 +43,10 @@ def open_sweep_folder(out: Path, name: str, axes: dict[str, list[Any]], cells: l
     """
     body = {"schema": SWEEP_SCHEMA, "name": name, "axes": axes, "cells": cells}
     existing = out / PLAN_FILE
+    others = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE) if out.is_dir() else []
+    if others and not existing.exists():
+        raise PoisonlabError(f"{out}: holds {len(others)} file(s) ({', '.join(others[:3])}) but no sweep; choose "
+                             "another --out")
     if existing.exists():
         try:
             old = json.loads(existing.read_text())

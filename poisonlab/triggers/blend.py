@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from poisonlab.core import PoisonlabError
-from poisonlab.data.user import read_image
+from poisonlab.data.images import read_image
 from poisonlab.registry import TRIGGERS
 
 
