@@ -86,6 +86,15 @@ def check_target(target: int, num_classes: int, what: str) -> None:
         raise PoisonlabError(f"{what} target {target}: expected a class in [0, {num_classes - 1}]")
 
 
+SEED_LIMIT = 2**63
+"""Seeds are 0 <= seed < 2**63: torch's generators take a signed 64-bit integer."""
+
+
+def check_seed(seed: int, name: str = "seed") -> None:
+    """Refuse a seed torch's generators cannot take (negative, or 2**63 and above)."""
+    require(0 <= seed < SEED_LIMIT, name, seed, "an integer in [0, 2**63)")
+
+
 def require(ok: bool, name: str, value: Any, expected: str) -> None:
     """A config check: unless ``ok``, the one-line error ``NAME: VALUE; expected EXPECTED``."""
     if not ok:

@@ -85,11 +85,38 @@ class Registry(Generic[T]):
             accepted = inspect.signature(factory).parameters
         except (TypeError, ValueError):
             accepted = {}  # type: ignore[assignment]
-        kwargs = {**{k: v for k, v in shared.items() if k in accepted}, **kwargs}
+        unknown = sorted(set(kwargs) - set(accepted)) if accepted else []
+        if unknown:
+            raise PoisonlabError(f"{self.kind} {spec!r}: unknown key {unknown[0]}; expected "
+                                 f"{', '.join(k for k in accepted if k not in ('self', 'seed')) or 'no keys'}")
+        where = f"{self.kind} {spec!r}"
+        kwargs = {**{k: v for k, v in shared.items() if k in accepted}, **typed(factory, kwargs, where)}
         try:
             return factory(**kwargs)
         except TypeError as e:
             raise PoisonlabError(f"{self.kind} {spec!r}: {e}") from None
+
+
+def typed(factory: Any, kwargs: dict[str, Any], where: str) -> dict[str, Any]:
+    """``kwargs`` checked against ``factory``'s annotations: an int field takes integers only, a float field
+    finite numbers, a str field the value as text; a one-line error naming the key otherwise."""
+    import math
+    import typing
+
+    try:
+        hints = typing.get_type_hints(factory)  # a class's (dataclass fields'), or a function's parameters
+    except Exception:  # a factory whose annotations cannot be resolved is called unchecked
+        return kwargs
+    out = dict(kwargs)
+    for key, value in kwargs.items():
+        allowed = {a for a in typing.get_args(hints.get(key)) or (hints.get(key),) if a is not type(None)}
+        if allowed <= {str} and allowed:
+            out[key] = str(value)
+        elif allowed == {int} and (not isinstance(value, int) or isinstance(value, bool)):
+            raise PoisonlabError(f"{where}: {key}={value!r}: expected an integer")
+        elif allowed == {float} and not (isinstance(value, int | float) and math.isfinite(value)):
+            raise PoisonlabError(f"{where}: {key}={value!r}: expected a finite number")
+    return out
 
 
 def parse_scalar(text: str) -> Any:
@@ -108,9 +135,12 @@ def parse_spec(spec: str, kind: str) -> tuple[str, dict[str, Any]]:
     kwargs: dict[str, Any] = {}
     for item in filter(None, params.split(",")):
         key, eq, value = item.partition("=")
-        if not eq:
+        key = key.strip().replace("-", "_")
+        if not eq or not key:
             raise PoisonlabError(f"{kind} {spec!r}: expected key=value, got {item!r}")
-        kwargs[key.strip().replace("-", "_")] = parse_scalar(value.strip())
+        if key in kwargs:
+            raise PoisonlabError(f"{kind} {spec!r}: {key} is given twice")
+        kwargs[key] = parse_scalar(value.strip())
     return name, kwargs
 
 

@@ -58,7 +58,8 @@ def test_run_badnets_prints_the_table_and_writes_the_run_folder(tmp_path):
 
 def test_run_badnets_json_is_machine_readable(tmp_path):
     result = runner.invoke(
-        app, ["run", "badnets", *FAST, "--mode", "all-to-all", "--json", "--out", str(tmp_path / "r")]
+        app, ["run", "badnets", *[a for a in FAST if a not in ("--target", "1")], "--mode", "all-to-all", "--json",
+              "--out", str(tmp_path / "r")]
     )
     assert result.exit_code == 0, result.output
     body = json.loads(result.output)

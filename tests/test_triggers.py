@@ -46,7 +46,10 @@ def test_parse_trigger_specs_and_errors():
     for spec, message in [
         ("star", "unknown trigger"),
         ("patch:size", "expected key=value"),
-        ("patch:shape=3", "unexpected keyword"),
+        ("patch:shape=3", "unknown key shape; expected size, position, color, margin"),
+        ("patch:size=2.5", "size=2.5: expected an integer"),
+        ("patch:size=1,size=2", "size is given twice"),
+        ("pixel:size=5", "a pixel trigger is one pixel"),
         ("patch:position=middle", "expected one of"),
         ("patch:color=2", r"\[0, 1\]"),
         ("blend:alpha=0", r"\(0, 1\]"),

@@ -5,8 +5,9 @@ All-to-one sends every triggered input to one target class; all-to-all sends cla
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -50,6 +51,13 @@ class BadNets:
         if self.mode not in ("all-to-one", "all-to-all"):
             raise PoisonlabError(f"badnets mode {self.mode!r}: expected all-to-one or all-to-all")
         check_budget(self.rate, self.count)
+
+    @staticmethod
+    def check_given(given: Mapping[str, Any]) -> None:
+        """Refuse a ``target`` set beside ``mode = "all-to-all"``, where class i always goes to i + 1."""
+        if given.get("mode") == "all-to-all" and "target" in given:
+            raise PoisonlabError(f"badnets target {given['target']}: all-to-all sends class i to i + 1 and has no "
+                                 "target; leave target out or use mode all-to-one")
 
     def target_map(self, num_classes: int) -> AllToOne | AllToAll:
         if self.mode == "all-to-all":

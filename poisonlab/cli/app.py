@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ast
 import importlib
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -67,6 +69,28 @@ class LazyGroup(typer.core.TyperGroup):
         if args and args[0] in COMMANDS:  # load the real command; the listing placeholder is for help only
             return args[0], load_command(args[0]), args[1:]
         return super().resolve_command(ctx, args)
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, windows_expand_args: bool = True, **extra: Any) -> Any:
+        """As click's, but a usage error (a bad option value, an unknown option) is one ``error:`` line, exit 2."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False,
+                               windows_expand_args=windows_expand_args, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False,
+                               windows_expand_args=windows_expand_args, **extra)
+        except typer.Abort:
+            typer.echo("Aborted!", err=True)
+            sys.exit(1)
+        except typer.TyperException as e:  # click's errors (typer vendors click): usage, bad parameter, no such file
+            from poisonlab.cli.common import say
+
+            ctx = getattr(e, "ctx", None)
+            hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+            message = e.format_message() if hasattr(e, "format_message") else str(e)
+            say(" ".join(message.split()) + hint, label="error:", style="red", err=True)
+            sys.exit(getattr(e, "exit_code", 1))
+        sys.exit(rv if isinstance(rv, int) and not isinstance(rv, bool) else 0)
 
 
 app = typer.Typer(

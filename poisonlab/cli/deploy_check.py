@@ -11,7 +11,7 @@ import typer
 from poisonlab.cli.common import one_line_errors, print_json, print_tables, say
 from poisonlab.compress import CALIBRATION_IMAGES, DEFAULT_DEPLOYMENTS, calibration_images, parse_deployment
 from poisonlab.compress.check import CheckSettings, deploy_check
-from poisonlab.core import PoisonlabError
+from poisonlab.core import PoisonlabError, check_seed
 from poisonlab.defenses import NeuralCleanse
 from poisonlab.experiment.subject import open_subject
 from poisonlab.report.tables import deploy_check_tables
@@ -49,6 +49,7 @@ def deploy_check_command(
     """
     if (trigger is None) != (target is None):
         raise PoisonlabError("deploy-check: --trigger and --target go together")
+    check_seed(seed, "--seed")
     settings = CheckSettings(max_disagreement, max_divergence, max_asr_gain, search_steps=search_steps, seed=seed)
     trig = parse_trigger(trigger) if trigger is not None else None
     if test_size < 0:

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from poisonlab.attacks.backgradient import BackGradientPoisoning, Goal
 from poisonlab.backgradient.learners import LEARNERS, Descent, build_learner, train
-from poisonlab.core import ImageSet, PoisonlabError, check_budget, poison_count, require
+from poisonlab.core import ImageSet, PoisonlabError, check_budget, check_seed, poison_count, require
 from poisonlab.data import DATASETS, load_dataset
 from poisonlab.experiment.config import check_component, helped
 from poisonlab.experiment.run import Experiment, Result, Run, Timer, register
@@ -65,6 +65,7 @@ class BackgradientConfig:
 
     def __post_init__(self) -> None:
         check_component("dataset", self.dataset, DATASETS)
+        check_seed(self.seed)
         for i, name in enumerate((self.learner, *self.transfer)):
             if name not in LEARNERS:
                 where = "learner" if i == 0 else f"transfer[{i - 1}]"

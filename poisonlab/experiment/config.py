@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import tomllib
 import types
 import typing
@@ -94,9 +95,13 @@ def check_type(path: str, value: Any, annotation: Any) -> Any:
         return value if isinstance(value, dict) else _wrong(path, value, annotation)
     if annotation is float:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):
+            raise PoisonlabError(f"{path}: {value}; expected a finite number")
         return float(value) if ok else _wrong(path, value, annotation)
     if annotation is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
+        if ok and not -(2**63) <= value < 2**63:
+            raise PoisonlabError(f"{path}: {value} does not fit a 64-bit integer; expected -2**63 to 2**63 - 1")
         return value if ok else _wrong(path, value, annotation)
     if isinstance(annotation, type):
         return value if isinstance(value, annotation) else _wrong(path, value, annotation)
@@ -200,6 +205,12 @@ class AttackConfig:
         params = parameters(ATTACKS.get(name))
         given = {k: v for k, v in raw.items() if k != "name"}
         reject_unknown(path, given, [k for k, p in params.items() if _settable(p)])
+        check_given = getattr(ATTACKS.get(name), "check_given", None)
+        if check_given is not None:  # an attack's rule about parameters set together (not about its defaults)
+            try:
+                check_given(given)
+            except PoisonlabError as e:
+                raise PoisonlabError(f"{path}: {e}") from None
         resolved = attack_defaults(name) | {k: field_value(f"{path}.{k}", v, params[k].annotation)
                                              for k, v in given.items()}
         config = AttackConfig(name, resolved)

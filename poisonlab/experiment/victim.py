@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from poisonlab.core import ImageSet, LossFn, Phase, PoisonlabError, require
+from poisonlab.core import ImageSet, LossFn, Phase, PoisonlabError, check_seed, require
 from poisonlab.data import DATASETS, dataset_files, holdout_rows, load_dataset
 from poisonlab.experiment.config import check_component, helped
 from poisonlab.models import build_model, model_factory
@@ -40,7 +40,7 @@ class Victim:
             model_factory(self.model)
         except PoisonlabError as e:
             raise PoisonlabError(f"model: {e}") from None
-        require(self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        check_seed(self.seed)
         require(self.holdout is None or 0.0 < self.holdout < 1.0, "holdout", self.holdout, "a share in (0, 1)")
         for name in ("train_size", "test_size"):
             value = getattr(self, name)

@@ -76,3 +76,9 @@ class Pixel(Patch):
     """A single pixel (Gu et al.'s single-pixel backdoor)."""
 
     size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.size != 1:
+            raise PoisonlabError(f"pixel trigger: size={self.size}, but a pixel trigger is one pixel (size 1); "
+                                 "use patch:size=N for a square")
+        super().__post_init__()
