@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
@@ -24,12 +25,27 @@ F = TypeVar("F", bound=Callable[..., Any])
 ForceOpt = Annotated[bool, typer.Option("--force", help="write into a non-empty --out that holds no finished run")]
 
 
+def finite_options(kwargs: dict[str, Any]) -> None:
+    """Refuse NaN and infinity in every number option: no value may switch a check off silently."""
+    for key, value in kwargs.items():
+        values = value if isinstance(value, list | tuple) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise PoisonlabError(f"--{key.replace('_', '-')} {value}: expected a finite number")
+
+
+def at_least(flag: str, value: float | None, low: float, strict: bool = False) -> None:
+    """Refuse an option value below ``low`` (or at it, when ``strict``)."""
+    if value is not None and (value < low or (strict and value == low)):
+        raise PoisonlabError(f"{flag} {value}: expected a number {'>' if strict else '>='} {low:g}")
+
+
 def one_line_errors(fn: F) -> F:
-    """Turn a PoisonlabError into ``error: ...`` on stderr and exit code 2, with no traceback."""
+    """A PoisonlabError becomes ``error: ...`` on stderr and exit code 2 (no traceback); numbers must be finite."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            finite_options(kwargs)
             return fn(*args, **kwargs)
         except PoisonlabError as e:
             say(str(e), label="error:", style="red", err=True)

@@ -8,7 +8,7 @@ from typing import Annotated
 import torch
 import typer
 
-from poisonlab.cli.common import one_line_errors, print_json, print_tables, say
+from poisonlab.cli.common import at_least, one_line_errors, print_json, print_tables, say
 from poisonlab.compress import CALIBRATION_IMAGES, DEFAULT_DEPLOYMENTS, calibration_images, parse_deployment
 from poisonlab.compress.check import CheckSettings, deploy_check
 from poisonlab.core import PoisonlabError, check_seed
@@ -50,6 +50,9 @@ def deploy_check_command(
     if (trigger is None) != (target is None):
         raise PoisonlabError("deploy-check: --trigger and --target go together")
     check_seed(seed, "--seed")
+    for flag, value in (("--max-disagreement", max_disagreement), ("--max-divergence", max_divergence),
+                        ("--max-asr-gain", max_asr_gain)):
+        at_least(flag, value, 0.0)
     settings = CheckSettings(max_disagreement, max_divergence, max_asr_gain, search_steps=search_steps, seed=seed)
     trig = parse_trigger(trigger) if trigger is not None else None
     if test_size < 0:

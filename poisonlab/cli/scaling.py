@@ -7,12 +7,12 @@ from typing import Annotated
 
 import typer
 
-from poisonlab.cli.common import one_line_errors, print_json, print_tables, say
+from poisonlab.cli.common import at_least, one_line_errors, print_json, print_tables, say
 from poisonlab.cli.run import command
 from poisonlab.core import PoisonlabError
 from poisonlab.data.images import read_pixels
 from poisonlab.registry import EXPERIMENTS
-from poisonlab.report.store import atomic_write_png
+from poisonlab.report.store import atomic_write_png, check_out_file
 from poisonlab.report.tables import image_scan_tables
 from poisonlab.scaling.craft import craft_attack, craft_weak
 from poisonlab.scaling.defenses import DETECTORS, detect
@@ -39,6 +39,8 @@ def craft(
 
     Example: poisonlab scaling craft cat.png dog.png --size 64x64 --library opencv --algorithm linear -o attack.png
     """
+    at_least("--eps", eps, 0.0, strict=True)
+    check_out_file(out, "attack image")
     resizer = get_resizer(library, algorithm)
     src, tgt = read_pixels(source, "RGB"), read_pixels(target, "RGB")
     hw = parse_size(size) if size else tgt.shape[:2]
@@ -76,6 +78,7 @@ def scan(
 
     Example: poisonlab scaling scan data/*.png --size 64x64 --library opencv --algorithm linear
     """
+    at_least("--threshold", threshold, 0.0)
     resizer, hw = get_resizer(library, algorithm), parse_size(size)
     pixels = [read_pixels(p, "RGB") for p in images]
     for path, img in zip(images, pixels, strict=True):

@@ -201,6 +201,13 @@ def load_model(name: str, shape: Shape, num_classes: int, path: Path | None) -> 
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    kinds = [k for k in expected if k in state and state[k].is_floating_point() != expected[k].is_floating_point()]
+    if kinds:
+        k = kinds[0]
+        raise PoisonlabError(f"{path}: tensor {k} is {state[k].dtype}, expected {expected[k].dtype}")
+    broken = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if broken is not None:
+        raise PoisonlabError(f"{path}: tensor {broken} holds NaN or infinity; expected finite weights")
     if missing or unexpected or wrong:
         detail = (
             f"missing {missing[:3]}"
@@ -247,6 +254,14 @@ def read_models(run_dir: Path) -> dict[str, Any]:
         raise PoisonlabError(f"{path}: not readable JSON ({e})") from None
     if not isinstance(spec, dict) or not {"architecture", "input_shape", "classes", "models"} <= set(spec):
         raise PoisonlabError(f"{path}: expected architecture, input_shape, classes and models")
+    shape, classes, models = spec["input_shape"], spec["classes"], spec["models"]
+    if not (isinstance(spec["architecture"], str)
+            and isinstance(shape, list) and len(shape) == 3 and all(type(v) is int and v > 0 for v in shape)
+            and isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) for c in classes)
+            and isinstance(models, dict) and models
+            and all(isinstance(f, str) and Path(f).name == f and f.endswith(".safetensors") for f in models.values())):
+        raise PoisonlabError(f"{path}: expected architecture (text), input_shape [C, H, W], classes (>= 2 names) and "
+                             "models (name -> a .safetensors file in this folder)")
     return spec
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -12,17 +13,35 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from poisonlab.core import PoisonlabError
+
 REPORT_SCHEMA = "poisonlab.report/1"
 REPORT_FILE = "report.json"
 LOCK_FILE = ".lock"
 """Held (flock) by the process running a sweep in a folder, so that a second sweep there is refused."""
 
 
+def check_out_file(path: Path, what: str = "output file") -> None:
+    """Refuse, before any work, an output file path that is a folder or whose folder is missing or not writable."""
+    if path.is_dir():
+        raise PoisonlabError(f"{path}: is a folder; expected a path for the {what}")
+    parent = path.absolute().parent
+    if not parent.is_dir():
+        raise PoisonlabError(f"{path}: folder {parent} does not exist; create it first or choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PoisonlabError(f"{path}: folder {parent} is not writable")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    """Write ``data`` to ``path`` through a temporary file and a rename: a reader never sees half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise PoisonlabError(f"{path}: cannot write ({e.strerror or e})") from None
 
 
 def atomic_write_png(path: Path, pixels: Any) -> None:
