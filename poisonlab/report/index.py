@@ -7,6 +7,7 @@ re-scans the root, adds new or changed reports (by modification time) and drops 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing
@@ -15,6 +16,7 @@ from typing import Any
 
 from poisonlab.core import PoisonlabError
 from poisonlab.registry import parse_scalar
+from poisonlab.report.store import read_report
 
 INDEX_FILE = "index.sqlite"
 COLUMNS = ("run", "kind", "created", "name", "dataset", "model", "attack", "seed", "rate", "ca", "asr", "clean_ca")
@@ -36,19 +38,26 @@ def _get(obj: Any, *path: str) -> Any:
     return obj
 
 
+def _scalar(value: Any) -> Any:
+    """A column value: text or a number; anything else (a list, a table, a tampered field) is no value."""
+    return value if isinstance(value, str | int | float) and not isinstance(value, bool) else None
+
+
 def row(run: str, mtime: int, body: dict[str, Any]) -> dict[str, Any]:
     """The indexed columns of one report: config runs nest the attack, the built-in experiments keep it flat."""
-    cfg, metrics = body.get("config") or {}, body.get("metrics") or {}
+    cfg: dict[str, Any] = body["config"] if isinstance(body.get("config"), dict) else {}
+    metrics: dict[str, Any] = body["metrics"] if isinstance(body.get("metrics"), dict) else {}
     attack = _get(cfg, "attack", "name") if isinstance(cfg.get("attack"), dict) else body.get("kind")
     rate = _get(cfg, "attack", "rate") if isinstance(cfg.get("attack"), dict) else cfg.get("rate")
-    return {
-        "run": run, "mtime": mtime, "schema": body.get("schema"), "kind": body.get("kind"),
-        "created": body.get("created"), "name": cfg.get("name") or body.get("kind"), "dataset": cfg.get("dataset"),
-        "model": cfg.get("model"), "attack": attack, "seed": cfg.get("seed"), "rate": rate,
+    columns = {
+        "schema": body.get("schema"), "kind": body.get("kind"), "created": body.get("created"),
+        "name": cfg.get("name") or body.get("kind"), "dataset": cfg.get("dataset"), "model": cfg.get("model"),
+        "attack": attack, "seed": cfg.get("seed"), "rate": rate,
         "ca": _get(metrics, "backdoored", "clean_accuracy"), "asr": _get(metrics, "backdoored", "attack_success_rate"),
         "clean_ca": _get(metrics, "clean", "clean_accuracy"),
-        "config": json.dumps(cfg), "metrics": json.dumps(metrics),
     }
+    return {"run": run, "mtime": mtime, **{k: _scalar(v) for k, v in columns.items()},
+            "config": json.dumps(cfg), "metrics": json.dumps(metrics)}
 
 
 def _reports(root: Path) -> Iterator[Path]:
@@ -57,12 +66,23 @@ def _reports(root: Path) -> Iterator[Path]:
             yield path
 
 
-def refresh(root: Path) -> Path:
-    """Bring ``root/index.sqlite`` up to date with the report.json files under ``root``; return its path."""
-    if not root.is_dir():
-        raise PoisonlabError(f"{root}: no such results folder")
+def _open_index(root: Path) -> sqlite3.Connection:
+    """``root/index.sqlite``, or an index in memory when the root is read-only or its index file is damaged."""
     db = root / INDEX_FILE
-    with closing(sqlite3.connect(db)) as con, con:
+    if os.access(root, os.W_OK) and (not db.exists() or os.access(db, os.W_OK)):
+        con = sqlite3.connect(db)
+        try:
+            con.execute(SCHEMA_SQL)
+            con.execute("SELECT run, mtime FROM runs LIMIT 1").fetchall()
+            return con
+        except sqlite3.DatabaseError:  # not an index (a foreign or damaged file): leave it, index in memory
+            con.close()
+    return sqlite3.connect(":memory:")
+
+
+def refresh(con: sqlite3.Connection, root: Path) -> None:
+    """Bring the index ``con`` up to date with the poisonlab report.json files under ``root``."""
+    with con:
         con.execute(SCHEMA_SQL)
         known = dict(con.execute("SELECT run, mtime FROM runs").fetchall())
         seen = set()
@@ -72,17 +92,13 @@ def refresh(root: Path) -> Path:
             mtime = path.stat().st_mtime_ns
             if known.get(run) == mtime:
                 continue
-            try:
-                body = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue  # unreadable reports are not runs; report.json is written atomically, so this is rare
-            if not isinstance(body, dict):
-                continue
+            body = read_report(path)
+            if body is None:
+                continue  # unreadable or foreign report.json files are not poisonlab runs
             values = row(run, mtime, body)
             con.execute(f"INSERT OR REPLACE INTO runs ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
                         list(values.values()))
         con.executemany("DELETE FROM runs WHERE run = ?", [(r,) for r in set(known) - seen])
-    return db
 
 
 def list_runs(root: Path, where: dict[str, str] | None = None) -> list[dict[str, Any]]:
@@ -91,7 +107,8 @@ def list_runs(root: Path, where: dict[str, str] | None = None) -> list[dict[str,
     A field is an indexed column (kind, name, dataset, model, attack, seed, rate) or a dotted path
     into the config (``attack.target``, ``training.epochs``).
     """
-    db = refresh(root)
+    if not root.is_dir():
+        raise PoisonlabError(f"{root}: no such results folder")
     clauses, params = [], []
     for key, value in (where or {}).items():
         if key in FILTERABLE:
@@ -105,7 +122,8 @@ def list_runs(root: Path, where: dict[str, str] | None = None) -> list[dict[str,
     sql = f"SELECT {', '.join(COLUMNS)}, config, metrics FROM runs"
     if clauses:
         sql += " WHERE " + " AND ".join(clauses)
-    with closing(sqlite3.connect(db)) as con:
+    with closing(_open_index(root)) as con:
+        refresh(con, root)
         con.row_factory = sqlite3.Row
         rows = con.execute(sql + " ORDER BY created, run", params).fetchall()
     return [{**dict(r), "config": json.loads(r["config"]), "metrics": json.loads(r["metrics"])} for r in rows]
@@ -116,10 +134,10 @@ def load_run(ref: str, root: Path) -> tuple[str, dict[str, Any]]:
     for candidate in (Path(ref), root / ref):
         path = candidate / "report.json" if candidate.is_dir() else candidate
         if path.name == "report.json" and path.is_file():
-            try:
-                return str(path.parent), json.loads(path.read_text())
-            except ValueError:
-                raise PoisonlabError(f"{path}: not a readable report.json") from None
+            body = read_report(path)
+            if body is None:
+                raise PoisonlabError(f"{path}: not a readable poisonlab report.json")
+            return str(path.parent), body
     raise PoisonlabError(f"run {ref!r}: no report.json there or under {root}")
 
 
