@@ -17,9 +17,10 @@ from typing import Annotated, Any
 import typer
 
 from poisonlab.cli.common import ForceOpt, err_console, one_line_errors, print_json, print_tables, say
+from poisonlab.core import PoisonlabError
 from poisonlab.experiment import config as cfgmod
 from poisonlab.experiment.run import PIPELINE, Experiment, Resolved, execute, finished_same, load, resolve
-from poisonlab.experiment.rundir import make_run_dir
+from poisonlab.experiment.rundir import discard_unstarted, make_run_dir
 from poisonlab.registry import ATTACKS, EXPERIMENTS
 
 CONFIG_COMMAND = "config"
@@ -47,7 +48,12 @@ def run_and_print(resolved: Resolved, out: Path | None, json_out: bool, quiet: b
     body = finished_same(out, resolved)
     run_dir = out if body is not None and out is not None else make_run_dir(out, resolved.name, force)
     if body is None:
-        body = execute(resolved, run_dir, progress=not (quiet or json_out))
+        before = set(run_dir.iterdir())
+        try:
+            body = execute(resolved, run_dir, progress=not (quiet or json_out))
+        except PoisonlabError:
+            discard_unstarted(run_dir, before)
+            raise
     if json_out:
         print_json({"run_dir": str(run_dir), **body})
         return

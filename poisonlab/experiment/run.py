@@ -31,12 +31,11 @@ from poisonlab.experiment.config import (
     resolve_fields,
     sweep_axes,
 )
-from poisonlab.experiment.rundir import run_name
+from poisonlab.experiment.rundir import CONFIG_FILE, run_name
 from poisonlab.registry import EXPERIMENTS
 from poisonlab.report.store import REPORT_FILE, atomic_write_bytes, atomic_write_json, read_report, report, to_json
 from poisonlab.report.tables import TableData
 
-CONFIG_FILE = "config.toml"
 PIPELINE = "pipeline"
 """The experiment a config file without an ``experiment`` key runs: the attack pipeline."""
 

@@ -19,6 +19,8 @@ from pathlib import Path
 from poisonlab.core import PoisonlabError
 from poisonlab.report.store import LOCK_FILE, REPORT_FILE
 
+CONFIG_FILE = "config.toml"
+
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,99}")
 """A run or sweep name: one plain folder-name component (no separators, no leading dot, at most 100 chars)."""
 
@@ -75,6 +77,17 @@ def make_run_dir(out: Path | None, kind: str, force: bool = False, root: Path = 
     except OSError as e:
         raise PoisonlabError(f"{path}: cannot write the run folder ({e.strerror})") from None
     return path
+
+
+def discard_unstarted(path: Path, before: set[Path]) -> None:
+    """After a run refused its input (a target outside the data's classes, say), remove what it wrote: its
+    config.toml, and the folder itself when that leaves it empty. A run that wrote more is left as it is."""
+    added = set(path.iterdir()) - before
+    if {p.name for p in added} <= {CONFIG_FILE}:
+        for p in added:
+            p.unlink()
+        if not before:
+            path.rmdir()
 
 
 @contextmanager
