@@ -186,5 +186,5 @@ def test_npz_with_pickled_objects_is_refused(tmp_path):
     np.savez(path, x=np.array([object()], dtype=object), y=np.array([0]))
     with pytest.raises(PoisonlabError, match="holds Python objects"):
         load_dataset(f"npz:{path}")
-    with pytest.raises(PoisonlabError, match="no such file"):
+    with pytest.raises(PoisonlabError, match="no such npz file"):
         load_dataset(f"npz:{tmp_path / 'none.npz'}")
