@@ -96,11 +96,15 @@ def data(
     where = resolve_device(device)
     subject = open_subject(run, dataset, weights, model, holdout=holdout)
     train = subject.train
-    truth_at = subject.truth
+    truth_at, unscanned = subject.truth, 0
     if truth is not None:
         position = {r: i for i, r in enumerate(subject.data.rows.tolist())}
-        truth_at = torch.tensor([position[r] for r in read_row_numbers(truth).tolist() if r in position],
-                                dtype=torch.long)
+        given = read_row_numbers(truth).tolist()
+        truth_at = torch.tensor([position[r] for r in given if r in position], dtype=torch.long)
+        unscanned = len(given) - len(truth_at)
+        if given and not len(truth_at):
+            raise PoisonlabError(f"{truth}: none of its {len(given)} rows is a scanned training row (rows 0 to "
+                                 f"{max(position, default=-1)}); expected row numbers of the dataset")
     scanner = DEFENSES.build(defense, layer=int(layer) if layer.lstrip("-").isdigit() else layer)
     t0 = time.perf_counter()
     verdict = scanner.scan(subject.model.to(where), train)
@@ -117,7 +121,7 @@ def data(
                  "score": float(verdict.scores[i])} for i in ranked[:top]],
         "out": str(folder)}
     if truth_at is not None:
-        result["detection"] = detection_metrics(verdict, truth_at, len(train))
+        result["detection"] = {**detection_metrics(verdict, truth_at, len(train)), "truth_rows_not_scanned": unscanned}
     result["verdict"] = _verdict(result)
     atomic_write_bytes(folder / "scores.csv", _scores_csv(subject, verdict.scores, verdict.flagged, ranked))
     atomic_write_json(folder / "report.json", {**result, "flagged_rows": rows[verdict.flagged].tolist()})

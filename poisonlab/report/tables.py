@@ -254,7 +254,9 @@ def data_scan_tables(result: dict[str, Any], per_class: list[tuple[str, int]]) -
     d = result.get("detection")
     if d is not None:
         table.caption = (f"against the truth ({d['poisoned']} poisoned): precision {d['precision']:.3f}, recall "
-                         f"{d['recall']:.3f}, F1 {d['f1']:.3f}, AUROC {d['auroc']:.3f}")
+                         f"{d['recall']:.3f}, F1 {d['f1']:.3f}, AUROC {d['auroc']:.3f}"
+                         + (f"; {d['truth_rows_not_scanned']} truth rows were not scanned (held out or not in the "
+                            "subset)" if d.get("truth_rows_not_scanned") else ""))
     return [table]
 
 
