@@ -144,6 +144,11 @@ class Poisoned:
         return stamped(test, self.trigger, self.target_map)
 
     @property
+    def touched(self) -> Tensor:
+        """Every row the attack changed: ``indices`` plus rows altered without a backdoor (none by default)."""
+        return self.indices
+
+    @property
     def target(self) -> int | None:
         """The attacker's one target class (all-to-one), else None."""
         return self.target_map.target if isinstance(self.target_map, AllToOne) else None

@@ -71,7 +71,9 @@ ATTACK_CASES: dict[str, dict[str, Any]] = {
     "compression-artifact": {"target": 1, "deployment": "prune-l1:0.5", "trigger": Patch(size=3)},
     "multi-target-badnets": {"bits": 4, "rate": 0.05},
     "scaling-camouflage": {"size": (6, 6), "target": 1, "count": 6, "trigger": Patch(size=2)},
+    "sig": {"target": 1, "rate": 0.05, "frequency": 3.0},
     "universal": {"bits": 2, "rate": 0.05, "samples_per_class": 10},
+    "wanet": {"target": 1, "rate": 0.05, "cross_ratio": 2.0},
 }
 
 TRIGGER_CASES = {
@@ -79,6 +81,8 @@ TRIGGER_CASES = {
     "checkerboard": "checkerboard:size=4",
     "patch": "patch:size=3,position=top-left",
     "pixel": "pixel:position=bottom-right",
+    "sinusoid": "sinusoid:delta=0.1,frequency=3",
+    "warp": "warp:k=4,strength=0.5",
 }
 
 MODEL_CASES = {"badnets-cnn": (1, 28, 28), "small-cnn": (3, 12, 12)}
@@ -217,7 +221,7 @@ def check_data_attack(factory: Callable[..., Any], kwargs: dict[str, Any], train
     assert len(idx) == poison_count(len(train), attack.rate, attack.count)
     assert idx.dtype == torch.int64 and torch.equal(idx, idx.unique()) and int(idx.max()) < len(data)
     kept = torch.ones(len(data), dtype=torch.bool)
-    kept[idx] = False
+    kept[poisoned.touched] = False
     kept_rows = torch.nonzero(kept).flatten()
     assert int(kept_rows.max()) < len(train), "rows the attack says it did not touch must be training rows"
     assert torch.equal(data.x[kept_rows], train.x[kept_rows]) and torch.equal(data.y[kept_rows], train.y[kept_rows])
