@@ -60,6 +60,9 @@ def main() -> None:
         for name, score in DETECTORS.items():
             b = np.array([score(x, resizer, size) for x in benign])
             a = np.array([score(x, resizer, size) for x in attacks])
+            if not np.isfinite(np.r_[b, a]).all():
+                print(f"  detect {name:15s} does not apply at this ratio ({args.resizer} reads every pixel)")
+                continue
             auroc = roc_auc_score(np.r_[np.zeros(len(b)), np.ones(len(a))], np.r_[b, a])
             print(f"  detect {name:15s} AUROC {auroc:.4f}  benign max {b.max():8.1f}  attack min {a.min():8.1f}")
         base = np.mean([psnr(resizer(x, size), t) for x, t in zip(benign, targets, strict=True)])

@@ -234,6 +234,24 @@ def craft_attack(source: np.ndarray, target: np.ndarray, resizer: Resizer, eps: 
                    float(np.abs(out.astype(np.float64) - target).max()), info)
 
 
+def craft_region(source: np.ndarray, target: np.ndarray, resizer: Resizer, box: tuple[int, int, int, int],
+                 eps: float = 1.0) -> Crafted:
+    """Strong attack on part of the model's input: ``resizer`` output is the source's own except in ``box``.
+
+    ``box`` is (top, left, height, width) in output pixels; inside it the output becomes ``target``
+    (shaped like the output). ``psnr_target`` and ``max_target_error`` are judged on the whole output.
+    """
+    _check_pair(source, target)
+    top, left, height, width = box
+    if height < 1 or width < 1 or top < 0 or left < 0 or top + height > target.shape[0] \
+            or left + width > target.shape[1]:
+        raise PoisonlabError(f"region {box}: expected (top, left, height, width) inside the output "
+                             f"{target.shape[0]}x{target.shape[1]}")
+    goal = resizer(source, target.shape[:2]).copy()
+    goal[top:top + height, left:left + width] = target[top:top + height, left:left + width]
+    return craft_attack(source, goal, resizer, eps)
+
+
 def craft_weak(target: np.ndarray, resizer: Resizer, source_shape: tuple[int, int], eps: float = 1.0,
                quantize: bool = True) -> Crafted:
     """Weak attack: only the resize output matters; starts from ``target`` upscaled bilinearly (psnr_source
