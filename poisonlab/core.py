@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import torch
@@ -12,6 +14,23 @@ from torch import Tensor, nn
 
 class PoisonlabError(ValueError):
     """A user-facing error: one line that names the thing and what was expected."""
+
+
+def check_regular(path: Path, what: str = "image file") -> None:
+    """Refuse anything but an existing regular file (missing, folder, FIFO, device, dangling or looping link).
+
+    Reading a FIFO would block forever and a device could stream without end, so only plain files are opened.
+    """
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise PoisonlabError(f"{path}: no such {what}") from None
+    except OSError as e:
+        raise PoisonlabError(f"{path}: cannot read this {what} ({e.strerror or e})") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+        article = "an" if what[:1].lower() in "aeiou" else "a"
+        raise PoisonlabError(f"{path}: expected {article} {what}, found {kind}")
 
 
 @dataclass(frozen=True)

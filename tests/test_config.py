@@ -73,7 +73,7 @@ name = "badnets"
         ('dataset = "synthetic"\nmodel = "resnet-1000"\n[attack]\nname = "badnets"\n',
          r"model: unknown model 'resnet-1000'"),
         ('dataset = "synthetic"\n[training]\nepochs = 0\n[attack]\nname = "badnets"\n',
-         r"training\.epochs: 0; expected an integer >= 1"),
+         r"training\.epochs: 0; expected an integer in \[1, 10000\]"),
         ('dataset = "synthetic"\n[training]\nepoch = 2\n[attack]\nname = "badnets"\n',
          r"training\.epoch: unknown key; expected one of: batch_size, device, epochs, lr, weight_decay"),
         ('dataset = "synthetic"\nseed = -1\n[attack]\nname = "badnets"\n',

@@ -14,7 +14,7 @@ from rich.text import Text
 
 from poisonlab.core import PoisonlabError
 from poisonlab.report.store import to_json
-from poisonlab.report.tables import TableData
+from poisonlab.report.tables import TableData, printable
 
 PIPE_WIDTH = 160
 """Columns for output that goes to a file or pipe (rich would assume 80 and cut resizer names and headers)."""
@@ -62,9 +62,10 @@ def print_json(obj: Any) -> None:
 def say(text: str, label: str = "", style: str = "", err: bool = False) -> None:
     """One line printed literally (paths and class names may hold ``[`` or ``:name:``), after a coloured ``label``.
 
-    Rich never parses ``text`` as markup or emoji codes, and never wraps it: one message, one line.
+    Rich never parses ``text`` as markup or emoji codes, and never wraps it; unprintable characters (a newline or
+    an escape code in a file name) are shown escaped: one message, one line.
     """
-    line = Text.assemble((label, style), " " if label else "", text)
+    line = Text.assemble((label, style), " " if label else "", printable(text))
     (err_console if err else console).print(line, highlight=False, soft_wrap=True)
 
 

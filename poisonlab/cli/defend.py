@@ -27,7 +27,8 @@ def defend(
     method: Annotated[str, typer.Option(help="a mitigation: fine-pruning, unlearning or retrain")] = "fine-pruning",
     scanner: Annotated[str, typer.Option(help="for retrain: the data scanner whose flagged samples are dropped")]
     = "spectral",
-    reserve: Annotated[int, typer.Option(help="clean training images the defender holds")] = DEFAULT_RESERVE,
+    reserve: Annotated[int | None, typer.Option(help=f"clean training images the defender holds (default: "
+                                                     f"{DEFAULT_RESERVE}, or every clean one when fewer)")] = None,
     seed: Annotated[int | None, typer.Option(help="seed for the mitigation (default: the run's)")] = None,
     model: Annotated[str | None, typer.Option(help="the run's architecture, when it is code (package.module:factory)")]
     = None,
@@ -50,6 +51,8 @@ def defend(
     cfg = subject.config if seed is None else dataclasses.replace(subject.config, seed=seed)
     d = subject.data
     specs = [scanner, f"retrain:scanner={scanner}"] if method == "retrain" else [method]
+    if reserve is None:
+        reserve = min(DEFAULT_RESERVE, len(d.train) - len(d.poisoned.indices))
     defender = defender_data(f"reserve:{reserve}", d.train, d.poisoned.indices, d.test, d.triggered, cfg.seed)
     repaired: dict[str, nn.Module] = {}
     results = apply_defenses(specs, subject.models["backdoored"], d.train, d.poisoned.indices, defender,

@@ -100,6 +100,10 @@ def data(
     if truth is not None:
         position = {r: i for i, r in enumerate(subject.data.rows.tolist())}
         given = read_row_numbers(truth).tolist()
+        total = subject.data.total
+        if given and max(given) >= total:
+            raise PoisonlabError(f"{truth}: row {max(given)} is not a row of {subject.dataset} (its {total} training "
+                                 f"rows are 0 to {total - 1})")
         truth_at = torch.tensor([position[r] for r in given if r in position], dtype=torch.long)
         unscanned = len(given) - len(truth_at)
         if given and not len(truth_at):

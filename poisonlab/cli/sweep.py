@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from poisonlab.cli.common import err_console, one_line_errors, print_json, print_tables, say
-from poisonlab.experiment.sweep import Cell, plan, run_sweep
+from poisonlab.experiment.sweep import Cell, plan, run_cells, sweep_folder
 from poisonlab.report.tables import sweep_tables
 
 
@@ -31,7 +31,8 @@ def sweep(
     p = plan(config)
     folder = out if out is not None else Path("runs") / f"sweep-{p.name}"
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err_console, disable=json_out, transient=True) as bar:
+    with sweep_folder(p, folder, backend, jobs), Progress(*columns, console=err_console, disable=json_out,
+                                                          transient=True) as bar:
         task = bar.add_task(f"sweep {p.name}", total=len(p.cells))
 
         def on_cell(cell: Cell, error: str | None) -> None:
@@ -39,7 +40,7 @@ def sweep(
             if error is not None:
                 say(str(error), label=f"cell {cell.id} failed:", style="red", err=True)
 
-        summary = run_sweep(p, folder, backend=backend, jobs=jobs, address=address, on_cell=on_cell)  # type: ignore[arg-type]
+        summary = run_cells(p, folder, backend, jobs, address, on_cell)  # type: ignore[arg-type]
         bar.update(task, completed=len(p.cells))
     if json_out:
         print_json({"sweep_dir": str(folder), **summary})

@@ -10,14 +10,13 @@ header declares at most ``PIXEL_BUDGET`` pixels.
 
 from __future__ import annotations
 
-import stat
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from poisonlab.core import PoisonlabError
+from poisonlab.core import PoisonlabError, check_regular
 
 PIXEL_BUDGET = 40_000_000
 """Most pixels one image may declare (a 6,000 x 6,000 photo is 36 M): a decompression bomb stops at the header."""
@@ -30,19 +29,6 @@ _SAMPLE_FORMAT, _BITS_PER_SAMPLE = 339, 258  # TIFF tags: 1 unsigned, 2 signed, 
 
 class ImageError(PoisonlabError):
     """An image file that cannot be read as stated; the message names the file and what was expected."""
-
-
-def check_regular(path: Path, what: str = "image file") -> None:
-    """Refuse anything but an existing regular file (missing, folder, FIFO, device, dangling or looping link)."""
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise ImageError(f"{path}: no such {what}") from None
-    except OSError as e:
-        raise ImageError(f"{path}: cannot read this {what} ({e.strerror or e})") from None
-    if not stat.S_ISREG(mode):
-        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
-        raise ImageError(f"{path}: expected an {what}, found {kind}")
 
 
 def _open(path: Path) -> Image.Image:
@@ -101,9 +87,11 @@ def decode(path: Path, mode: str | None = None) -> np.ndarray:
             if im.mode in ("I", "F") or im.mode.startswith("I;16"):
                 values = np.asarray(im)
                 if im.mode == "F":
-                    if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
-                        raise ImageError(f"{path}: float image with values in [{np.nanmin(values):g}, "
-                                         f"{np.nanmax(values):g}]; expected [0, 1] without NaN")
+                    finite = values[np.isfinite(values)]
+                    if finite.size < values.size or values.min() < 0 or values.max() > 1:
+                        held = f"values in [{finite.min():g}, {finite.max():g}]" if finite.size else "no finite value"
+                        nan = f", {values.size - finite.size} not finite" if finite.size < values.size else ""
+                        raise ImageError(f"{path}: float image with {held}{nan}; expected values in [0, 1], finite")
                     out = values.astype(np.float32)
                 else:
                     out = (values.astype(np.float64) / _full_scale(im, values, path)).astype(np.float32)

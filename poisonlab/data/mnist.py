@@ -10,8 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from poisonlab.core import ImageSet, PoisonlabError
-from poisonlab.data.images import check_regular
+from poisonlab.core import ImageSet, PoisonlabError, check_regular
 from poisonlab.data.validate import to_image_set
 
 DIGITS = tuple(str(d) for d in range(10))

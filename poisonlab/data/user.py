@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from poisonlab.core import ImageSet, PoisonlabError
-from poisonlab.data.images import check_regular, image_header, read_image
+from poisonlab.core import ImageSet, PoisonlabError, check_regular
+from poisonlab.data.images import image_header, read_image
 from poisonlab.data.validate import to_image_set
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -105,6 +105,7 @@ def dataset_files(spec: str) -> list[str] | None:
 
 def read_row_numbers(path: Path) -> Tensor:
     """Row numbers from a .npy (integers, no pickles), a .json list, or text (one per line or comma-separated)."""
+    check_regular(path, "file of row numbers")
     try:
         if path.suffix == ".npy":
             values = np.load(path, allow_pickle=False)
@@ -112,9 +113,7 @@ def read_row_numbers(path: Path) -> Tensor:
             values = np.asarray(json.loads(path.read_text()))
         else:
             values = np.asarray([int(v) for v in path.read_text().replace(",", " ").split()])
-    except FileNotFoundError:
-        raise PoisonlabError(f"{path}: no such file of row numbers") from None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise PoisonlabError(f"{path}: not a list of row numbers ({e})") from None
     if values.ndim != 1 or (values.size and not np.issubdtype(values.dtype, np.integer)) or (values < 0).any():
         raise PoisonlabError(f"{path}: expected a flat list of row numbers >= 0, got {values.dtype} {values.shape}")

@@ -45,6 +45,9 @@ def clean_reserve(train: ImageSet, poisoned_indices: Tensor, size: int, seed: in
     ok = torch.ones(len(train), dtype=torch.bool)
     ok[poisoned_indices] = False
     pool = torch.nonzero(ok).flatten()
+    if size > len(pool):
+        raise PoisonlabError(f"defender reserve {size}: more than the {len(pool)} unpoisoned training images; "
+                             "expected at most that many")
     pick = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed + 7))[:size]]
     return train.subset(pick)
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from poisonlab.core import PoisonlabError
+from poisonlab.core import PoisonlabError, check_regular
 from poisonlab.registry import ATTACKS, Registry
 from poisonlab.triggers import parse_trigger, trigger_spec
 
@@ -290,14 +290,18 @@ def as_dict(cfg: Any) -> dict[str, Any]:
 
 
 def read_toml(path: Path) -> dict[str, Any]:
-    """The parsed file; one-line errors for a missing file or bad TOML."""
+    """The parsed file; one-line errors for a missing or non-regular file, text that is not UTF-8, or bad TOML."""
+    check_regular(path, "config file")
     try:
         with path.open("rb") as f:
             return tomllib.load(f)
-    except FileNotFoundError:
-        raise PoisonlabError(f"{path}: no such config file") from None
-    except IsADirectoryError:
-        raise PoisonlabError(f"{path}: a folder, expected a config file") from None
+    except OSError as e:
+        raise PoisonlabError(f"{path}: cannot read this config file ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise PoisonlabError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start}); expected a TOML config"
+                             ) from None
+    except RecursionError:
+        raise PoisonlabError(f"{path}: nested too deeply; expected a TOML config of a few tables") from None
     except tomllib.TOMLDecodeError as e:
         raise PoisonlabError(f"{path}: not valid TOML ({e})") from None
 

@@ -46,6 +46,9 @@ def check_out(path: Path | None, force: bool = False) -> None:
     """
     if path is None:
         return
+    if path == Path("."):  # also what an empty --out "" becomes
+        raise PoisonlabError(f"--out {str(path)!r}: the current folder; expected a folder of the run's own "
+                             "(e.g. --out runs/NAME)")
     if path.exists() and not path.is_dir():
         raise PoisonlabError(f"{path}: is a file; expected a folder for the run (or a path that does not exist)")
     refuse_finished(path)

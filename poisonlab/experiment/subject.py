@@ -62,6 +62,9 @@ def open_subject(run: Path | None, dataset: str | None, weights: Path | None, mo
                  which: str | None = None, holdout: float | None = None) -> Subject:
     """The subject of ``--run RUN_DIR``, or of ``--dataset SPEC --model SPEC [--weights FILE] [--holdout F]``."""
     if run is not None:
+        if holdout is not None:
+            raise PoisonlabError(f"--holdout {holdout}: applies to --dataset; the run folder {run} brings its own "
+                                 "test images")
         resolved = run_config(run, model)
         if resolved.experiment == "train":
             cfg = resolved.config
@@ -73,7 +76,7 @@ def open_subject(run: Path | None, dataset: str | None, weights: Path | None, mo
         name = which or "backdoored"
         if name not in s.models:
             raise PoisonlabError(f"{run}: no model {name!r}; it holds {', '.join(s.models)}")
-        rows = Rows(s.data.train, s.data.test, s.data.rows.rows, s.data.rows.files)
+        rows = Rows(s.data.train, s.data.test, s.data.rows.rows, s.data.rows.files, s.data.rows.total)
         return Subject(s.models[name], s.config.model, s.config.dataset, rows, s.data.poisoned.indices,
                        str(run / name))
     if dataset is None or model is None:

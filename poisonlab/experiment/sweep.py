@@ -13,19 +13,23 @@ from __future__ import annotations
 import itertools
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Literal
 
-from poisonlab.core import PoisonlabError
-from poisonlab.experiment.config import read_toml, sweep_axes
+from poisonlab.core import PoisonlabError, check_target
+from poisonlab.data import load_dataset
+from poisonlab.experiment.config import AttackConfig, read_toml, sweep_axes
 from poisonlab.experiment.run import Resolved, execute, experiment_of, resolve
 from poisonlab.experiment.rundir import locked
+from poisonlab.experiment.victim import Victim
+from poisonlab.models import construct
 from poisonlab.report.store import REPORT_FILE, atomic_write_json, read_report
-from poisonlab.report.summary import SUMMARY_FILE, aggregate, open_sweep_folder
+from poisonlab.report.summary import SUMMARY_FILE, aggregate, check_sweep_folder, open_sweep_folder
 
 Backend = Literal["local", "ray"]
 
@@ -96,6 +100,41 @@ def plan(path: Path) -> SweepPlan:
         seen.add(cid)
         cells.append(Cell(cid, overrides, cfg))
     return SweepPlan(name=cells[0].config.name, axes=axes, cells=cells, source=path.read_text())
+
+
+def _attacks(config: Any) -> list[AttackConfig]:
+    """The attack tables of a cell's config (``attack``, or the list ``attacks``)."""
+    found: list[AttackConfig] = []
+    for f in fields(config):
+        value = getattr(config, f.name)
+        found += [v for v in (value if isinstance(value, list | tuple) else [value]) if isinstance(v, AttackConfig)]
+    return found
+
+
+def preflight(cells: list[Cell]) -> None:
+    """Refuse, before any cell trains, a cell whose run would refuse its input once the data is loaded.
+
+    Each distinct dataset is loaded once: it must load, the model must build for its images, and every
+    attack's target must be one of its classes. A bad cell found late would leave a half-run grid whose
+    fixed config no longer matches the folder's plan.
+    """
+    loaded: dict[str, tuple[tuple[int, int, int], int]] = {}
+    for cell in cells:
+        cfg = cell.config.config
+        if not isinstance(cfg, Victim):
+            continue
+        try:
+            if cfg.dataset not in loaded:
+                train, _ = load_dataset(cfg.dataset, cfg.seed)
+                loaded[cfg.dataset] = (train.shape, train.num_classes)
+            shape, num_classes = loaded[cfg.dataset]
+            construct(cfg.model, shape, num_classes)
+            for table in _attacks(cfg):
+                target = getattr(table.build(), "target", None)
+                if isinstance(target, int):
+                    check_target(target, num_classes, table.name)
+        except PoisonlabError as e:
+            raise PoisonlabError(f"cell {cell.id}: {e}") from None
 
 
 def is_complete(run_dir: Path) -> bool:
@@ -170,17 +209,32 @@ def run_sweep(
     on_cell: CellDone | None = None,
 ) -> dict[str, Any]:
     """Run every unfinished cell of ``p`` into ``out``; write and return the aggregated summary."""
+    with sweep_folder(p, out, backend, jobs):
+        return run_cells(p, out, backend, jobs, address, on_cell)
+
+
+@contextmanager
+def sweep_folder(p: SweepPlan, out: Path, backend: str = "local", jobs: int = 1) -> Iterator[None]:
+    """Check the backend, the folder and every cell's input (``preflight``), then hold the folder open and locked.
+
+    Everything that can be refused is refused here, before the folder is created or locked and before any
+    progress is shown.
+    """
     if jobs < 1:
         raise PoisonlabError(f"jobs {jobs}: expected at least 1")
+    if backend not in ("local", "ray"):
+        raise PoisonlabError(f"backend {backend!r}: expected local or ray")
     cells = [{"id": c.id, "overrides": c.overrides, "config": c.config.as_dict()} for c in p.cells]
+    check_sweep_folder(out, cells)
+    preflight(p.cells)
     with locked(out):
         open_sweep_folder(out, p.name, p.axes, cells, p.source)
-        return _run_cells(p, out, backend, jobs, address, on_cell)
+        yield
 
 
-def _run_cells(p: SweepPlan, out: Path, backend: Backend, jobs: int, address: str | None,
-               on_cell: CellDone | None) -> dict[str, Any]:
-    """The unfinished cells of ``p`` run by ``backend``, then the summary aggregated over the folder."""
+def run_cells(p: SweepPlan, out: Path, backend: Backend, jobs: int, address: str | None,
+              on_cell: CellDone | None) -> dict[str, Any]:
+    """The unfinished cells of ``p`` run by ``backend`` (inside ``sweep_folder``), then the summary aggregated."""
     todo = [c for c in p.cells if not is_complete(out / "cells" / c.id)]
     errors: dict[str, str] = {}
 
@@ -192,10 +246,8 @@ def _run_cells(p: SweepPlan, out: Path, backend: Backend, jobs: int, address: st
 
     if todo and backend == "ray":
         _ray(todo, out, address, done)
-    elif todo and backend == "local":
-        _local(todo, out, jobs, done)
     elif todo:
-        raise PoisonlabError(f"backend {backend!r}: expected local or ray")
+        _local(todo, out, jobs, done)
     summary = aggregate(out)
     summary["ran"] = len(todo)
     summary["skipped"] = len(p.cells) - len(todo)

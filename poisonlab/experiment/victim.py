@@ -49,12 +49,14 @@ class Victim:
 
 @dataclass(frozen=True)
 class Rows:
-    """A victim's data: the training and test sets, and the dataset row (and file) of every training sample."""
+    """A victim's data: the training and test sets, the dataset row (and file) of every training sample, and
+    ``total``, how many training rows the dataset has (before any holdout or subset)."""
 
     train: ImageSet
     test: ImageSet
     rows: Tensor
     files: list[str] | None
+    total: int
 
 
 def load_rows(victim: Victim, need_test: bool = True) -> Rows:
@@ -63,7 +65,8 @@ def load_rows(victim: Victim, need_test: bool = True) -> Rows:
     ``need_test`` refuses data without a test part (and no holdout) with a one-line error naming the fix.
     """
     train_set, test = load_dataset(victim.dataset, victim.seed)
-    rows = torch.arange(len(train_set))
+    total = len(train_set)
+    rows = torch.arange(total)
     if victim.holdout is not None:
         if len(test):
             raise PoisonlabError(f"holdout: {victim.dataset} has a test part of its own; leave holdout out")
@@ -79,7 +82,7 @@ def load_rows(victim: Victim, need_test: bool = True) -> Rows:
     if victim.test_size is not None and len(test):
         test = test.subset(torch.randperm(len(test), generator=gen)[: victim.test_size])
     files = dataset_files(victim.dataset)
-    return Rows(train_set, test, rows, None if files is None else [files[r] for r in rows.tolist()])
+    return Rows(train_set, test, rows, None if files is None else [files[r] for r in rows.tolist()], total)
 
 
 def load_data(victim: Victim) -> tuple[ImageSet, ImageSet]:

@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from poisonlab.core import ImageSet, PoisonlabError
+from poisonlab.core import ImageSet, PoisonlabError, check_regular
 from poisonlab.registry import Registry
 from poisonlab.report.store import atomic_write_json, atomic_write_tensors
 
@@ -147,6 +147,16 @@ def model_factory(spec: str) -> Callable[[Shape, int], nn.Module]:
     return build
 
 
+def construct(spec: str, shape: Shape, num_classes: int) -> nn.Module:
+    """Model ``spec`` built for ``shape`` and ``num_classes`` and checked on one image; one line when it cannot be."""
+    factory = model_factory(spec)
+    try:
+        model = factory(shape, num_classes)
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        raise PoisonlabError(f"model {spec}: cannot be built for {shape} images ({str(e).splitlines()[0]})") from None
+    return check_model(spec, model, shape, num_classes)
+
+
 def check_model(spec: str, model: nn.Module, shape: Shape, num_classes: int) -> nn.Module:
     """``model`` itself, once one image of ``shape`` gives ``num_classes`` logits; a one-line error otherwise."""
     try:
@@ -168,10 +178,9 @@ def build_model(name: str, data: ImageSet, seed: int) -> nn.Module:
     Initialisation depends only on ``seed``, so two models built with one seed start identical;
     the built-ins' normaliser is fitted to ``data``.
     """
-    factory = model_factory(name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = check_model(name, factory(data.shape, data.num_classes), data.shape, data.num_classes)
+        model = construct(name, data.shape, data.num_classes)
     for module in model.modules():
         if isinstance(module, Normalize):
             module.mean.copy_(data.x.mean(dim=(0, 2, 3)).view_as(module.mean))
@@ -186,15 +195,14 @@ def save_model(model: nn.Module, path: Path) -> None:
 
 def load_model(name: str, shape: Shape, num_classes: int, path: Path | None) -> nn.Module:
     """Rebuild ``name`` and load its weights from a safetensors file (a TorchScript file may bring its own)."""
-    model = check_model(name, model_factory(name)(shape, num_classes), shape, num_classes)
+    model = construct(name, shape, num_classes)
     if path is None:
         if name.endswith(SCRIPT_SUFFIXES):
             return model.eval()
         raise PoisonlabError(f"model {name}: expected --weights, a safetensors file of its trained weights")
+    check_regular(path, "weights file")
     try:
         state = load_file(str(path))
-    except FileNotFoundError:
-        raise PoisonlabError(f"{path}: no such weights file") from None
     except (SafetensorError, OSError) as e:
         raise PoisonlabError(f"{path}: not a readable safetensors file ({e})") from None
     expected = model.state_dict()
@@ -246,10 +254,11 @@ def save_models(out: Path, architecture: str, data: ImageSet, models: dict[str, 
 def read_models(run_dir: Path) -> dict[str, Any]:
     """A run folder's ``models.json``; one line when it has none (the run saved no model)."""
     path = run_dir / MODELS_FILE
+    if not path.exists():
+        raise PoisonlabError(f"{run_dir}: holds no {MODELS_FILE}, so no model to load (this run saved none)")
+    check_regular(path, "models file")
     try:
         spec = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PoisonlabError(f"{run_dir}: holds no {MODELS_FILE}, so no model to load (this run saved none)") from None
     except (OSError, ValueError) as e:
         raise PoisonlabError(f"{path}: not readable JSON ({e})") from None
     if not isinstance(spec, dict) or not {"architecture", "input_shape", "classes", "models"} <= set(spec):

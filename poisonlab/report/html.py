@@ -17,7 +17,7 @@ from typing import Any
 
 from poisonlab.core import PoisonlabError
 from poisonlab.report.figures import pyplot
-from poisonlab.report.store import atomic_write_bytes
+from poisonlab.report.store import atomic_write_bytes, read_report
 from poisonlab.report.summary import PLAN_FILE, SOURCE_FILE, SUMMARY_FILE, aggregate, flatten
 from poisonlab.report.tables import HEADLINE, TableData, plain, sweep_tables
 
@@ -244,12 +244,11 @@ def render_sweep(sweep_dir: Path) -> str:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        body = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise PoisonlabError(f"{path}: not a readable JSON report ({e})") from None
-    if not isinstance(body, dict):
-        raise PoisonlabError(f"{path}: expected a JSON object")
+    """A run's report.json, or a one-line error naming it."""
+    body = read_report(path)
+    if body is None:
+        raise PoisonlabError(f"{path}: not a readable poisonlab report (schema, kind, config and metrics of their "
+                             "types)")
     return body
 
 

@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from poisonlab.core import PoisonlabError
+from poisonlab.core import PoisonlabError, check_regular
 
 REPORT_SCHEMA = "poisonlab.report/1"
 REPORT_FILE = "report.json"
@@ -106,6 +106,10 @@ def environment() -> dict[str, Any]:
     }
 
 
+REPORT_OPTIONAL: dict[str, type] = {"created": str, "timings": dict, "files": list, "environment": dict}
+"""Report fields a reader may find absent, with the type each must have when present."""
+
+
 def report(kind: str, config: dict[str, Any], metrics: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """A report.json body in the one versioned schema."""
     return {
@@ -120,9 +124,18 @@ def report(kind: str, config: dict[str, Any], metrics: dict[str, Any], **extra: 
 
 
 def read_report(path: Path) -> dict[str, Any] | None:
-    """A report.json body, or None when the file is missing, unreadable or not a poisonlab report."""
+    """A report.json body, or None when it is missing, not a regular file, unreadable or not a poisonlab report.
+
+    A report must hold ``schema``, ``kind``, ``config`` and ``metrics``, each (like the optional ``created``,
+    ``timings`` and ``files``) of its type: every reader may then rely on them.
+    """
     try:
+        check_regular(path, "report file")
         body = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError, PoisonlabError):
         return None
-    return body if isinstance(body, dict) and body.get("schema") == REPORT_SCHEMA else None
+    if not isinstance(body, dict) or body.get("schema") != REPORT_SCHEMA:
+        return None
+    required = all(isinstance(body.get(k), t) for k, t in (("kind", str), ("config", dict), ("metrics", dict)))
+    optional = all(k not in body or isinstance(body[k], t) for k, t in REPORT_OPTIONAL.items())
+    return body if required and optional else None

@@ -34,14 +34,14 @@ def _mean_std(values: Iterable[float]) -> dict[str, Any]:
     return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals)}
 
 
-def open_sweep_folder(out: Path, name: str, axes: dict[str, list[Any]], cells: list[dict[str, Any]],
-                      source: str) -> None:
-    """Create the sweep folder (plan and source config), or check that an existing one holds this very sweep.
+def check_sweep_folder(out: Path, cells: list[dict[str, Any]]) -> None:
+    """Refuse ``out`` unless it is absent, empty, or a sweep folder of these very ``cells``; reads, never writes.
 
     ``cells`` are the plan's cells as plain data (id, overrides, resolved config); a folder whose plan
     lists other cells is refused, so a resumed sweep never mixes two grids.
     """
-    body = {"schema": SWEEP_SCHEMA, "name": name, "axes": axes, "cells": cells}
+    if out.exists() and not out.is_dir():
+        raise PoisonlabError(f"{out}: not a folder; expected a sweep folder (or a path to create one)")
     existing = out / PLAN_FILE
     others = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE) if out.is_dir() else []
     if others and not existing.exists():
@@ -50,15 +50,21 @@ def open_sweep_folder(out: Path, name: str, axes: dict[str, list[Any]], cells: l
     if existing.exists():
         try:
             old = json.loads(existing.read_text())
-        except ValueError:
+        except (OSError, ValueError, RecursionError):
             old = None
-        if old is None or old.get("cells") != json.loads(json.dumps(cells)):
+        if not isinstance(old, dict) or old.get("cells") != json.loads(json.dumps(cells)):
             raise PoisonlabError(f"{out}: holds a different sweep; choose another --out or delete the folder")
+
+
+def open_sweep_folder(out: Path, name: str, axes: dict[str, list[Any]], cells: list[dict[str, Any]],
+                      source: str) -> None:
+    """Create the sweep folder (plan and source config), or check that an existing one holds this very sweep."""
+    check_sweep_folder(out, cells)
     try:
         (out / "cells").mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise PoisonlabError(f"{out}: cannot create the sweep folder ({e.strerror})") from None
-    atomic_write_json(existing, body)
+    atomic_write_json(out / PLAN_FILE, {"schema": SWEEP_SCHEMA, "name": name, "axes": axes, "cells": cells})
     atomic_write_bytes(out / SOURCE_FILE, source.encode())
 
 

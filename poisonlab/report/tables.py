@@ -34,6 +34,11 @@ class TableData:
         return table
 
 
+def printable(text: str) -> str:
+    """``text`` with unprintable characters escaped (``\\n``, ``\\x1b``): one line, no terminal codes."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def plain(cell: str) -> str:
     """A cell without its rich markup."""
     return re.sub(r"\[/?(?:bold|red|green|yellow)\]", "", cell)

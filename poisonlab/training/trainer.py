@@ -39,6 +39,10 @@ def device_of(model: nn.Module) -> torch.device:
     return tensor.device if tensor is not None else torch.device("cpu")
 
 
+MAX_EPOCHS = 10_000
+"""More epochs than any recipe in the field uses: a larger value is a typo that would train for ever."""
+
+
 @dataclass(frozen=True)
 class Recipe:
     """How a model is trained; the same recipe and seed give the same weights on the same machine."""
@@ -51,7 +55,7 @@ class Recipe:
 
     def __post_init__(self) -> None:
         resolve_device(self.device)
-        require(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
+        require(1 <= self.epochs <= MAX_EPOCHS, "epochs", self.epochs, f"an integer in [1, {MAX_EPOCHS}]")
         require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
         require(self.lr > 0, "lr", self.lr, "a number > 0")
         require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")

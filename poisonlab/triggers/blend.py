@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from poisonlab.core import PoisonlabError
+from poisonlab.core import PoisonlabError, check_regular, check_seed
 from poisonlab.data.images import read_image
 from poisonlab.registry import TRIGGERS
 
@@ -26,8 +26,11 @@ class Blend:
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha <= 1.0:
             raise PoisonlabError(f"blend alpha {self.alpha}: expected a value in (0, 1]")
-        if self.pattern != "noise" and not Path(self.pattern).is_file():
-            raise PoisonlabError(f"blend pattern {self.pattern!r}: expected 'noise' or an image file")
+        check_seed(self.seed, "blend seed")
+        if self.pattern != "noise":
+            if not self.pattern:
+                raise PoisonlabError("blend pattern '': expected 'noise' or an image file")
+            check_regular(Path(self.pattern), "image file (blend pattern)")
 
     def image(self, channels: int, height: int, width: int) -> Tensor:
         """The (C, H, W) pattern blended in."""
