@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
@@ -136,3 +137,22 @@ def test_loading_every_registry_imports_no_sklearn_or_matplotlib():
             "print(sorted(m for m in ('sklearn', 'matplotlib') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "[]", result.stdout + result.stderr[-300:]
+
+
+def test_examples_ships_the_configs_and_copies_them_without_clobbering(tmp_path):
+    listed = runner.invoke(app, ["examples", "--json"])
+    assert listed.exit_code == 0, listed.output
+    names = {e["name"]: e for e in json.loads(listed.output)}
+    assert "badnets-mnist" in names and "BadNets" in names["badnets-mnist"]["summary"]
+    out = tmp_path / "ex"
+    copied = runner.invoke(app, ["examples", "--copy", str(out)])
+    assert copied.exit_code == 0, copied.output
+    assert sorted(p.stem for p in out.glob("*.toml")) == sorted(names)
+    for name, entry in names.items():
+        assert (out / f"{name}.toml").read_bytes() == Path(entry["file"]).read_bytes()
+    (out / "badnets-mnist.toml").write_text("# my edits\n")
+    again = runner.invoke(app, ["examples", "--copy", str(out)])
+    assert again.exit_code == 2 and "already holds" in again.output
+    assert (out / "badnets-mnist.toml").read_text() == "# my edits\n"
+    assert runner.invoke(app, ["examples", "--copy", str(out), "--force"]).exit_code == 0
+    assert (out / "badnets-mnist.toml").read_bytes() == Path(names["badnets-mnist"]["file"]).read_bytes()

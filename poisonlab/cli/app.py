@@ -23,7 +23,7 @@ COMMANDS: dict[str, str] = {
     "sweep": "sweep:sweep",
     "runs": "runs:runs", "compare": "runs:compare", "report": "report:report",
     "deploy-check": "deploy_check:deploy_check_command", "scan": "scan:app", "defend": "defend:defend",
-    "scaling": "scaling:app",
+    "scaling": "scaling:app", "examples": "examples:examples",
 }
 """Command name -> ``module:attribute`` in ``poisonlab.cli``: a command function or a typer app."""
 
