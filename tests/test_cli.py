@@ -103,12 +103,18 @@ def test_version_from_the_command_and_python_m():
     assert result.returncode == 0 and result.stdout.strip() == f"poisonlab {poisonlab.__version__}"
 
 
-def test_top_level_help_imports_no_torch_sklearn_or_matplotlib():
+def test_top_level_help_imports_no_torch_sklearn_matplotlib_or_the_rich_help_renderer():
     code = ("import sys\nfrom poisonlab.cli.app import main\nsys.argv = ['poisonlab', '--help']\n"
             "try:\n    main()\nexcept SystemExit:\n    pass\n"
-            "print(sorted(m for m in ('torch', 'sklearn', 'matplotlib') if m in sys.modules))")
+            "print(sorted(m for m in ('torch', 'sklearn', 'matplotlib', 'typer.rich_utils') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "deploy-check" in result.stdout and result.stdout.strip().endswith("[]"), result.stdout[-300:]
+
+
+def test_poisonlab_alone_shows_the_command_list_not_an_error_line():
+    result = subprocess.run([sys.executable, "-m", "poisonlab"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and not result.stderr.startswith("error:"), result.stderr[:200]
+    assert "Commands:" in result.stderr and "deploy-check" in result.stderr
 
 
 def test_the_listed_short_help_is_each_commands_own():

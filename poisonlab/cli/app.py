@@ -65,6 +65,11 @@ class LazyGroup(typer.core.TyperGroup):
             return None
         return typer.core.TyperCommand(name, help=help_text(name))
 
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        """The command list in click's plain layout: it loads none of typer's rich help renderer (markdown,
+        tracebacks), which would double the start-up of ``poisonlab --help``; each command's own help stays rich."""
+        super(typer.core.TyperGroup, self).format_help(ctx, formatter)
+
     def resolve_command(self, ctx: Any, args: list[str]) -> tuple[str | None, Any, list[str]]:
         if args and args[0] in COMMANDS:  # load the real command; the listing placeholder is for help only
             return args[0], load_command(args[0]), args[1:]
@@ -84,6 +89,10 @@ class LazyGroup(typer.core.TyperGroup):
             sys.exit(1)
         except typer.TyperException as e:  # click's errors (typer vendors click): usage, bad parameter, no such file
             from poisonlab.cli.common import say
+
+            if type(e).__name__ == "NoArgsIsHelpError":  # `poisonlab` alone: the help, as click shows it
+                typer.echo(e.format_message(), err=True)
+                sys.exit(2)
 
             ctx = getattr(e, "ctx", None)
             hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
