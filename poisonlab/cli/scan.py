@@ -34,6 +34,7 @@ ModelOpt = Annotated[str | None, typer.Option(help="architecture: badnets-cnn, s
 HoldoutOpt = Annotated[float | None, typer.Option(help="with --dataset: hold out this share of rows (not scanned)")]
 OutOpt = Annotated[Path | None, typer.Option(help="folder for report.json and scores (default runs/KIND-TIMESTAMP)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the result as JSON")]
+DeviceOpt = Annotated[str, typer.Option(help="where the model runs: cpu, cuda, cuda:N or auto")]
 
 
 def _verdict(result: dict[str, Any]) -> str:
@@ -76,7 +77,7 @@ def data(
     truth: Annotated[Path | None, typer.Option(help="known poisoned rows (.npy, .json or text of row numbers), to "
                                                     "score the scan")] = None,
     top: Annotated[int, typer.Option(help="highest-scoring rows to print")] = 10,
-    device: Annotated[str, typer.Option(help="where the model runs: cpu, cuda, cuda:N or auto")] = "cpu",
+    device: DeviceOpt = "cpu",
     out: OutOpt = None,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
@@ -153,6 +154,7 @@ def model_scan(
     images: Annotated[int, typer.Option(help="clean held-out images the triggers are optimised on")] = 2000,
     steps: Annotated[int, typer.Option(help="optimisation steps per class")] = 300,
     max_classes: Annotated[int | None, typer.Option(help="scan only this many sampled classes (budget)")] = None,
+    device: DeviceOpt = "cpu",
     out: OutOpt = None,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
@@ -164,11 +166,12 @@ def model_scan(
     if images < 1:
         raise PoisonlabError(f"--images {images}: expected at least 1")
     check_out(out, force)
+    where = resolve_device(device)
     subject = open_subject(run, dataset, weights, model, which, holdout)
     held_out = subject.held_out("scan model")
     cleanse = NeuralCleanse(steps=steps, max_classes=max_classes)
     t0 = time.perf_counter()
-    verdict = cleanse.scan(subject.model, held_out.subset(slice(0, images)), progress=not json_out)
+    verdict = cleanse.scan(subject.model.to(where), held_out.subset(slice(0, images)), progress=not json_out)
     seconds = time.perf_counter() - t0
     d = verdict.details
     names = held_out.classes

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from poisonlab.core import DefenseKind, ImageSet, PoisonlabError, Verdict
 from poisonlab.registry import DEFENSES
+from poisonlab.training.trainer import device_of
 
 
 def stamp(x: Tensor, mask: Tensor, pattern: Tensor) -> Tensor:
@@ -66,10 +67,11 @@ class NeuralCleanse:
         The L1 weight adapts as in the paper: raised while the trigger succeeds, lowered while it fails.
         The best mask is the smallest one that reached the success target (else the last one).
         """
-        gen = torch.Generator().manual_seed(self.seed + target)
+        gen = torch.Generator().manual_seed(self.seed + target)  # on the CPU: the same draws on every device
         c, h, w = clean.shape
-        mask_logit = torch.zeros(1, 1, h, w).normal_(0, 0.1, generator=gen) - 2.0
-        pattern_logit = torch.zeros(1, c, h, w).normal_(0, 0.1, generator=gen)
+        dev = device_of(model)
+        mask_logit = (torch.zeros(1, 1, h, w).normal_(0, 0.1, generator=gen) - 2.0).to(dev)
+        pattern_logit = torch.zeros(1, c, h, w).normal_(0, 0.1, generator=gen).to(dev)
         mask_logit.requires_grad_(True)
         pattern_logit.requires_grad_(True)
         opt = torch.optim.Adam([mask_logit, pattern_logit], lr=self.lr, betas=(0.5, 0.9))
@@ -77,11 +79,11 @@ class NeuralCleanse:
         best: tuple[Tensor, Tensor, float] | None = None
         best_norm = float("inf")
         hits, seen = 0, 0
-        labels = torch.full((self.batch_size,), target, dtype=torch.long)
+        labels = torch.full((self.batch_size,), target, dtype=torch.long, device=dev)
         for step in range(self.steps):
             idx = torch.randint(len(clean), (self.batch_size,), generator=gen)
             mask, pattern = torch.sigmoid(mask_logit), torch.sigmoid(pattern_logit)
-            logits = model(stamp(clean.x[idx], mask, pattern))
+            logits = model(stamp(clean.x[idx].to(dev), mask, pattern))
             loss = F.cross_entropy(logits, labels) + cost * mask.sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -92,14 +94,14 @@ class NeuralCleanse:
                 success = hits / seen
                 norm = float(mask.detach().sum())
                 if success >= self.target_success and norm < best_norm:
-                    best_norm, best = norm, (mask.detach().clone(), pattern.detach().clone(), success)
+                    best_norm, best = norm, (mask.detach().cpu().clone(), pattern.detach().cpu().clone(), success)
                 cost = cost * 1.5 if success >= self.target_success else cost / 1.5**1.5
                 hits, seen = 0, 0
         if best is None:
-            mask, pattern = torch.sigmoid(mask_logit).detach(), torch.sigmoid(pattern_logit).detach()
+            mask, pattern = torch.sigmoid(mask_logit).detach().cpu(), torch.sigmoid(pattern_logit).detach().cpu()
             with torch.no_grad():
-                success = float((model(stamp(clean.x[: 4 * self.batch_size], mask, pattern)).argmax(1) == target)
-                                .float().mean())
+                x = stamp(clean.x[: 4 * self.batch_size], mask, pattern).to(dev)
+                success = float((model(x).argmax(1) == target).float().mean())
             best = (mask, pattern, success)
         return best
 
