@@ -212,3 +212,25 @@ def test_scan_refuses_threshold_with_calibration_and_scores_that_do_not_apply(sm
     with pytest.raises(PoisonlabError, match="expected one of them"):
         detect([big], NEAREST, (16, 16), threshold=1.0, calibration=shipped())
     assert calibrate([big] * 9, NEAREST, (16, 16), fpr=0.1)[0].ratio == 8
+
+
+@pytest.mark.parametrize(("command", "value", "message"), [
+    ("scan", ["--threshold", "nan"], "--threshold nan: expected a finite number"),
+    ("scan", ["--threshold", "inf"], "--threshold inf: expected a finite number"),
+    ("scan", ["--threshold", "-1"], "--threshold -1.0: expected a number >= 0"),
+    ("craft", ["--eps", "nan"], "--eps nan: expected a finite number"),
+    ("craft", ["--eps", "inf"], "--eps inf: expected a finite number"),
+    ("craft", ["--eps", "-1"], "--eps -1.0: expected a number > 0"),
+    ("calibrate", ["--fpr", "inf"], "--fpr inf: expected a finite number"),
+    ("calibrate", ["--fpr", "-0.5"], "--fpr -0.5: expected a false-positive rate between 0 and 1"),
+])
+def test_no_option_value_switches_detection_off(command: str, value: list[str], message: str, tmp_path: Path,
+                                                small) -> None:  # type: ignore[no-untyped-def]
+    benign, attack = small
+    out = tmp_path / "out"
+    args = {"scan": [attack, "--algorithm", "nearest", "--size", "16x16"],
+            "craft": [benign[0], benign[1], "--size", "16x16", "-o", str(out)],
+            "calibrate": [*benign, "--algorithm", "nearest", "--size", "16x16", "-o", str(out)]}[command]
+    res = runner.invoke(app, ["scaling", command, *args, *value, "--json"])
+    assert res.exit_code == 2 and message in res.output, res.output
+    assert res.output.strip().count("\n") == 0 and not out.exists()
