@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "runs": "runs:runs", "compare": "runs:compare", "report": "report:report",
     "deploy-check": "deploy_check:deploy_check_command", "scan": "scan:app", "defend": "defend:defend",
     "scaling": "scaling:app", "examples": "examples:examples",
+    "dataset": "dataset:app",
 }
 """Command name -> ``module:attribute`` in ``poisonlab.cli``: a command function or a typer app."""
 
