@@ -111,6 +111,16 @@ def test_resume_skips_verified_items_and_refetches_a_removed_one(served, hosted,
     assert third.outcomes[5].status == "match" and victim.read_bytes() == hosted.files[5]
 
 
+def test_a_folder_no_fetch_wrote_is_refused_untouched(served, tmp_path):
+    _, manifest = served
+    mine = tmp_path / "mine" / manifest.classes[0] / "000000.png"
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"the user's own file")
+    with pytest.raises(PoisonlabError, match="a non-empty folder that no fetch wrote"):
+        Fetcher(FAST).fetch(manifest, tmp_path / "mine")
+    assert mine.read_bytes() == b"the user's own file"
+
+
 def test_size_limits_refuse_before_keeping(served, tmp_path):
     _, manifest = served
     fetched = Fetcher(Limits(max_bytes=64, retries=0), workers=2).fetch(manifest, tmp_path / "out")
@@ -231,3 +241,10 @@ def test_reencodes_keep_the_pixels_they_claim(hosted):
     for name in ("png-pillow", "png-opencv", "strip-metadata"):
         out = REENCODES[name](hosted.files[1], rng)
         assert out != hosted.files[1] and (pixels(out) == pixels(hosted.files[1])).all(), name
+
+
+def test_parquet_manifest_round_trips(served, tmp_path):
+    pytest.importorskip("pyarrow")
+    _, manifest = served
+    write_manifest(manifest, tmp_path / "m.parquet")
+    assert read_manifest(tmp_path / "m.parquet") == manifest

@@ -18,10 +18,9 @@ from functools import lru_cache
 import cv2
 import numpy as np
 import torch
-from scipy.fft import dct
 
 from poisonlab.core import PoisonlabError, Trigger
-from poisonlab.webscale.phash import DCT_SIZE, HASH_SIDE, phash
+from poisonlab.webscale.phash import DCT_SIZE, HASH_SIDE, LOW_DCT, phash
 
 COLLISION_STEPS = 50
 """Most projection steps a pHash collision takes before it gives up."""
@@ -31,8 +30,7 @@ COLLISION_STEPS = 50
 def _projection(n: int) -> tuple[np.ndarray, np.ndarray]:
     """(M, pinv(M)): M (8, n) maps an axis of length n to its 8 lowest DCT coefficients after the resize to 32."""
     resize = cv2.resize(np.eye(n, dtype=np.float32), (n, DCT_SIZE), interpolation=cv2.INTER_AREA).astype(np.float64)
-    low = dct(np.eye(DCT_SIZE), axis=0, norm="ortho")[:HASH_SIDE]
-    m = low @ resize
+    m = LOW_DCT @ resize
     return m, np.linalg.pinv(m)
 
 

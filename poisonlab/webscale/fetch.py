@@ -1,9 +1,11 @@
 """Download a manifest's images concurrently, verify each at download time, and keep only the accepted ones.
 
 Each row becomes ``OUT/<class>/<row>.<ext>`` (row numbered from 0, as in the manifest), written through
-``OUT/.partial/`` and a rename, so the folder only ever holds whole, accepted files and loads as a
-``folder:OUT`` dataset. A rerun resumes: a row whose file is already there is re-verified from disk and
-skipped when it passes, re-downloaded otherwise. ``OUT/fetch-report.json`` lists what was rejected and why.
+``OUT/.partial/`` and a rename, so the folder only ever holds whole, accepted files, stored as served.
+It loads as a ``folder:OUT`` dataset when no host resized an image (``simulate.fetched_images`` resizes
+them back). A rerun resumes: a row whose file is already there is re-verified from disk and skipped when
+it passes, re-downloaded otherwise (so a folder no fetch wrote is refused: its files would be judged
+against the manifest's rows). ``OUT/fetch-report.json`` lists what was rejected and why.
 """
 
 from __future__ import annotations
@@ -103,6 +105,9 @@ class Fetcher:
         if out.exists() and not out.is_dir():
             raise PoisonlabError(f"{out}: exists and is not a folder; expected a folder for the fetched dataset")
         partial = out / PARTIAL
+        if out.is_dir() and any(out.iterdir()) and not (out / REPORT_FILE).exists() and not partial.is_dir():
+            raise PoisonlabError(f"{out}: a non-empty folder that no fetch wrote (no {REPORT_FILE}); expected a new "
+                                 "or empty folder, or one an earlier fetch of this manifest wrote")
         shutil.rmtree(partial, ignore_errors=True)  # leftovers of an interrupted run: never accepted
         try:
             partial.mkdir(parents=True)
@@ -148,9 +153,10 @@ class Fetcher:
     def _check(self, item: Item, data: bytes, path: Path) -> Check:
         """Verdict on the image bytes ``data`` stored at ``path``: limits, decodability, then verification."""
         try:
-            w, h, _ = image_header(path)
-            if w * h > self.max_pixels:
-                return Check("unreachable", f"declares {w}x{h} pixels; limit {self.max_pixels:,}")
+            if self.max_pixels < PIXEL_BUDGET:  # decode() itself refuses more than PIXEL_BUDGET from the header
+                w, h, _ = image_header(path)
+                if w * h > self.max_pixels:
+                    return Check("unreachable", f"declares {w}x{h} pixels; limit {self.max_pixels:,}")
             got = fingerprint(data, decode(path, "L"))
         except ImageError as e:
             return Check("unreachable", str(e).removeprefix(f"{path}: "))

@@ -138,9 +138,9 @@ def _records(path: Path) -> Iterable[tuple[str, dict[str, str]]]:
     """(where, row) for each row of a CSV or Parquet manifest."""
     if path.suffix.lower() == ".parquet":
         try:
-            import pyarrow.parquet as pq  # optional: pip install 'poisonlab[parquet]'
+            import pyarrow.parquet as pq  # optional: only for .parquet manifests
         except ImportError:
-            raise PoisonlabError(f"{path}: reading Parquet needs pyarrow (pip install 'poisonlab[parquet]')") from None
+            raise PoisonlabError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
         try:
             table = pq.read_table(path)
         except Exception as e:  # noqa: BLE001 - pyarrow raises its own error types for a broken file
@@ -182,7 +182,7 @@ def write_manifest(manifest: Manifest, path: Path) -> None:
             import pyarrow as pa
             import pyarrow.parquet as pq
         except ImportError:
-            raise PoisonlabError(f"{path}: writing Parquet needs pyarrow (pip install 'poisonlab[parquet]')") from None
+            raise PoisonlabError(f"{path}: writing Parquet needs pyarrow (pip install pyarrow)") from None
         sink = pa.BufferOutputStream()
         pq.write_table(pa.Table.from_pylist(rows), sink)
         atomic_write_bytes(path, sink.getvalue().to_pybytes())

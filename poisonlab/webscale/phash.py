@@ -1,10 +1,13 @@
 """Content fingerprints of an image: exact SHA-256, a DCT perceptual hash, and a small grey thumbnail.
 
-The perceptual hash is the DCT pHash of Zauner (2010), as the ``imagehash`` package computes it: the
-grey image resized to 32 x 32, its 2-D DCT, and one bit per coefficient of the lowest 8 x 8 block
-(above their median or not). An attacker can craft an image whose pHash equals another's while it looks
-unlike it (see ``simulate.collide_phash``), so verification also compares the 16 x 16 grey thumbnails by
-normalised correlation: an image must look like the original where a re-encode cannot change it.
+The perceptual hash is the DCT pHash of Zauner (2010) in the construction the ``imagehash`` package made
+common: the grey image resized to 32 x 32, its 2-D DCT, and one bit per coefficient of the lowest 8 x 8
+block (above their median or not). It is not bit-identical to ``imagehash.phash`` (area resize of float
+pixels here, orthonormal DCT scaling), so compare hashes made by one of the two only.
+
+An attacker can craft an image whose pHash equals another's while it looks unlike it (see
+``attacker.collide_phash``), so verification also compares the 16 x 16 grey thumbnails by normalised
+correlation: an image must look like the original where a re-encode cannot change it.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from scipy.fft import dctn
+from scipy.fft import dct
 
 DCT_SIZE = 32
 """Side of the grey image whose DCT the perceptual hash reads."""
@@ -23,6 +26,8 @@ HASH_SIDE = 8
 """Side of the low-frequency DCT block: 8 x 8 = 64 hash bits."""
 THUMB_SIDE = 16
 """Side of the grey thumbnail stored in a manifest (256 bytes, 344 characters of base64)."""
+LOW_DCT = dct(np.eye(DCT_SIZE), axis=0, norm="ortho")[:HASH_SIDE]
+"""The first ``HASH_SIDE`` rows of the orthonormal DCT-II matrix: ``LOW_DCT @ X @ LOW_DCT.T`` is X's low block."""
 FLAT_STD = 1e-3
 """Thumbnails whose pixel standard deviation is below this are flat: correlation is undefined for them."""
 
@@ -50,18 +55,19 @@ def _resized(grey: np.ndarray, side: int) -> np.ndarray:
 
 def dct_block(grey: np.ndarray) -> np.ndarray:
     """The lowest ``HASH_SIDE`` x ``HASH_SIDE`` DCT coefficients of a grey (H, W) image in [0, 1]."""
-    return np.asarray(dctn(_resized(grey, DCT_SIZE), norm="ortho")[:HASH_SIDE, :HASH_SIDE])
+    return np.asarray(LOW_DCT @ _resized(grey, DCT_SIZE).astype(np.float64) @ LOW_DCT.T)
 
 
 def phash_bits(grey: np.ndarray) -> np.ndarray:
     """The 64 pHash bits of a grey image: each low-frequency DCT coefficient above their median."""
-    block = dct_block(grey)
-    return np.asarray((block > np.median(block)).ravel())
+    values = dct_block(grey).ravel()
+    ranked = np.sort(values)
+    return np.asarray(values > (ranked[len(ranked) // 2 - 1] + ranked[len(ranked) // 2]) / 2)  # above the median
 
 
 def phash(grey: np.ndarray) -> str:
     """The pHash of a grey (H, W) image in [0, 1] as 16 hexadecimal digits."""
-    return f"{int(''.join('1' if b else '0' for b in phash_bits(grey)), 2):016x}"
+    return np.packbits(phash_bits(grey)).tobytes().hex()
 
 
 def hamming(a: str, b: str) -> int:
