@@ -6,9 +6,9 @@ checks all pass: the pHash is within ``max_hamming`` bits, the grey thumbnails c
 collides one of them (a pHash collision is cheap to craft) still has to make the image look like the
 original at thumbnail resolution, which for a small image is most of what it shows.
 
-Defaults come from bench/webscale.py on MNIST: benign re-encodes (JPEG 60-95 by Pillow and OpenCV, PNG <->
-JPEG, resize +-10%) stayed within 8 bits and at correlation >= 0.985; different images of the same class
-reached correlation 0.97 only with 6+ bits of pHash distance, images of other classes 0.80.
+The defaults were set on MNIST-sized images; ``bench/webscale.py`` prints the margins they leave (the
+lowest correlation and largest pHash distance of the benign re-encodes it serves, and how many swaps for
+another image of the same class pass). On images under ~24 px a side a 10% resize is no longer benign.
 """
 
 from __future__ import annotations
