@@ -118,6 +118,11 @@ def main() -> None:
     n_all = sum(r["n"] for r in results)
     print(f"\nheld-out FPR over {len(results)} configs ({n_all} scored images): "
           + ", ".join(f"{s} {100 * v / n_all:.2f}%" for s, v in totals.items()))
+    caught = {k: sum(r["detected"][k][0] for r in results) for k in REGIONS}
+    n_attacks = sum(r["attacks"] for r in results)
+    print("local detection over all configs: " + ", ".join(
+        f"{'whole image' if k == 1 else f'region 1/{k}'} {caught[k]}/{n_attacks} = {100 * caught[k] / n_attacks:.1f}%"
+        f" (worst config {min(100 * r['detected'][k][0] / r['attacks'] for r in results):.1f}%)" for k in REGIONS))
     print(f"{time.perf_counter() - start:.0f} s; load {os.getloadavg()[0]:.1f}")
 
 
