@@ -65,7 +65,10 @@ def test_run_badnets_json_is_machine_readable(tmp_path):
     assert result.exit_code == 0, result.output
     body = json.loads(result.output)
     assert body["kind"] == "badnets" and body["config"]["attack"]["mode"] == "all-to-all"
+    assert "target" not in body["config"]["attack"], "all-to-all has no target to save"
     assert body["run_dir"].endswith("r")
+    again = runner.invoke(app, ["run", str(tmp_path / "r" / "config.toml"), "--json", "--out", str(tmp_path / "r")])
+    assert again.exit_code == 0, again.output  # its own saved config reloads (shown, not re-run)
 
 
 def test_bad_input_fails_fast_with_one_line(tmp_path):

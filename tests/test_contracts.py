@@ -102,6 +102,7 @@ DEPLOYMENT_CASES = {
 DEFENSE_CASES = {
     "activation-clustering": ["activation-clustering"],
     "fine-pruning": ["fine-pruning"],
+    "label-consistency": ["label-consistency"],
     "neural-cleanse": ["neural-cleanse:steps=40"],
     "retrain": ["spectral", "retrain:scanner=spectral"],
     "spectral": ["spectral"],

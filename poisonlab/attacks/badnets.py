@@ -59,6 +59,11 @@ class BadNets:
             raise PoisonlabError(f"badnets target {given['target']}: all-to-all sends class i to i + 1 and has no "
                                  "target; leave target out or use mode all-to-one")
 
+    @staticmethod
+    def unused(params: Mapping[str, Any]) -> set[str]:
+        """Parameters ``params`` make meaningless, left out of a saved config: all-to-all has no target."""
+        return {"target"} if params.get("mode") == "all-to-all" else set()
+
     def target_map(self, num_classes: int) -> AllToOne | AllToAll:
         if self.mode == "all-to-all":
             return AllToAll(num_classes)

@@ -36,6 +36,10 @@ class Gate:
     standard deviations), an outlier among the classes (robust z > ``class_threshold``) and its far side
     mostly looks like other classes (``min_foreign``, see ``provenance``).
 
+    All-to-all poison splits every class alike, so no class is an outlier; when at least half the classes
+    are widely split, the outlier test says nothing and every widely split class is judged by its
+    provenance alone. (A clean class's far side stays nearest its own class, so it is still not flagged.)
+
     ``decide`` also says, for every class whose split is wide, why it was or was not flagged, so a scan
     that flags nothing still shows a ranking that separates.
     """
@@ -46,11 +50,14 @@ class Gate:
 
     def decide(self, separation: dict[int, float], foreign_of: Callable[[int], float]
                ) -> tuple[set[int], dict[int, float], dict[str, str]]:
-        """(suspicious classes, foreign share of each outlier class, reason per widely split class)."""
-        outliers = suspicious_classes(separation, self.class_threshold, self.min_separation)
-        foreign = {k: foreign_of(k) for k in sorted(outliers)}
+        """(suspicious classes, foreign share of each candidate class, reason per widely split class)."""
+        wide = {k for k, s in separation.items() if s >= self.min_separation}
+        every_class = len(separation) >= 3 and 2 * len(wide) >= len(separation)
+        candidates = wide if every_class else suspicious_classes(separation, self.class_threshold, self.min_separation)
+        foreign = {k: foreign_of(k) for k in sorted(candidates)}
         suspicious = {k for k, share in foreign.items() if share >= self.min_foreign}
         z = robust_z(separation) if len(separation) >= 3 else {}
+        how = f"{len(wide)} of {len(separation)} classes split so (all-to-all)" if every_class else "outlier z {:.1f}"
         reasons: dict[str, str] = {}
         for k in sorted(separation):
             s = separation[k]
@@ -58,16 +65,16 @@ class Gate:
                 continue
             split = f"split {s:.1f} sd"
             if k in suspicious:
-                reasons[str(k)] = f"flagged: {split}, outlier z {z[k]:.1f}, {foreign[k]:.0%} of its far side nearest " \
+                reasons[str(k)] = f"flagged: {split}, {how.format(z[k])}, {foreign[k]:.0%} of its far side nearest " \
                                   "other classes"
             elif k in foreign:
-                reasons[str(k)] = f"rejected: {split} and an outlier, but only {foreign[k]:.0%} of its far side " \
+                reasons[str(k)] = f"rejected: {split}, {how.format(z[k])}, but only {foreign[k]:.0%} of its far side " \
                                   f"looks like other classes (< {self.min_foreign:.0%})"
             elif not z:
                 reasons[str(k)] = f"rejected: {split}, but fewer than 3 classes to compare"
             else:
                 reasons[str(k)] = f"rejected: {split}, not an outlier among the classes (z {z[k]:.1f} <= " \
-                                  f"{self.class_threshold:g}; all-to-all poison splits every class alike)"
+                                  f"{self.class_threshold:g}, and too few classes split so for all-to-all poison)"
         return suspicious, foreign, reasons
 
 

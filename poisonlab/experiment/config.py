@@ -213,6 +213,9 @@ class AttackConfig:
                 raise PoisonlabError(f"{path}: {e}") from None
         resolved = attack_defaults(name) | {k: field_value(f"{path}.{k}", v, params[k].annotation)
                                              for k, v in given.items()}
+        unused = getattr(ATTACKS.get(name), "unused", None)
+        if unused is not None:  # a default the given parameters make meaningless is not written into the config
+            resolved = {k: v for k, v in resolved.items() if k not in unused(resolved)}
         config = AttackConfig(name, resolved)
         config.build()
         return config
