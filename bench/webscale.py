@@ -4,14 +4,15 @@
    with metadata), each row served as the original, one of the benign re-encodes (JPEG 60-95 by Pillow
    and OpenCV, PNG recompressed by both, PNG <-> JPEG, resize +-10%, metadata stripped), a substitution
    (plain swap, BadNets-triggered image of another class, the same with its pHash collided to the
-   original's), a 404 or a 503. Prints planted kind x verdict, the share of substitutions caught and of
-   benign re-encodes rejected, and what a SHA-256-only and a pHash-only check would have done instead.
-   Also the hardest swap: a different image of the *same* class, checked directly against 1,000 rows.
+   original's; and, as the limit case, the original itself with the trigger stamped), a 404 or a 503.
+   Prints planted kind x verdict, the share of substitutions caught and of benign re-encodes rejected,
+   and what a SHA-256-only and a pHash-only check would have done instead. Also the hardest swap: a
+   different image of the *same* class, checked directly against 1,000 rows.
 2. Throughput: the same URLs fetched by ``Fetcher`` (verifying, writing files) and by a plain concurrent
    loop (httpx.Client in the same number of threads when httpx is importable, else urllib), the server
    in a child process so that it competes with neither for the GIL.
-3. ASR: split-view (BadNets and pHash-colliding BadNets) and frontrunning end to end on MNIST: train on an
-   unverified and a verified fetch (and on the originals), measure clean accuracy and ASR.
+3. ASR: split-view (BadNets, pHash-colliding BadNets, trigger on the original) and frontrunning end to
+   end on MNIST: train on an unverified and a verified fetch (and on the originals), measure CA and ASR.
 
     nice -n 10 python bench/webscale.py [--items 2400] [--train-rows 6000] [--epochs 3] [--workers 16]
 
@@ -41,7 +42,6 @@ from poisonlab.webscale.phash import fingerprint
 from poisonlab.webscale.reencode import REENCODES
 from poisonlab.webscale.server import LocalServer, Response, content_type
 from poisonlab.webscale.simulate import (
-    ATTACKS,
     Substituter,
     Victim,
     confusion,
@@ -55,6 +55,8 @@ from poisonlab.webscale.simulate import (
 from poisonlab.webscale.verify import ACCEPTED, Verification
 
 STATUSES = ("match", "reencode", "substitution", "unreachable")
+DIRTY = ("badnets", "collide", "swap")
+"""The substitutions the issue's 100% target is about (an image other than the original)."""
 
 
 def serve_forever(routes: dict[str, Response], conn: Connection) -> None:
@@ -95,7 +97,7 @@ def plain_loop(urls: list[str], workers: int) -> tuple[float, int, str]:
 def confusion_section(args: argparse.Namespace, train: Any, donors: Substituter, verification: Verification) -> None:
     hosted = host(train.subset(slice(0, args.items)), domains=40, seed=args.seed)
     shares = {"original": 0.3, **{k: 0.5 / len(REENCODES) for k in REENCODES},
-              **{k: 0.15 / len(ATTACKS) for k in ATTACKS}, "missing": 0.025, "failing": 0.025}
+              **{k: 0.15 / len(DIRTY) for k in DIRTY}, "trigger-original": 0.05, "missing": 0.025, "failing": 0.025}
     t = time.perf_counter()
     with LocalServer() as server:
         hosted.serve(server)
@@ -115,7 +117,7 @@ def confusion_section(args: argparse.Namespace, train: Any, donors: Substituter,
     by_kind: dict[str, list[Any]] = {}
     for o in fetched.outcomes:
         by_kind.setdefault(plan.kind(o.row), []).append(o)
-    subs = [o for k in ATTACKS for o in by_kind.get(k, [])]
+    subs = [o for k in DIRTY for o in by_kind.get(k, [])]
     benign = [o for k in REENCODES for o in by_kind.get(k, [])]
     caught = sum(o.status == "substitution" for o in subs)
     rejected = sum(o.status not in ACCEPTED for o in benign)
@@ -130,6 +132,10 @@ def confusion_section(args: argparse.Namespace, train: Any, donors: Substituter,
     print(f"instead, SHA-256 only: rejects {len(benign)}/{len(benign)} re-encodes (100%); pHash only (<= "
           f"{verification.max_hamming} bits): accepts {phash_only}/{len(subs)} substitutions, "
           f"{sum((o.hamming or 0) <= verification.max_hamming for o in colliding)}/{len(colliding)} colliding ones")
+    limit = by_kind.get("trigger-original", [])
+    passed = [o for o in limit if o.status in ACCEPTED]
+    print(f"limit case, the original with the trigger stamped (label kept): {len(passed)}/{len(limit)} accepted "
+          f"as re-encodes (correlation of those >= {min((o.similarity or 0) for o in passed) if passed else 1:.3f})")
     same_class_section(train, verification, args.seed)
     throughput_section(args, manifest, routes, verification)
 
@@ -189,7 +195,7 @@ def asr_section(args: argparse.Namespace, train: Any, test: Any, donors: Any) ->
     print(f"{'scenario':34s}{'planted':>9s}{'rejected':>9s}{'CA unver.':>10s}{'ASR unver.':>11s}"
           f"{'CA ver.':>9s}{'ASR ver.':>9s}")
     clean: dict[str, Any] | None = None
-    for attack in ("badnets", "collide"):
+    for attack in ("badnets", "collide", "trigger-original"):
         t = time.perf_counter()
         r = split_view_experiment(part, test, donors, domains=50, expired=args.expired, bought=args.bought,
                                   attack=attack, target=0, victim=victim, fetcher=fetcher, clean=clean is None,

@@ -32,8 +32,9 @@ from poisonlab.webscale.reencode import REENCODES, pillow_bytes, pixels
 from poisonlab.webscale.server import LocalServer, Response
 from poisonlab.webscale.verify import ACCEPTED, Verification
 
-Attack = Literal["badnets", "collide", "swap"]
-ATTACKS: tuple[Attack, ...] = ("badnets", "collide", "swap")
+Attack = Literal["badnets", "collide", "swap", "trigger-original"]
+ATTACKS: tuple[Attack, ...] = ("badnets", "collide", "swap", "trigger-original")
+"""``trigger-original`` is the clean-label limit case: the original itself with the trigger stamped on it."""
 JPEG_SHARE = 1 / 3
 """Share of the hosted originals that are JPEG files (the rest PNG), so that JPEG -> PNG re-encodes occur."""
 
@@ -127,7 +128,10 @@ class Substituter:
     trigger: Trigger
 
     def craft(self, attack: Attack, original: bytes, label: int, rng: np.random.Generator) -> bytes:
-        """PNG bytes of a donor of another class: swapped as is, triggered, or triggered and pHash-collided."""
+        """PNG bytes of a donor of another class: swapped as is, triggered, or triggered and pHash-collided; or
+        the original with the trigger (``trigger-original``)."""
+        if attack == "trigger-original":
+            return pillow_bytes(stamp(pixels(original), self.trigger), "PNG")
         pool = np.flatnonzero(self.donor_labels != label)
         donor = self.donors[int(rng.choice(pool))]
         if attack == "swap":
@@ -146,7 +150,8 @@ def split_view(hosted: Hosted, attacker: Substituter, *, expired: float, bought:
 
     On a bought domain the attacker mirrors the originals except where a substitution serves them:
     rows labelled ``target`` (BadNets and its pHash-colliding form: a triggered image of another class
-    that the manifest's label turns into a target-class example) or every row (plain swaps).
+    that the manifest's label turns into a target-class example; or the original triggered) or every row
+    (plain swaps).
     """
     if not 0.0 <= bought <= expired <= 1.0:
         raise PoisonlabError(f"split-view: bought {bought}, expired {expired}; expected 0 <= bought <= expired <= 1")
