@@ -50,7 +50,7 @@ def craft(
     check_out_file(out, "attack image")
     resizer = get_resizer(library, algorithm)
     src, tgt = read_pixels(source, "RGB"), read_pixels(target, "RGB")
-    hw = parse_size(size) if size else tgt.shape[:2]
+    hw = parse_size(size) if size is not None else tgt.shape[:2]
     if tgt.shape[0] > src.shape[0] or tgt.shape[1] > src.shape[1] or hw[0] > src.shape[0] or hw[1] > src.shape[1]:
         raise PoisonlabError(f"target {tgt.shape[1]}x{tgt.shape[0]} / size {hw[1]}x{hw[0]} is larger than source "
                              f"{src.shape[1]}x{src.shape[0]}: expected a downscale")
