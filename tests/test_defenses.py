@@ -193,3 +193,17 @@ def test_scanner_parameters_are_checked():
         SpectralSignatures(removal=1.5)
     with pytest.raises(PoisonlabError, match="rule"):
         ActivationClustering(rule="biggest")  # type: ignore[arg-type]
+
+
+def test_the_gate_flags_an_outlier_class_and_under_all_to_all_every_split_class_of_foreign_origin() -> None:
+    from poisonlab.defenses.split import Gate
+
+    gate = Gate(class_threshold=3.5, min_separation=6.0, min_foreign=0.5)
+    one = {0: 2.0, 1: 2.5, 2: 30.0, 3: 2.2, 4: 1.9}
+    flagged, foreign, reasons = gate.decide(one, lambda k: 0.9)
+    assert flagged == {2} and set(foreign) == {2} and reasons["2"].startswith("flagged")
+    every = {0: 20.0, 1: 22.0, 2: 21.0, 3: 19.0, 4: 2.0}  # all-to-all: no outlier, most classes split wide
+    flagged, _, reasons = gate.decide(every, lambda k: 0.1 if k == 3 else 0.9)
+    assert flagged == {0, 1, 2} and "all-to-all" in reasons["0"] and reasons["3"].startswith("rejected")
+    clean = {0: 7.0, 1: 2.0, 2: 2.1, 3: 1.8, 4: 2.2}  # one wide clean class, not an outlier enough, own origin
+    assert gate.decide(clean, lambda k: 0.05)[0] == set()

@@ -73,12 +73,7 @@ class LabelConsistency:
         present = np.unique(labels)
         if len(present) < 2:
             raise PoisonlabError("label-consistency: the data hold one class; expected at least 2 to compare labels")
-        was = model.training
-        model.eval()
-        with torch.no_grad():
-            feats = torch.cat([f.float().cpu() for f in iter_features(model, data.x, self.layer, self.batch_size)])
-        model.train(was)
-        x = feats.numpy()
+        x = torch.cat(list(iter_features(model, data.x, self.layer, self.batch_size))).numpy()
         if x.shape[1] > self.max_dims:
             x = PCA(self.max_dims, random_state=0).fit_transform(x)
         shrinkage = "auto" if self.shrinkage is None else self.shrinkage

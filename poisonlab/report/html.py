@@ -17,7 +17,7 @@ from typing import Any
 
 from poisonlab.core import PoisonlabError
 from poisonlab.report.figures import pyplot
-from poisonlab.report.store import atomic_write_bytes, read_report
+from poisonlab.report.store import atomic_write_bytes, load_report
 from poisonlab.report.summary import PLAN_FILE, SOURCE_FILE, SUMMARY_FILE, aggregate, flatten
 from poisonlab.report.tables import HEADLINE, TableData, plain, sweep_tables
 
@@ -123,7 +123,7 @@ def render_run(run_dir: Path) -> str:
     """The HTML page of one run folder: the experiment's own tables (as the terminal prints them), then the rest."""
     from poisonlab.registry import EXPERIMENTS
 
-    body = _read_json(run_dir / "report.json")
+    body = load_report(run_dir / "report.json")
     metrics = body.get("metrics") or {}
     cfg = body.get("config") or {}
     kind = body.get("kind")
@@ -239,17 +239,8 @@ def render_sweep(sweep_dir: Path) -> str:
     source = (sweep_dir / SOURCE_FILE).read_text() if (sweep_dir / SOURCE_FILE).exists() else ""
     sections += ["<h2>Config</h2>", f'<pre id="config">{_e(source)}</pre>']
     if done:
-        sections.append(_environment(_read_json(sweep_dir / "cells" / done[0]["id"] / "report.json")))
+        sections.append(_environment(load_report(sweep_dir / "cells" / done[0]["id"] / "report.json")))
     return _page(f"Sweep {summary['name']}", sections)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    """A run's report.json, or a one-line error naming it."""
-    body = read_report(path)
-    if body is None:
-        raise PoisonlabError(f"{path}: not a readable poisonlab report (schema, kind, config and metrics of their "
-                             "types)")
-    return body
 
 
 def write_report(folder: Path, out: Path | None = None) -> Path:

@@ -16,7 +16,7 @@ from typing import Any
 
 from poisonlab.core import PoisonlabError
 from poisonlab.registry import parse_scalar
-from poisonlab.report.store import read_report
+from poisonlab.report.store import load_report, read_report
 
 INDEX_FILE = "index.sqlite"
 COLUMNS = ("run", "kind", "created", "name", "dataset", "model", "attack", "seed", "rate", "ca", "asr", "clean_ca")
@@ -134,10 +134,7 @@ def load_run(ref: str, root: Path) -> tuple[str, dict[str, Any]]:
     for candidate in (Path(ref), root / ref):
         path = candidate / "report.json" if candidate.is_dir() else candidate
         if path.name == "report.json" and path.is_file():
-            body = read_report(path)
-            if body is None:
-                raise PoisonlabError(f"{path}: not a readable poisonlab report.json")
-            return str(path.parent), body
+            return str(path.parent), load_report(path)
     raise PoisonlabError(f"run {ref!r}: no report.json there or under {root}")
 
 

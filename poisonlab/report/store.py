@@ -139,3 +139,12 @@ def read_report(path: Path) -> dict[str, Any] | None:
     required = all(isinstance(body.get(k), t) for k, t in (("kind", str), ("config", dict), ("metrics", dict)))
     optional = all(k not in body or isinstance(body[k], t) for k, t in REPORT_OPTIONAL.items())
     return body if required and optional else None
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    """``read_report``, with a one-line error naming ``path`` where that gives None."""
+    body = read_report(path)
+    if body is None:
+        raise PoisonlabError(f"{path}: not a readable poisonlab report (schema, kind, config and metrics of their "
+                             "types)")
+    return body
