@@ -51,14 +51,13 @@ def defend(
     cfg = subject.config if seed is None else dataclasses.replace(subject.config, seed=seed)
     d = subject.data
     specs = [scanner, f"retrain:scanner={scanner}"] if method == "retrain" else [method]
-    if reserve is None:
-        reserve = min(DEFAULT_RESERVE, len(d.train) - len(d.poisoned.indices))
-    defender = defender_data(f"reserve:{reserve}", d.train, d.poisoned.indices, d.test, d.triggered, cfg.seed)
+    scheme = "reserve" if reserve is None else f"reserve:{reserve}"
+    defender = defender_data(scheme, d.train, d.poisoned.indices, d.test, d.triggered, cfg.seed)
     repaired: dict[str, nn.Module] = {}
     results = apply_defenses(specs, subject.models["backdoored"], d.train, d.poisoned.indices, defender,
                              refit=lambda data: fit(cfg, data, "retraining"), target=d.poisoned.target, seed=cfg.seed,
                              repaired=repaired)
-    result: dict[str, Any] = {"method": method, "reserve": reserve, "seed": cfg.seed, **results[specs[-1]]}
+    result: dict[str, Any] = {"method": method, "reserve": len(defender.clean), "seed": cfg.seed, **results[specs[-1]]}
     if method == "retrain":
         result["scan"] = results[scanner]
     if out is not None:
@@ -71,4 +70,4 @@ def defend(
         print_json(result)
         return
     print_tables(before_after_tables(result, f"{method} on {run} ({result['seconds']:.1f} s), defender holds "
-                                             f"{reserve} clean images"))
+                                             f"{result['reserve']} clean images"))

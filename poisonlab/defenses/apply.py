@@ -4,7 +4,8 @@ The defender holds a small set of clean images (``DefenderData.clean``) and resu
 images it never saw (``held``, and ``held_triggered``, the same images stamped with the attack's trigger):
 
 - ``test-half``: the defender holds the first half of the test set; scored on the second half;
-- ``reserve:N``: the defender holds N unpoisoned training images; scored on the whole test set.
+- ``reserve:N``: the defender holds N unpoisoned training images (``reserve``: 3,000, or all when fewer); scored on
+  the whole test set.
 
 Results per defense kind: data scanners precision / recall / F1 / AUROC / flagged against the
 attack's ground truth; input filters ``detection_rate`` (triggered inputs rejected) and
@@ -40,11 +41,16 @@ class DefenderData:
     scheme: str
 
 
-def clean_reserve(train: ImageSet, poisoned_indices: Tensor, size: int, seed: int) -> ImageSet:
-    """``size`` unpoisoned training images: the small clean set that fine-pruning, unlearning and NC assume."""
+def clean_reserve(train: ImageSet, poisoned_indices: Tensor, size: int | None, seed: int) -> ImageSet:
+    """``size`` unpoisoned training images: the small clean set that fine-pruning, unlearning and NC assume.
+
+    ``None`` takes ``DEFAULT_RESERVE`` of them, or all when fewer; an explicit size beyond them is refused.
+    """
     ok = torch.ones(len(train), dtype=torch.bool)
     ok[poisoned_indices] = False
     pool = torch.nonzero(ok).flatten()
+    if size is None:
+        size = min(DEFAULT_RESERVE, len(pool))
     if size > len(pool):
         raise PoisonlabError(f"defender reserve {size}: more than the {len(pool)} unpoisoned training images; "
                              "expected at most that many")
@@ -52,22 +58,24 @@ def clean_reserve(train: ImageSet, poisoned_indices: Tensor, size: int, seed: in
     return train.subset(pick)
 
 
-def check_scheme(scheme: str) -> int | None:
-    """The reserve size of a ``reserve:N`` scheme, None for ``test-half``; a one-line error otherwise."""
+def check_scheme(scheme: str) -> None:
+    """Refuse a defender scheme other than ``test-half``, ``reserve`` or ``reserve:N`` in one line."""
     if scheme == "test-half":
-        return None
+        return
     name, _, size = scheme.partition(":")
     if name == "reserve" and (not size or (size.isdigit() and int(size) >= 1)):
-        return int(size) if size else DEFAULT_RESERVE
+        return
     raise PoisonlabError(f"defender data {scheme!r}: expected test-half or reserve:N (N clean training images)")
 
 
 def defender_data(scheme: str, train: ImageSet, poisoned_indices: Tensor, test: ImageSet,
                   triggered: ImageSet | None, seed: int) -> DefenderData:
     """The defender's clean images and the scoring images under ``scheme`` (see the module docstring)."""
-    size = check_scheme(scheme)
-    if size is not None:
-        return DefenderData(clean_reserve(train, poisoned_indices, size, seed), test, triggered, scheme)
+    check_scheme(scheme)
+    if scheme != "test-half":
+        size = scheme.partition(":")[2]
+        return DefenderData(clean_reserve(train, poisoned_indices, int(size) if size else None, seed), test,
+                            triggered, scheme)
     half = len(test) // 2
     later = None if triggered is None else triggered.subset(slice(half, None))
     return DefenderData(test.subset(slice(0, half)), test.subset(slice(half, None)), later, scheme)
