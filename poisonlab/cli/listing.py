@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from poisonlab.cli.common import console, print_json
 from poisonlab.registry import registries
@@ -25,5 +26,5 @@ def list_components(
     for kind, reg in regs.items():
         table = Table(title=kind, title_justify="left", show_header=False, box=None, padding=(0, 2))
         for name in reg:
-            table.add_row(f"[bold]{name}[/bold]", reg.describe(name))
+            table.add_row(Text(name, style="bold"), Text(reg.describe(name)))  # Text: a description is not markup
         console.print(table)
