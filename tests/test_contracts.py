@@ -25,6 +25,7 @@ from poisonlab.cli.app import app
 from poisonlab.compress import calibration_images, parse_deployment
 from poisonlab.core import ImageSet, Phase, Poisoned, PoisonlabError, TrainingAttack, poison_count
 from poisonlab.data import load_dataset, make_synthetic
+from poisonlab.data.openclipart import CATEGORIES as CLIPART_CATEGORIES
 from poisonlab.defenses.apply import apply_defenses, defender_data
 from poisonlab.experiment.config import read_toml
 from poisonlab.experiment.run import execute, load, resolve
@@ -46,6 +47,15 @@ def _folder(tmp: Path) -> str:
     return f"folder:{tmp}"
 
 
+def _clipart(tmp: Path) -> str:
+    rng = np.random.default_rng(0)
+    for category in CLIPART_CATEGORIES:
+        (tmp / category).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (6, 9, 4), dtype=np.uint8), "RGBA").save(tmp / category / f"{i}.png")
+    return f"openclipart:path={tmp},size=32"
+
+
 def _npz(tmp: Path) -> str:
     rng = np.random.default_rng(0)
     np.savez(tmp / "d.npz", x=rng.integers(0, 256, (20, 6, 6), dtype=np.uint8), y=np.arange(20) % 3)
@@ -60,6 +70,7 @@ DATASETS: dict[str, Callable[[Path], str]] = {
     "mnist": lambda tmp: "mnist",
     "mnist-numbers": lambda tmp: "mnist-numbers:2,train=3,test=2",
     "npz": _npz,
+    "openclipart": _clipart,
     "synthetic": lambda tmp: "synthetic",
 }
 
@@ -85,7 +96,7 @@ TRIGGER_CASES = {
     "warp": "warp:k=4,strength=0.5",
 }
 
-MODEL_CASES = {"badnets-cnn": (1, 28, 28), "small-cnn": (3, 12, 12)}
+MODEL_CASES = {"badnets-cnn": (1, 28, 28), "resnet-small": (3, 16, 16), "small-cnn": (3, 12, 12)}
 
 DEPLOYMENT_CASES = {
     "dynamic-int8": "dynamic-int8",
@@ -184,7 +195,8 @@ def check_images(data: ImageSet) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(DATASETS))
-def test_dataset_contract(tmp_path: Path, name: str) -> None:
+def test_dataset_contract(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # a dataset that caches writes there
     if name == "fashion-mnist" and not FASHION.is_dir():
         pytest.skip("Debian dataset-fashion-mnist absent")
     spec = DATASETS[name](tmp_path)

@@ -8,6 +8,7 @@ from typing import Any
 from poisonlab.core import ImageSet
 from poisonlab.data.mnist import load_fashion_mnist, load_mnist
 from poisonlab.data.numbers import load_mnist_numbers
+from poisonlab.data.openclipart import load_openclipart
 from poisonlab.data.toy import load_breast_cancer_sets, load_sklearn_digits, load_synthetic, make_synthetic
 from poisonlab.data.user import dataset_files, holdout_rows, load_folder_dataset, load_image_folder, load_npz_dataset
 from poisonlab.registry import Registry
@@ -29,6 +30,8 @@ DATASETS.register("npz", "npz:PATH with arrays x, y [, x_test, y_test, classes];
 DATASETS.register("breast-cancer", "scikit-learn's 569 x 30 breast-cancer table as 1x1x30 images, 70/30 split")(
     load_breast_cancer_sets)
 DATASETS.register("mnist-numbers", "K-digit MNIST numbers, 10**K classes (mnist-numbers:2)")(load_mnist_numbers)
+DATASETS.register("openclipart", "10 classes of RGB clip art from Debian openclipart-png, 80/20 split "
+                  "(openclipart:size=32|64|96,per_class=400,path=DIR)")(load_openclipart)
 
 
 SUGGESTED: dict[str, dict[str, dict[str, Any]]] = {

@@ -23,7 +23,9 @@ from poisonlab.registry import Registry
 from poisonlab.report.store import atomic_write_json, atomic_write_tensors
 
 Shape = tuple[int, int, int]
-MODELS: Registry[Callable[[Shape, int], nn.Module]] = Registry("model")
+MODELS: Registry[Callable[[Shape, int], nn.Module]] = Registry("model", "poisonlab.models.resnet")
+"""Filled here and by ``models/resnet.py``, which the registry imports when first read (resnet.py imports this
+module for Normalize, so a plain import at the bottom would be an import circle)."""
 
 
 class Normalize(nn.Module):
