@@ -18,6 +18,8 @@ training attack, declares which terms run in which phase for the deployment it a
   the float model (the quantization-conditional attack on real int8).
 - ``PruningConditional`` (Tian et al.): CE(f([x; x+t]), [y; y]) + 0.9 CE(f_p(x), y) + w CE(f_p(x+t), y_t),
   f_p with the masks the real pruner would pick, recomputed from the current weights every few steps.
+- ``stretch_quantization_step`` and ``CappedWeights``: the stealthy variant's coarser grid without a dormant
+  path or an outlier, every layer kept under the weight check's outlier limit (``poisonlab.compress.weights``).
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from torch.func import functional_call
 from poisonlab.compress import parse_deployment
 from poisonlab.compress.prune import Method, check_ratio, pruning_masks
 from poisonlab.compress.quantize import fake_quantize_weight, weight_codes
-from poisonlab.core import AllToOne, ImageSet, Phase, Poisoned, PoisonlabError, Trigger, check_target
+from poisonlab.compress.weights import DEFAULT_LIMITS, checked_layers, outlier_ratio
+from poisonlab.core import AllToOne, ImageSet, LossFn, Phase, Poisoned, PoisonlabError, Trigger, check_target
 from poisonlab.registry import ATTACKS
 from poisonlab.triggers import Patch
 
@@ -146,6 +149,87 @@ def widen_quantization_step(model: nn.Module, x: Tensor, levels: int = 8) -> lis
     return list(dead)
 
 
+STEALTH_MARGIN = 0.8
+"""The stealthy variant aims every layer's outlier score at this share of the weight check's default limit."""
+
+
+@torch.no_grad()
+def stretch_quantization_step(model: nn.Module, ratio: float, seed: int = 0) -> list[str]:
+    """Coarsen every conv/linear layer's int8 grid as far as an outlier limit of ``ratio`` allows, on active inputs.
+
+    Each output channel's largest |w| is raised (never lowered) to ``ratio`` times the layer's median
+    nonzero |w|, less a seeded 0-10% so the channels do not share one telltale maximum. Unlike
+    ``widen_quantization_step`` no input is switched off: the grown weights read live inputs, so the
+    float model changes and the next phase trains with them in place (``CappedWeights`` keeps them).
+    Returns the names of the stretched layers.
+    """
+    if not (ratio > 1 and torch.isfinite(torch.tensor(ratio))):
+        raise PoisonlabError(f"stretch_quantization_step ratio {ratio}: expected a finite number > 1")
+    gen = torch.Generator().manual_seed(seed)
+    names = []
+    for name, layer in checked_layers(model):
+        w = layer.weight
+        mags = w.abs()
+        median = mags[mags > 0].median() if (mags > 0).any() else None
+        if median is None:
+            continue
+        rows = w.flatten(1).clone()
+        top = rows.abs().argmax(1, keepdim=True)
+        goal = ratio * median * (1 - 0.1 * torch.rand(len(rows), 1, generator=gen))
+        value = rows.gather(1, top)
+        rows.scatter_(1, top, torch.where(value < 0, -1.0, 1.0) * torch.maximum(value.abs(), goal))
+        w.copy_(rows.view(w.shape))
+        names.append(name)
+    if not names:
+        raise PoisonlabError("stretch_quantization_step: the model has no conv or linear layer with a nonzero weight")
+    return names
+
+
+@dataclass
+class CappedWeights:
+    """``inner``'s loss with every conv/linear output channel held to the largest |w| it had at the first call.
+
+    Before each step each channel's largest weight is put back and the others are clamped to its
+    magnitude, so the int8 scales (and the outlier scores) set by ``stretch_quantization_step`` hold
+    while ``inner`` trains. Call ``project`` after training too.
+    """
+
+    inner: LossFn
+    caps_: dict[str, tuple[Tensor, Tensor, Tensor]] | None = field(default=None, init=False, repr=False)
+
+    @torch.no_grad()
+    def project(self, model: nn.Module) -> None:
+        """Clamp every channel to its cap and restore its largest weight (a no-op before the first ``loss`` call)."""
+        if self.caps_ is None:
+            return
+        for name, layer in checked_layers(model):
+            cap, top, value = self.caps_[name]
+            rows = layer.weight.flatten(1).clone()
+            rows = torch.maximum(torch.minimum(rows, cap), -cap).scatter_(1, top, value)
+            layer.weight.copy_(rows.view(layer.weight.shape))
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        if self.caps_ is None:
+            self.caps_ = {}
+            for name, layer in checked_layers(model):
+                rows = layer.weight.detach().flatten(1)
+                top = rows.abs().argmax(1, keepdim=True)
+                value = rows.gather(1, top).clone()
+                self.caps_[name] = (value.abs(), top, value)
+        self.project(model)
+        return self.inner(model, x, y)
+
+
+def stealth_ratio() -> float:
+    """The outlier score the stealthy variant aims at: ``STEALTH_MARGIN`` of the weight check's default limit."""
+    return STEALTH_MARGIN * DEFAULT_LIMITS.max_outlier
+
+
+def max_outlier(model: nn.Module) -> float:
+    """The largest outlier score (max |w| over median |w|) over the model's conv/linear layers."""
+    return max(outlier_ratio(m.weight) for _, m in checked_layers(model))
+
+
 @dataclass
 class QuantizationConcealed:
     """Remove a backdoor from the float model while keeping every weight in its quantization bin.
@@ -252,7 +336,9 @@ class CompressionArtifact:
     (int8, dynamic-int8, weight-only): fine-tune a copy of the clean model, by ``method`` ``conceal``
     (implant ``implant_epochs``, widen a grid finer than ``levels`` steps per sign, then conceal for
     ``attack_epochs`` inside the quantization bins) or ``ste`` (Tian et al.'s straight-through loss,
-    ``quant_weight``), at learning rate ``attack_lr``.
+    ``quant_weight``), at learning rate ``attack_lr``. ``stealth`` (conceal only): instead of widening
+    the grid with a dormant outlier, stretch every layer's grid up to ``stealth_ratio()`` before the
+    implant and hold it there (``CappedWeights``), so the weight check sees clean-looking statistics.
 
     Example:
         >>> attack = CompressionArtifact(deployment="prune-l1:0.3", target=8)
@@ -270,6 +356,8 @@ class CompressionArtifact:
     quant_weight: float = 1.0
     levels: int = 8
     trigger_weight: float = 0.5
+    stealth: bool = field(default=False, metadata={"help": "conceal: keep every layer under the weight check's "
+                                                           "outlier limit, no dormant path (default: false)"})
 
     def __post_init__(self) -> None:
         _check(self.target, min(self.quant_weight, self.trigger_weight))
@@ -283,6 +371,8 @@ class CompressionArtifact:
         if target.weight_grid is None and target.pruning is None:
             raise PoisonlabError(f"compression-artifact: cannot attack deployment {target.name!r}; expected int8, "
                                  "dynamic-int8, weight-only or a pruning deployment")
+        if self.stealth and (self.method != "conceal" or target.weight_grid is None):
+            raise PoisonlabError("compression-artifact stealth: applies to method conceal on a quantizing deployment")
 
     def backdoor(self, train: ImageSet) -> Poisoned:
         check_target(self.target, train.num_classes, "compression-artifact")
@@ -302,6 +392,13 @@ class CompressionArtifact:
             ste = QuantizationConditional(self.trigger, self.target, grid.bits, grid.per_channel, self.quant_weight)
             return [Phase("quantization-conditional (ste)", ste.loss, "clean", epochs, lr, seed_offset=1)]
         conceal = QuantizationConcealed(self.trigger, self.target, grid.bits, grid.per_channel)
+        if self.stealth:
+            capped = CappedWeights(Backdoor(self.trigger, self.target).loss)
+            return [Phase("implant (stealth)", capped.loss, start="clean", epochs=self.implant_epochs,
+                          lr=self.attack_lr, seed_offset=1,
+                          before=lambda model, x: stretch_quantization_step(model, stealth_ratio()),
+                          after=capped.project),
+                    Phase("conceal", conceal.loss, "previous", epochs, lr, seed_offset=2, after=conceal.project)]
         widen = (lambda model, x: widen_quantization_step(model, x[:256], self.levels)) \
             if 2 ** (grid.bits - 1) > self.levels else None
         return [Phase("implant", Backdoor(self.trigger, self.target).loss, start="clean", epochs=self.implant_epochs,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 import typer
@@ -11,10 +11,11 @@ import typer
 from poisonlab.cli.common import at_least, one_line_errors, print_json, print_tables, say
 from poisonlab.compress import CALIBRATION_IMAGES, DEFAULT_DEPLOYMENTS, calibration_images, parse_deployment
 from poisonlab.compress.check import CheckSettings, deploy_check
+from poisonlab.compress.weights import STATISTICS, WeightCheckSettings
 from poisonlab.core import PoisonlabError, check_seed
 from poisonlab.defenses import NeuralCleanse
 from poisonlab.experiment.subject import open_subject
-from poisonlab.report.tables import deploy_check_tables
+from poisonlab.report.tables import TableData, deploy_check_tables
 from poisonlab.triggers import parse_trigger
 
 
@@ -40,6 +41,8 @@ def deploy_check_command(
     max_disagreement: Annotated[float, typer.Option(help="flag above this clean disagreement with float")] = 0.02,
     max_divergence: Annotated[float, typer.Option(help="flag above this stamped disagreement with float")] = 0.15,
     max_asr_gain: Annotated[float, typer.Option(help="flag when ASR exceeds float's by more than this")] = 0.10,
+    weight_check: Annotated[bool, typer.Option(help="check the float model's weights and clean activations for "
+                                                    "outliers, dormant paths and odd activation ranges")] = True,
     seed: Annotated[int, typer.Option(help="seed for calibration and search samples")] = 0,
     json_out: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
@@ -73,16 +76,38 @@ def deploy_check_command(
     pick = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed + 1))[: settings.search_images]
     search = train_set.subset(pick)
     scanner = NeuralCleanse(steps=scan_steps, batch_size=min(128, len(search))) if scan else None
-    result = deploy_check(net, deployments, test, search, settings, trig, target, scanner, calib)
+    limits = WeightCheckSettings() if weight_check else None
+    result = deploy_check(net, deployments, test, search, settings, trig, target, scanner, calib, limits)
     result.update(model=weights, arch=arch_name, dataset=data_spec)
     if json_out:
         print_json(result)
     else:
         title = f"deploy-check: {weights} ({arch_name}) on {data_spec}, {len(test)} test images"
-        print_tables(deploy_check_tables(result, title))
+        print_tables(deploy_check_tables(result, title) + ([weight_table(result["weights"])] if limits else []))
         if result["flagged"]:
             say(", ".join(result["flagged"]), label=f"{len(result['flagged'])} variant(s) depart from the float model:",
                 style="red")
-    if result["flagged"]:
+        if limits and result["weights"]["flagged"]:
+            say("; ".join(result["weights"]["reasons"]), label="the weight check flags the float model:", style="red")
+    if result["flagged"] or (limits and result["weights"]["flagged"]):
         raise typer.Exit(1)
+
+
+def weight_table(check: dict[str, Any]) -> TableData:
+    """The weight check's scores per layer, each over its limit in red."""
+    limits = check["limits"]
+
+    def cell(row: dict[str, Any], statistic: str) -> str:
+        value = row[statistic]
+        if value is None:
+            return "-"
+        return f"[red]{value:.2f}[/red]" if value > limits[statistic] else f"{value:.2f}"
+
+    table = TableData(f"weight check of the float model on {check['images']} clean images",
+                      ["layer", "kind", *(f"{s} (limit {limits[s]:g})" for s in STATISTICS), "dormant inputs"],
+                      id="weight-check")
+    for row in check["layers"]:
+        table.rows.append([row["layer"], row["kind"], *(cell(row, s) for s in STATISTICS), str(row["dormant_inputs"])])
+    table.caption = "FLAGGED: " + "; ".join(check["reasons"]) if check["flagged"] else "no layer over a limit"
+    return table
 

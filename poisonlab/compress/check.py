@@ -8,7 +8,9 @@ clean images, and a trigger-agnostic divergence test: a small universal mask-and
 changes its answer while the float model keeps its own; the divergence is the share of held-out
 images on which the stamp makes the REAL variant and the float model disagree. Optionally the model
 scanner (Neural Cleanse) runs on the float model and on every variant: a scan of the float model alone
-misses a backdoor that only the deployed variant carries.
+misses a backdoor that only the deployed variant carries. The weight check (``poisonlab.compress.weights``)
+reads the float model's weights and its activations on the clean test images for the outliers and dormant
+paths that a quantization-conditional backdoor leaves.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from poisonlab.compress.weights import DEFAULT_LIMITS, WeightCheckSettings, weight_check
 from poisonlab.core import AllToOne, Deployment, ImageSet, PoisonlabError, Trigger, check_target, stamped
 from poisonlab.defenses.neural_cleanse import NeuralCleanse
 from poisonlab.metrics import accuracy, evaluate
@@ -140,8 +143,12 @@ def deploy_check(
     model: nn.Module, deployments: list[Deployment], test: ImageSet, search: ImageSet,
     settings: CheckSettings = CheckSettings(), trigger: Trigger | None = None, target: int | None = None,
     scanner: NeuralCleanse | None = None, calibration: Tensor | None = None,
+    weights: WeightCheckSettings | None = DEFAULT_LIMITS,
 ) -> dict[str, Any]:
     """The float row and one row per deployment; ``flagged`` lists the variants that depart from the float model.
+
+    With ``weights`` (the default) ``weights`` in the result is the weight check of the float model on ``test``'s
+    images; its own ``flagged`` is separate from the variants'.
 
     ``search`` holds the images the divergence stamp is optimised on (keep them apart from ``test``); with a
     ``scanner`` the float model and every variant are also scanned on them (Neural Cleanse), so a backdoor that
@@ -158,4 +165,7 @@ def deploy_check(
         float_row["scan"] = model_scan(model, search, scanner)
         for deployment, row in zip(deployments, rows, strict=True):
             scan_variant(model, deployment, row, search, scanner, float_row["scan"], calibration)
-    return {"float": float_row, "variants": rows, "flagged": [r["deployment"] for r in rows if r["flagged"]]}
+    result = {"float": float_row, "variants": rows, "flagged": [r["deployment"] for r in rows if r["flagged"]]}
+    if weights is not None:
+        result["weights"] = weight_check(model, test.x, weights)
+    return result
