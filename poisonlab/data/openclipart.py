@@ -47,6 +47,7 @@ gradients) and geography (130: country outlines and star charts, which overlap s
 SIZES = (32, 64, 96)
 TEST_EVERY = 5
 CACHE_VERSION = 1
+"""Part of the cache key: raise it whenever decoding changes, so no set decoded by older code is read back."""
 
 
 @dataclass(frozen=True)
