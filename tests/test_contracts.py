@@ -29,7 +29,7 @@ from poisonlab.data.openclipart import CATEGORIES as CLIPART_CATEGORIES
 from poisonlab.defenses.apply import apply_defenses, defender_data
 from poisonlab.experiment.config import read_toml
 from poisonlab.experiment.run import execute, load, resolve
-from poisonlab.models import build_model
+from poisonlab.models import build_model, efficientnet
 from poisonlab.registry import ATTACKS, DEFENSES, registries
 from poisonlab.scaling.resize import RESIZERS
 from poisonlab.training import Recipe, train
@@ -96,7 +96,8 @@ TRIGGER_CASES = {
     "warp": "warp:k=4,strength=0.5",
 }
 
-MODEL_CASES = {"badnets-cnn": (1, 28, 28), "resnet-small": (3, 16, 16), "small-cnn": (3, 12, 12)}
+MODEL_CASES = {"badnets-cnn": (1, 28, 28), "efficientnet-lite0": (3, 32, 32), "efficientnet-lite0-frozen": (1, 32, 32),
+               "resnet-small": (3, 16, 16), "small-cnn": (3, 12, 12)}
 
 DEPLOYMENT_CASES = {
     "dynamic-int8": "dynamic-int8",
@@ -299,9 +300,11 @@ def test_trigger_contract(tiny: tuple[ImageSet, ImageSet], name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(MODEL_CASES))
 def test_model_contract(name: str) -> None:
+    if name.startswith("efficientnet") and not efficientnet.available():
+        pytest.skip("needs the optional extra poisonlab[surrogate]")
     shape = MODEL_CASES[name]
     data = ImageSet(torch.rand(8, *shape), torch.arange(8) % 5, tuple("abcde"))
-    model, same, other = (build_model(name, data, seed) for seed in (0, 0, 1))
+    model, same, other = (build_model(name, data, seed).eval() for seed in (0, 0, 1))
     logits = model(data.x)
     assert logits.shape == (8, 5) and torch.isfinite(logits).all()
     assert torch.equal(same(data.x), logits) and not torch.equal(other(data.x), logits)

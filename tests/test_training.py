@@ -3,7 +3,7 @@ import torch
 
 from poisonlab.core import PoisonlabError
 from poisonlab.data import make_synthetic
-from poisonlab.models import MODELS, build_model, load_model, save_model
+from poisonlab.models import MODELS, build_model, efficientnet, load_model, save_model
 from poisonlab.training import Recipe, predict, train
 
 
@@ -37,6 +37,8 @@ def test_a_diverging_loss_and_a_bad_recipe_are_clear_errors(synthetic):
 @pytest.mark.parametrize("name", MODELS.names())
 @pytest.mark.parametrize(("channels", "size"), [(1, 8), (1, 28), (3, 12)])
 def test_every_model_fits_every_shape(name, channels, size):
+    if name.startswith("efficientnet") and not efficientnet.available():
+        pytest.skip("needs the optional extra poisonlab[surrogate]")
     data = make_synthetic(20, num_classes=3, size=size, channels=channels)
     assert build_model(name, data, 0)(data.x).shape == (20, 3)
 

@@ -17,7 +17,7 @@ from poisonlab.core import ImageSet, PoisonlabError
 from poisonlab.experiment.config import read_toml
 from poisonlab.experiment.run import CONFIG_FILE, Resolved, load
 from poisonlab.experiment.victim import Rows, Victim, load_rows
-from poisonlab.models import load_model, load_run_model, trusted_architecture
+from poisonlab.models import load_model, load_run_model, read_weights, trusted_architecture
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,8 @@ def open_subject(run: Path | None, dataset: str | None, weights: Path | None, mo
                        str(run / name))
     if dataset is None or model is None:
         raise PoisonlabError("expected --run RUN_DIR, or --dataset SPEC with --model SPEC (and --weights FILE)")
+    state = read_weights(weights) if weights is not None else None  # a bad weights file fails before the data loads
     victim = Victim(dataset=dataset, model=model, holdout=holdout)
     data = load_rows(victim, need_test=False)
-    net = load_model(model, data.train.shape, data.train.num_classes, weights)
+    net = load_model(model, data.train.shape, data.train.num_classes, weights, state)
     return Subject(net, model, dataset, data, None, str(weights or model))

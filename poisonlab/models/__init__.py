@@ -10,6 +10,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -19,6 +20,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from poisonlab.core import ImageSet, PoisonlabError, check_regular
+from poisonlab.models.efficientnet import lite0_classifier
 from poisonlab.registry import Registry
 from poisonlab.report.store import atomic_write_json, atomic_write_tensors
 
@@ -79,6 +81,12 @@ def small_cnn(shape: Shape, num_classes: int) -> nn.Module:
         nn.Flatten(),
     )
     return nn.Sequential(*features, nn.Linear(_flat_size(features, shape), 128), nn.ReLU(), nn.Linear(128, num_classes))
+
+
+MODELS.register("efficientnet-lite0", "ImageNet-pretrained EfficientNet-Lite0, fine-tunes its last 5 blocks + head "
+                "(extra poisonlab[surrogate])")(partial(lite0_classifier, trainable_blocks=5))
+MODELS.register("efficientnet-lite0-frozen", "ImageNet-pretrained EfficientNet-Lite0, backbone frozen, trains head "
+                "conv + classifier (extra poisonlab[surrogate])")(partial(lite0_classifier, trainable_blocks=0))
 
 
 CODE_SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
@@ -195,18 +203,35 @@ def save_model(model: nn.Module, path: Path) -> None:
     atomic_write_tensors(path, model.state_dict())
 
 
-def load_model(name: str, shape: Shape, num_classes: int, path: Path | None) -> nn.Module:
-    """Rebuild ``name`` and load its weights from a safetensors file (a TorchScript file may bring its own)."""
-    model = construct(name, shape, num_classes)
-    if path is None:
-        if name.endswith(SCRIPT_SUFFIXES):
-            return model.eval()
-        raise PoisonlabError(f"model {name}: expected --weights, a safetensors file of its trained weights")
+def read_weights(path: Path) -> dict[str, Tensor]:
+    """The tensors of a safetensors weights file, refused in one line when unreadable or not finite.
+
+    Separate from ``load_model`` so that a command checks a user's weights before it loads their data.
+    """
     check_regular(path, "weights file")
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError) as e:
         raise PoisonlabError(f"{path}: not a readable safetensors file ({e})") from None
+    broken = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if broken is not None:
+        raise PoisonlabError(f"{path}: tensor {broken} holds NaN or infinity; expected finite weights")
+    return state
+
+
+def load_model(name: str, shape: Shape, num_classes: int, path: Path | None,
+               state: dict[str, Tensor] | None = None) -> nn.Module:
+    """Rebuild ``name`` and load its weights from a safetensors file (a TorchScript file may bring its own).
+
+    ``state``: the file's tensors when ``read_weights`` already read them.
+    """
+    model = construct(name, shape, num_classes)
+    if path is None:
+        if name.endswith(SCRIPT_SUFFIXES):
+            return model.eval()
+        raise PoisonlabError(f"model {name}: expected --weights, a safetensors file of its trained weights")
+    if state is None:
+        state = read_weights(path)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -215,9 +240,6 @@ def load_model(name: str, shape: Shape, num_classes: int, path: Path | None) -> 
     if kinds:
         k = kinds[0]
         raise PoisonlabError(f"{path}: tensor {k} is {state[k].dtype}, expected {expected[k].dtype}")
-    broken = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
-    if broken is not None:
-        raise PoisonlabError(f"{path}: tensor {broken} holds NaN or infinity; expected finite weights")
     if missing or unexpected or wrong:
         detail = (
             f"missing {missing[:3]}"
