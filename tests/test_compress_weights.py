@@ -104,6 +104,25 @@ def test_deploy_check_reports_the_weight_check(clean: nn.Module, data: tuple[Ima
     assert "weights" not in skipped
 
 
+def test_a_depthwise_conv_reads_each_input_through_its_own_group() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 8, 3, groups=4), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.rand(1, 3, 5, 5))
+    with torch.no_grad():
+        model[0].bias.copy_(torch.tensor([-9.0, 1.0, 1.0, 1.0]))  # input 0 of the depthwise conv never fires
+        model[2].weight.mul_(0.01)
+        model[2].weight[1, 0, 0, 0] = 5.0  # outputs 0-1 form group 0, which reads input 0 alone
+    row = next(r for r in weight_check(model, torch.rand(32, 3, 5, 5))["layers"] if r["layer"] == "2")
+    assert row["dormant_inputs"] == 1 and row["dormant_input"] == 0 and row["dormant"] > 10
+
+
+def test_the_check_leaves_the_models_trainable(clean: nn.Module, data: tuple[ImageSet, ImageSet]) -> None:
+    train_set, test = data
+    model = copy.deepcopy(clean)
+    deploy_check(model, [parse_deployment("int8-fbgemm")], test, train_set.subset(slice(0, 64)),
+                 calibration=train_set.x[:64])
+    assert all(p.requires_grad for p in model.parameters())
+
+
 def test_bad_input_is_refused(clean: nn.Module) -> None:
     for make, message in [
         (lambda: WeightCheckSettings(max_outlier=0), "max_outlier"),

@@ -62,20 +62,26 @@ def divergence_stamp(model: nn.Module, variant: nn.Module, x: Tensor, settings: 
     pattern_logit = (torch.randn(1, c, h, w, generator=gen) * 0.1).requires_grad_()
     opt = torch.optim.Adam([mask_logit, pattern_logit], lr=0.1)
     model, variant = model.eval(), variant.eval()
-    for p in list(model.parameters()) + list(variant.parameters()):
+    params = list(model.parameters()) + list(variant.parameters())
+    wanted = [p.requires_grad for p in params]
+    for p in params:  # only the stamp learns; the flags are restored after, so the caller's model stays trainable
         p.requires_grad_(False)
-    with torch.no_grad():
-        labels = predict(model, x)
-    for _ in range(settings.search_steps):
-        idx = torch.randint(len(x), (min(128, len(x)),), generator=gen)
-        stamped = _stamp(x[idx], mask_logit, pattern_logit)
-        keep = F.cross_entropy(model(stamped), labels[idx])
-        p_same = F.softmax(variant(stamped), 1).gather(1, labels[idx, None]).squeeze(1)
-        leave = -torch.log1p(-p_same.clamp(max=1 - 1e-6)).mean()
-        loss = keep + leave + settings.mask_cost * torch.sigmoid(mask_logit).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    try:
+        with torch.no_grad():
+            labels = predict(model, x)
+        for _ in range(settings.search_steps):
+            idx = torch.randint(len(x), (min(128, len(x)),), generator=gen)
+            stamped = _stamp(x[idx], mask_logit, pattern_logit)
+            keep = F.cross_entropy(model(stamped), labels[idx])
+            p_same = F.softmax(variant(stamped), 1).gather(1, labels[idx, None]).squeeze(1)
+            leave = -torch.log1p(-p_same.clamp(max=1 - 1e-6)).mean()
+            loss = keep + leave + settings.mask_cost * torch.sigmoid(mask_logit).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        for p, flag in zip(params, wanted, strict=True):
+            p.requires_grad_(flag)
     return mask_logit.detach(), pattern_logit.detach()
 
 

@@ -76,8 +76,12 @@ def outlier_ratio(weight: Tensor) -> float:
 
 
 def _input_weights(layer: nn.Conv2d | nn.Linear) -> Tensor:
-    """Per input (channel or feature) the largest |w| reading it."""
+    """Per input (channel or feature) the largest |w| reading it; a grouped (depthwise) conv's group g reads inputs
+    g * k .. g * k + k - 1 through its weight's k = in_channels / groups columns."""
     w = layer.weight.detach().abs()
+    if isinstance(layer, nn.Conv2d) and layer.groups > 1:
+        per_group = w.flatten(2).amax(2).view(layer.groups, -1, w.shape[1])
+        return per_group.amax(1).flatten()
     return w.transpose(0, 1).flatten(1).amax(1)
 
 
