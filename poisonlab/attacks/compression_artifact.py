@@ -25,6 +25,7 @@ training attack, declares which terms run in which phase for the deployment it a
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -34,6 +35,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from poisonlab.compress import parse_deployment
+from poisonlab.compress.fold import conv_bn_pairs, fold_batchnorm, is_folded
 from poisonlab.compress.prune import Method, check_ratio, pruning_masks
 from poisonlab.compress.quantize import fake_quantize_weight, weight_codes
 from poisonlab.compress.weights import DEFAULT_LIMITS, checked_layers, outlier_ratio
@@ -118,18 +120,23 @@ def widen_quantization_step(model: nn.Module, x: Tensor, levels: int = 8) -> lis
     if not 1 <= levels <= 127:
         raise PoisonlabError(f"widen_quantization_step levels {levels}: expected 1-127")
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    modules = dict(model.named_modules())
     dead: dict[str, tuple[nn.Linear, slice]] = {}
     for (a_name, a), (b_name, b) in itertools.pairwise(layers):
         if not isinstance(b, nn.Linear):
             continue
         channels = a.weight.shape[0]
-        if a.bias is None or b.in_features % channels:
-            raise PoisonlabError(f"widen_quantization_step: {a_name} -> {b_name} is not a biased layer "
-                                 "feeding a flatten of its channels")
+        bias = a.bias
+        if bias is None and isinstance(a, nn.Conv2d):  # a bias-free conv whose folded batch norm holds its bias
+            bn = modules.get(dict(conv_bn_pairs(model)).get(a_name, ""))
+            bias = bn.bias if isinstance(bn, nn.BatchNorm2d) and is_folded(bn) else None
+        if bias is None or b.in_features % channels:
+            raise PoisonlabError(f"widen_quantization_step: {a_name} -> {b_name} is not a biased layer (or a conv "
+                                 "with a folded batch norm) feeding a flatten of its channels")
         width = b.in_features // channels
         c = int(b.weight.abs().view(b.out_features, channels, width).sum((0, 2)).argmin())
         a.weight[c] = 0
-        a.bias[c] = -1
+        bias[c] = -1
         dead[b_name] = (b, slice(c * width, (c + 1) * width))
     if not dead:
         raise PoisonlabError("widen_quantization_step: the model has no linear layer fed by a conv or linear layer")
@@ -327,6 +334,22 @@ class PruningConditional:
                 + self.trigger_weight * F.cross_entropy(out[n:], y_t))
 
 
+def fold_if_batchnorm(model: nn.Module, x: Tensor | None = None) -> list[str]:
+    """``fold_batchnorm`` on a model with batch norms (so the attack shapes the weights int8 quantizes); the folded
+    convs' names, none for a model without batch norm. ``x`` is unused (a phase's ``before`` passes the images)."""
+    if not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        return []
+    return fold_batchnorm(model)
+
+
+def _then(*steps: Callable[[nn.Module, Tensor], object] | None) -> Callable[[nn.Module, Tensor], None]:
+    def run(model: nn.Module, x: Tensor) -> None:
+        for step in steps:
+            if step is not None:
+                step(model, x)
+    return run
+
+
 @ATTACKS.register("compression-artifact", "backdoor that appears only once quantized or pruned (Tian et al. 2021)")
 @dataclass(frozen=True)
 class CompressionArtifact:
@@ -338,7 +361,9 @@ class CompressionArtifact:
     ``attack_epochs`` inside the quantization bins) or ``ste`` (Tian et al.'s straight-through loss,
     ``quant_weight``), at learning rate ``attack_lr``. ``stealth`` (conceal only): instead of widening
     the grid with a dormant outlier, stretch every layer's grid up to ``stealth_ratio()`` before the
-    implant and hold it there (``CappedWeights``), so the weight check sees clean-looking statistics.
+    implant and hold it there (``CappedWeights``), so the weight check sees clean-looking statistics. On a quantizing
+    deployment a model with batch norms (EfficientNet) first has them folded into its convs (``fold_if_batchnorm``):
+    int8 quantizes the fused weights, so those are the ones the attack must shape.
 
     Example:
         >>> attack = CompressionArtifact(deployment="prune-l1:0.3", target=8)
@@ -390,18 +415,20 @@ class CompressionArtifact:
         epochs, lr = self.attack_epochs, self.attack_lr
         if self.method == "ste":
             ste = QuantizationConditional(self.trigger, self.target, grid.bits, grid.per_channel, self.quant_weight)
-            return [Phase("quantization-conditional (ste)", ste.loss, "clean", epochs, lr, seed_offset=1)]
+            return [Phase("quantization-conditional (ste)", ste.loss, "clean", epochs, lr, seed_offset=1,
+                          before=fold_if_batchnorm)]
         conceal = QuantizationConcealed(self.trigger, self.target, grid.bits, grid.per_channel)
         if self.stealth:
             capped = CappedWeights(Backdoor(self.trigger, self.target).loss)
             return [Phase("implant (stealth)", capped.loss, start="clean", epochs=self.implant_epochs,
                           lr=self.attack_lr, seed_offset=1,
-                          before=lambda model, x: stretch_quantization_step(model, stealth_ratio()),
+                          before=_then(fold_if_batchnorm,
+                                       lambda model, x: stretch_quantization_step(model, stealth_ratio())),
                           after=capped.project),
                     Phase("conceal", conceal.loss, "previous", epochs, lr, seed_offset=2, after=conceal.project)]
         widen = (lambda model, x: widen_quantization_step(model, x[:256], self.levels)) \
             if 2 ** (grid.bits - 1) > self.levels else None
         return [Phase("implant", Backdoor(self.trigger, self.target).loss, start="clean", epochs=self.implant_epochs,
-                      lr=self.attack_lr, seed_offset=1),
+                      lr=self.attack_lr, seed_offset=1, before=fold_if_batchnorm),
                 Phase("conceal", conceal.loss, "previous", epochs, lr, seed_offset=2, before=widen,
                       after=conceal.project)]

@@ -101,13 +101,17 @@ def weight_table(check: dict[str, Any]) -> TableData:
         value = row[statistic]
         if value is None:
             return "-"
-        return f"[red]{value:.2f}[/red]" if value > limits[statistic] else f"{value:.2f}"
+        limit = limits["outlier_grouped"] if statistic == "outlier" and row.get("grouped") else limits[statistic]
+        return f"[red]{value:.2f}[/red]" if value > limit else f"{value:.2f}"
 
     table = TableData(f"weight check of the float model on {check['images']} clean images",
                       ["layer", "kind", *(f"{s} (limit {limits[s]:g})" for s in STATISTICS), "dormant inputs"],
                       id="weight-check")
     for row in check["layers"]:
-        table.rows.append([row["layer"], row["kind"], *(cell(row, s) for s in STATISTICS), str(row["dormant_inputs"])])
+        kind = f"{row['kind']} (grouped)" if row.get("grouped") else row["kind"]
+        table.rows.append([row["layer"], kind, *(cell(row, s) for s in STATISTICS), str(row["dormant_inputs"])])
+    if "outlier_grouped" in limits:
+        table.title += f"; a grouped conv's outlier limit is {limits['outlier_grouped']:g}"
     table.caption = "FLAGGED: " + "; ".join(check["reasons"]) if check["flagged"] else "no layer over a limit"
     return table
 

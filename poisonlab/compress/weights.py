@@ -39,13 +39,14 @@ class WeightCheckSettings:
     """Per-statistic limits of the weight check; a layer over any limit is flagged."""
 
     max_outlier: float = 26.0
+    max_outlier_grouped: float = 85.0
     max_dormant: float = 1.7
     max_range: float = 5.1
     dormant_below: float = 0.01
     images: int = 1000
 
     def __post_init__(self) -> None:
-        for name in ("max_outlier", "max_dormant", "max_range"):
+        for name in ("max_outlier", "max_outlier_grouped", "max_dormant", "max_range"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise PoisonlabError(f"weight check {name}: expected a finite number > 0, got {value}")
@@ -54,8 +55,10 @@ class WeightCheckSettings:
         if self.images < 1:
             raise PoisonlabError(f"weight check images: expected at least 1, got {self.images}")
 
-    def limit(self, statistic: str) -> float:
-        """The limit of one of ``STATISTICS``."""
+    def limit(self, statistic: str, grouped: bool = False) -> float:
+        """The limit of one of ``STATISTICS``; ``grouped``: for a grouped (depthwise) conv's outlier score."""
+        if grouped and statistic == "outlier":
+            return self.max_outlier_grouped
         return float(getattr(self, f"max_{statistic}"))
 
 
@@ -124,7 +127,8 @@ def input_activity(model: nn.Module, x: Tensor, batch_size: int = 256) -> dict[s
 def layer_scores(name: str, layer: nn.Conv2d | nn.Linear, share: Tensor, peak: Tensor, dormant_below: float
                  ) -> dict[str, Any]:
     """The three scores of one layer from its weights and its inputs' activity, with the input each points at."""
-    row: dict[str, Any] = {"layer": name, "kind": type(layer).__name__, "outlier": outlier_ratio(layer.weight)}
+    row: dict[str, Any] = {"layer": name, "kind": type(layer).__name__, "outlier": outlier_ratio(layer.weight),
+                           "grouped": isinstance(layer, nn.Conv2d) and layer.groups > 1}
     reads = _input_weights(layer)
     dormant = share < dormant_below
     row["dormant_inputs"] = int(dormant.sum())
@@ -155,7 +159,9 @@ def weight_check(model: nn.Module, x: Tensor, settings: WeightCheckSettings = DE
     """Per-layer outlier, dormant-path and activation-range scores of ``model`` on clean images ``x``, and a verdict.
 
     ``flagged`` is true when any layer exceeds a limit of ``settings``; ``reasons`` name the layer, the
-    statistic and how far over the limit it is; ``worst`` gives each statistic's largest score over the layers.
+    statistic and how far over the limit it is; ``worst`` gives each statistic's largest score over the layers
+    (``outlier`` over the dense layers; ``outlier_grouped``, in ``worst`` and ``limits`` only for a model with grouped
+    convs, over those).
     """
     if x.ndim < 2 or len(x) == 0 or not x.is_floating_point():
         raise PoisonlabError(f"weight check: expected a non-empty float batch of images, got shape {tuple(x.shape)}")
@@ -163,8 +169,13 @@ def weight_check(model: nn.Module, x: Tensor, settings: WeightCheckSettings = DE
     activity = input_activity(model, x)
     rows = [layer_scores(n, m, *activity[n], settings.dormant_below) for n, m in checked_layers(model)
             if n in activity]
-    reasons = [_reason(r, s, settings.limit(s)) for r in rows for s in STATISTICS
-               if r[s] is not None and r[s] > settings.limit(s)]
-    worst = {s: max((r[s] for r in rows if r[s] is not None), default=None) for s in STATISTICS}
-    return {"layers": rows, "images": len(x), "limits": {s: settings.limit(s) for s in STATISTICS},
-            "worst": worst, "flagged": bool(reasons), "reasons": reasons}
+    reasons = [_reason(r, s, settings.limit(s, r["grouped"])) for r in rows for s in STATISTICS
+               if r[s] is not None and r[s] > settings.limit(s, r["grouped"])]
+    worst = {s: max((r[s] for r in rows if r[s] is not None and not (s == "outlier" and r["grouped"])), default=None)
+             for s in STATISTICS}
+    limits = {s: settings.limit(s) for s in STATISTICS}
+    if any(r["grouped"] for r in rows):
+        worst["outlier_grouped"] = max(r["outlier"] for r in rows if r["grouped"])
+        limits["outlier_grouped"] = settings.max_outlier_grouped
+    return {"layers": rows, "images": len(x), "limits": limits, "worst": worst, "flagged": bool(reasons),
+            "reasons": reasons}

@@ -1,0 +1,116 @@
+"""The int8 compression-artifact backdoor on EfficientNet-Lite0 fine-tuned on clip art, under real FX int8 (fbgemm).
+
+openclipart (``--size`` px, default 32), ``efficientnet-lite0`` (last 5 blocks + head train), 4x4 patch -> class 8,
+recipe 5 epochs, lr 3e-3, batch 64 per seed. For every seed: the clean model, the standard attack (conceal with
+``widen_quantization_step``) and the stealthy one (``stealth = true``), both from that seed's clean model as the
+compression-artifact experiment runs them (the attack folds the trainable batch norms into their convs first).
+Each model goes through deploy-check's ``deploy_check`` (calibrated on 512 training images, the divergence search
+on ``--search-images`` others, the weight check on the test images). Printed per model: float CA/ASR, int8
+CA/ASR per backend with the divergence verdict (and its reasons), the weight check's worst scores and verdict,
+and the training seconds; the load average at the start. Everything printed is measured in this run.
+
+Usage: nice -n 10 python bench/clipart_compression.py [--seeds 0 1 2 3 4] [--size 32] [--cache DIR]
+       [--search-steps 30] [--backends int8-fbgemm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import time
+import warnings
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from poisonlab.attacks.compression_artifact import CompressionArtifact
+from poisonlab.compress import calibration_images, parse_deployment
+from poisonlab.compress.check import CheckSettings, deploy_check
+from poisonlab.core import ImageSet
+from poisonlab.data import load_dataset
+from poisonlab.models import build_model, load_model, save_model
+from poisonlab.training import Recipe, train
+from poisonlab.training.trainer import train_phases
+from poisonlab.triggers import Patch
+
+MODEL, TRIGGER, TARGET = "efficientnet-lite0", Patch(size=4), 8
+RECIPE = Recipe(epochs=5, lr=3e-3, batch_size=64)
+
+
+def clean_model(train_set: ImageSet, seed: int, cache: Path | None, size: int) -> tuple[nn.Module, float]:
+    """The seed's clean fine-tune and its training seconds (0 when read from the cache)."""
+    path = None if cache is None else cache / f"clipart{size}-clean-{seed}.safetensors"
+    if path is not None and path.exists():
+        return load_model(MODEL, train_set.shape, train_set.num_classes, path).eval(), 0.0
+    t = time.perf_counter()
+    model = train(build_model(MODEL, train_set, seed), train_set, RECIPE, seed, progress=False)
+    seconds = time.perf_counter() - t
+    if path is not None:
+        save_model(model, path)
+    return model.eval(), seconds
+
+
+def check(model: nn.Module, train_set: ImageSet, test: ImageSet, seed: int, args: argparse.Namespace
+          ) -> dict[str, Any]:
+    """deploy_check as the CLI runs it (on a copy: its search freezes the model's parameters)."""
+    model = copy.deepcopy(model)
+    settings = CheckSettings(search_steps=args.search_steps, search_images=args.search_images, seed=seed)
+    pick = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed + 1))[: settings.search_images]
+    return deploy_check(model, [parse_deployment(b) for b in args.backends], test, train_set.subset(pick), settings,
+                        TRIGGER, TARGET, calibration=calibration_images(train_set, seed))
+
+
+def line(label: str, seed: int, result: dict[str, Any], seconds: float) -> str:
+    f, w = result["float"], result["weights"]
+    cells = [f"{label:8s} seed {seed}",
+             f"float CA {100 * f['clean_accuracy']:5.1f} ASR {100 * f['attack_success_rate']:5.1f}"]
+    for row in result["variants"]:
+        verdict = "FLAG (" + "; ".join(row["reasons"]) + ")" if row["flagged"] else "ok"
+        cells.append(f"{row['deployment']} CA {100 * row['clean_accuracy']:5.1f} ASR "
+                     f"{100 * row['attack_success_rate']:5.1f} agree {100 * row['agreement']:5.1f} "
+                     f"div {100 * row['divergence']:5.1f}% {verdict}")
+    worst = " ".join(f"{s} {v:.2f}" for s, v in w["worst"].items() if v is not None)
+    cells.append(f"weights {worst} " + ("FLAG (" + "; ".join(w["reasons"][:2]) + ")" if w["flagged"] else "ok"))
+    return " | ".join(cells) + f"  (train {seconds:.0f} s)"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--size", type=int, default=32, choices=(32, 64, 96))
+    ap.add_argument("--cache", type=Path, default=None, help="clean models reused from here (written when missing)")
+    ap.add_argument("--search-steps", type=int, default=30, help="divergence search steps (deploy-check's default: "
+                                                                 f"{CheckSettings().search_steps})")
+    ap.add_argument("--search-images", type=int, default=256)
+    ap.add_argument("--backends", nargs="+", default=["int8-fbgemm"])
+    args = ap.parse_args()
+    warnings.simplefilter("ignore", UserWarning)
+    print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; torch threads "
+          f"{torch.get_num_threads()}", flush=True)
+    train_set, test = load_dataset(f"openclipart:size={args.size}")
+    flags: dict[str, list[tuple[bool, bool]]] = {"clean": [], "standard": [], "stealth": []}
+    for seed in args.seeds:
+        clean, seconds = clean_model(train_set, seed, args.cache, args.size)
+        result = check(clean, train_set, test, seed, args)
+        print(line("clean", seed, result, seconds), flush=True)
+        flags["clean"].append((bool(result["flagged"]), result["weights"]["flagged"]))
+        for label, stealth in (("standard", False), ("stealth", True)):
+            t = time.perf_counter()
+            attack = CompressionArtifact(TRIGGER, TARGET, "int8-fbgemm", stealth=stealth)
+            model = train_phases(partial(build_model, MODEL, train_set, seed), train_set, attack.phases(), clean,
+                                 RECIPE, seed)
+            seconds = time.perf_counter() - t
+            result = check(model, train_set, test, seed, args)
+            print(line(label, seed, result, seconds), flush=True)
+            flags[label].append((bool(result["flagged"]), result["weights"]["flagged"]))
+    for label, marks in flags.items():
+        print(f"{label}: deploy-check flags a variant of {sum(m[0] for m in marks)}/{len(marks)}, "
+              f"the weight check flags {sum(m[1] for m in marks)}/{len(marks)}")
+
+
+if __name__ == "__main__":
+    main()
