@@ -362,8 +362,10 @@ class CompressionArtifact:
     ``quant_weight``), at learning rate ``attack_lr``. ``stealth`` (conceal only): instead of widening
     the grid with a dormant outlier, stretch every layer's grid up to ``stealth_ratio()`` before the
     implant and hold it there (``CappedWeights``), so the weight check sees clean-looking statistics. On a quantizing
-    deployment a model with batch norms (EfficientNet) first has them folded into its convs (``fold_if_batchnorm``):
-    int8 quantizes the fused weights, so those are the ones the attack must shape.
+    deployment a model with batch norms (EfficientNet) has them folded into its convs (``fold_if_batchnorm``) before the
+    attack shapes its weights on the int8 grid: int8 quantizes the fused weights. ``conceal`` folds after the implant
+    (implanting with the batch norms live kept 63.0% of a clip-art EfficientNet-Lite0's 64.2% float CA, 59.8%
+    folded first); ``stealth`` and ``ste`` fold first (their grid is shaped from the start).
 
     Example:
         >>> attack = CompressionArtifact(deployment="prune-l1:0.3", target=8)
@@ -429,6 +431,6 @@ class CompressionArtifact:
         widen = (lambda model, x: widen_quantization_step(model, x[:256], self.levels)) \
             if 2 ** (grid.bits - 1) > self.levels else None
         return [Phase("implant", Backdoor(self.trigger, self.target).loss, start="clean", epochs=self.implant_epochs,
-                      lr=self.attack_lr, seed_offset=1, before=fold_if_batchnorm),
-                Phase("conceal", conceal.loss, "previous", epochs, lr, seed_offset=2, before=widen,
-                      after=conceal.project)]
+                      lr=self.attack_lr, seed_offset=1),
+                Phase("conceal", conceal.loss, "previous", epochs, lr, seed_offset=2,
+                      before=_then(fold_if_batchnorm, widen), after=conceal.project)]
