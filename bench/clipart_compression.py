@@ -3,7 +3,7 @@
 openclipart (``--size`` px, default 32), ``efficientnet-lite0`` (last 5 blocks + head train), 4x4 patch -> class 8,
 recipe 5 epochs, lr 3e-3, batch 64 per seed. For every seed: the clean model, the standard attack (conceal with
 ``widen_quantization_step``) and the stealthy one (``stealth = true``), both from that seed's clean model as the
-compression-artifact experiment runs them (the attack folds the trainable batch norms into their convs first).
+compression-artifact experiment runs them (the attack folds the trainable batch norms into their convs).
 Each model goes through deploy-check's ``deploy_check`` (calibrated on 512 training images, the divergence search
 on ``--search-images`` others, the weight check on the test images). Printed per model: float CA/ASR, int8
 CA/ASR per backend with the divergence verdict (and its reasons), the weight check's worst scores and verdict,
