@@ -97,6 +97,7 @@ TRIGGER_CASES = {
 }
 
 MODEL_CASES = {"badnets-cnn": (1, 28, 28), "efficientnet-lite0": (3, 32, 32), "efficientnet-lite0-frozen": (1, 32, 32),
+               "efficientnet-lite0-full": (3, 32, 32),
                "resnet-small": (3, 16, 16), "small-cnn": (3, 12, 12)}
 
 DEPLOYMENT_CASES = {

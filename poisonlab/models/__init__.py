@@ -85,6 +85,8 @@ def small_cnn(shape: Shape, num_classes: int) -> nn.Module:
 
 MODELS.register("efficientnet-lite0", "ImageNet-pretrained EfficientNet-Lite0, fine-tunes its last 5 blocks + head "
                 "(extra poisonlab[surrogate])")(partial(lite0_classifier, trainable_blocks=5))
+MODELS.register("efficientnet-lite0-full", "ImageNet-pretrained EfficientNet-Lite0, fine-tunes all 16 blocks + head "
+                "(extra poisonlab[surrogate])")(partial(lite0_classifier, trainable_blocks=16))
 MODELS.register("efficientnet-lite0-frozen", "ImageNet-pretrained EfficientNet-Lite0, backbone frozen, trains head "
                 "conv + classifier (extra poisonlab[surrogate])")(partial(lite0_classifier, trainable_blocks=0))
 
