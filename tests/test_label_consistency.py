@@ -51,3 +51,9 @@ def test_bad_settings_and_one_class_data_are_refused(train_set: ImageSet) -> Non
     one = train_set.subset(torch.nonzero(train_set.y == 0).flatten())
     with pytest.raises(PoisonlabError, match="one class"):
         LabelConsistency().scan(build_model("small-cnn", train_set, 0), one)
+
+
+def test_fewer_rows_than_feature_dimensions_are_scanned(train_set: ImageSet) -> None:
+    few = train_set.subset(slice(0, 100))  # small-cnn's 288 conv features, above max_dims, from 100 rows
+    verdict = LabelConsistency().scan(build_model("small-cnn", train_set, 0), few)
+    assert verdict.scores is not None and verdict.scores.shape == (100,)

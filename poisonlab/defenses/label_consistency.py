@@ -74,8 +74,9 @@ class LabelConsistency:
         if len(present) < 2:
             raise PoisonlabError("label-consistency: the data hold one class; expected at least 2 to compare labels")
         x = torch.cat(list(iter_features(model, data.x, self.layer, self.batch_size))).numpy()
-        if x.shape[1] > self.max_dims:
-            x = PCA(self.max_dims, random_state=0).fit_transform(x)
+        dims = min(self.max_dims, len(x))  # PCA finds at most as many components as there are samples
+        if x.shape[1] > dims:
+            x = PCA(dims, random_state=0).fit_transform(x)
         shrinkage = "auto" if self.shrinkage is None else self.shrinkage
         lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage=shrinkage).fit(x, labels)
         log_p = lda.predict_log_proba(x)
