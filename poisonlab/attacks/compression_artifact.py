@@ -121,6 +121,7 @@ def widen_quantization_step(model: nn.Module, x: Tensor, levels: int = 8) -> lis
         raise PoisonlabError(f"widen_quantization_step levels {levels}: expected 1-127")
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     modules = dict(model.named_modules())
+    folded: dict[str, str] | None = None  # conv -> its batch norm, traced once when a bias-free conv needs it
     dead: dict[str, tuple[nn.Linear, slice]] = {}
     for (a_name, a), (b_name, b) in itertools.pairwise(layers):
         if not isinstance(b, nn.Linear):
@@ -128,7 +129,8 @@ def widen_quantization_step(model: nn.Module, x: Tensor, levels: int = 8) -> lis
         channels = a.weight.shape[0]
         bias = a.bias
         if bias is None and isinstance(a, nn.Conv2d):  # a bias-free conv whose folded batch norm holds its bias
-            bn = modules.get(dict(conv_bn_pairs(model)).get(a_name, ""))
+            folded = dict(conv_bn_pairs(model)) if folded is None else folded
+            bn = modules.get(folded.get(a_name, ""))
             bias = bn.bias if isinstance(bn, nn.BatchNorm2d) and is_folded(bn) else None
         if bias is None or b.in_features % channels:
             raise PoisonlabError(f"widen_quantization_step: {a_name} -> {b_name} is not a biased layer (or a conv "

@@ -19,6 +19,22 @@ from torch import fx, nn
 from poisonlab.core import PoisonlabError
 
 
+def single_use_pairs(model: nn.Module, graph: fx.Graph, first: type[nn.Module], second: type[nn.Module]
+                     ) -> list[tuple[str, str]]:
+    """(first name, second name) of every ``first`` module whose only use is the ``second`` module after it, in
+    ``graph`` (``model``'s FX trace) order: the patterns FX fuses or quantizes as one."""
+    modules = dict(model.named_modules())
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(str(node.target)), second):
+            continue
+        src = node.args[0]
+        if (isinstance(src, fx.Node) and src.op == "call_module" and isinstance(modules.get(str(src.target)), first)
+                and len(src.users) == 1):
+            pairs.append((str(src.target), str(node.target)))
+    return pairs
+
+
 def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """(conv name, batch-norm name) of every ``Conv2d`` whose only use is the ``BatchNorm2d`` after it (FX's fusion
     pattern), in graph order."""
@@ -27,16 +43,7 @@ def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     except Exception as e:  # data-dependent control flow, among others
         why = f"{type(e).__name__}: {e}".splitlines()[0]
         raise PoisonlabError(f"batch-norm folding: the model cannot be traced by FX ({why})") from None
-    modules = dict(model.named_modules())
-    pairs = []
-    for node in graph.nodes:
-        if node.op != "call_module" or not isinstance(modules.get(str(node.target)), nn.BatchNorm2d):
-            continue
-        src = node.args[0]
-        if (isinstance(src, fx.Node) and src.op == "call_module" and isinstance(modules.get(str(src.target)), nn.Conv2d)
-                and len(src.users) == 1):
-            pairs.append((str(src.target), str(node.target)))
-    return pairs
+    return single_use_pairs(model, graph, nn.Conv2d, nn.BatchNorm2d)
 
 
 def _hold_eval(module: nn.Module, args: object) -> None:

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.ao.quantization import QConfig
 
+from poisonlab.compress.fold import single_use_pairs
 from poisonlab.core import PoisonlabError
 
 Backend = Literal["fbgemm", "qnnpack"]
@@ -84,19 +85,9 @@ def _clamped_convs(model: nn.Module) -> list[str]:
     from torch import fx
 
     graph = fx.symbolic_trace(model).graph
-    modules = dict(model.named_modules())
-    names = []
-    for node in graph.nodes:
-        if node.op != "call_module" or not isinstance(modules.get(str(node.target)), nn.ReLU6):
-            continue
-        src = node.args[0]
-        if isinstance(src, fx.Node) and src.op == "call_module" and isinstance(modules.get(str(src.target)),
-                                                                              nn.BatchNorm2d):
-            src = src.args[0] if len(src.users) == 1 else None
-        if (isinstance(src, fx.Node) and src.op == "call_module" and isinstance(modules.get(str(src.target)), nn.Conv2d)
-                and len(src.users) == 1):
-            names.append(str(src.target))
-    return names
+    direct = [conv for conv, _ in single_use_pairs(model, graph, nn.Conv2d, nn.ReLU6)]
+    clamped = {bn for bn, _ in single_use_pairs(model, graph, nn.BatchNorm2d, nn.ReLU6)}
+    return direct + [conv for conv, bn in single_use_pairs(model, graph, nn.Conv2d, nn.BatchNorm2d) if bn in clamped]
 
 
 def _relu6_qconfig(backend: str) -> QConfig:
