@@ -18,3 +18,10 @@ def _two_threads() -> None:
 def synthetic() -> ImageSet:
     """600 seeded 1x12x12 images of 4 classes."""
     return make_synthetic(600, num_classes=4, size=12, seed=0)
+
+
+@pytest.fixture(scope="session")
+def sets() -> tuple[ImageSet, ImageSet]:
+    """1,000 seeded 1x12x12 images of 4 classes as 700 training and 300 test images (the compression tests' data)."""
+    full = make_synthetic(1000, num_classes=4, size=12, seed=5)
+    return full.subset(slice(0, 700)), full.subset(slice(700, 1000))

@@ -17,7 +17,6 @@ from poisonlab.compress import parse_deployment
 from poisonlab.compress.prune import pruning_masks
 from poisonlab.compress.quantize import weight_codes
 from poisonlab.core import ImageSet, PoisonlabError
-from poisonlab.data import make_synthetic
 from poisonlab.metrics import accuracy, attack_success_rate
 from poisonlab.models import build_model
 from poisonlab.training import Recipe, predict, train
@@ -26,19 +25,13 @@ from poisonlab.triggers import Patch
 TRIGGER, TARGET = Patch(size=3), 1
 
 
-@pytest.fixture(scope="module")
-def data() -> tuple[ImageSet, ImageSet]:
-    full = make_synthetic(1000, num_classes=4, size=12, seed=5)
-    return full.subset(slice(0, 700)), full.subset(slice(700, 1000))
-
-
 def asr(model: nn.Module, test: ImageSet) -> float:
     y_t = torch.full_like(test.y, TARGET)
     return attack_success_rate(predict(model, TRIGGER(test.x, y_t)), y_t, test.y)
 
 
-def test_concealed_backdoor_lives_only_in_the_quantized_weights(data: tuple[ImageSet, ImageSet]) -> None:
-    train_set, test = data
+def test_concealed_backdoor_lives_only_in_the_quantized_weights(sets: tuple[ImageSet, ImageSet]) -> None:
+    train_set, test = sets
     model = train(build_model("small-cnn", train_set, 0), train_set, Recipe(epochs=4), 0,
                   loss_fn=Backdoor(TRIGGER, TARGET).loss, progress=False)
     assert asr(model, test) > 0.9
@@ -53,8 +46,8 @@ def test_concealed_backdoor_lives_only_in_the_quantized_weights(data: tuple[Imag
     assert accuracy(predict(deployed, test.x), test.y) > 0.95 and asr(deployed, test) > 0.9
 
 
-def test_pruning_conditional_backdoor_appears_after_real_pruning(data: tuple[ImageSet, ImageSet]) -> None:
-    train_set, test = data
+def test_pruning_conditional_backdoor_appears_after_real_pruning(sets: tuple[ImageSet, ImageSet]) -> None:
+    train_set, test = sets
     attack = PruningConditional(TRIGGER, TARGET, "global", 0.5, refresh=5)
     model = train(build_model("small-cnn", train_set, 0), train_set, Recipe(epochs=4), 0, loss_fn=attack.loss,
                   progress=False)
@@ -65,10 +58,10 @@ def test_pruning_conditional_backdoor_appears_after_real_pruning(data: tuple[Ima
     assert attack.steps_ > 0 and set(attack.masks_) == set(masks)
 
 
-def test_ste_loss_trains_the_float_weights_through_the_quantizer(data: tuple[ImageSet, ImageSet]) -> None:
-    model = build_model("small-cnn", data[0], 0)
-    loss = QuantizationConditional(TRIGGER, TARGET, bits=4, per_channel=True).loss(model, data[0].x[:32],
-                                                                                     data[0].y[:32])
+def test_ste_loss_trains_the_float_weights_through_the_quantizer(sets: tuple[ImageSet, ImageSet]) -> None:
+    model = build_model("small-cnn", sets[0], 0)
+    loss = QuantizationConditional(TRIGGER, TARGET, bits=4, per_channel=True).loss(model, sets[0].x[:32],
+                                                                                     sets[0].y[:32])
     loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
@@ -86,8 +79,8 @@ def test_attacks_reject_bad_settings() -> None:
         QuantizationConditional().loss(nn.Sequential(nn.Flatten()), torch.zeros(2, 1, 8, 8), torch.zeros(2).long())
 
 
-def test_widened_int8_grid_hides_the_backdoor_from_float_only(data: tuple[ImageSet, ImageSet]) -> None:
-    train_set, test = data
+def test_widened_int8_grid_hides_the_backdoor_from_float_only(sets: tuple[ImageSet, ImageSet]) -> None:
+    train_set, test = sets
     model = train(build_model("small-cnn", train_set, 0), train_set, Recipe(epochs=4), 0,
                   loss_fn=Backdoor(TRIGGER, TARGET).loss, progress=False)
     widened = widen_quantization_step(model, train_set.x[:128], levels=8)

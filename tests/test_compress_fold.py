@@ -15,7 +15,6 @@ from poisonlab.compress import parse_deployment
 from poisonlab.compress.fold import conv_bn_pairs, fold_batchnorm, is_folded
 from poisonlab.compress.quantize import quantize_static, weight_codes
 from poisonlab.core import ImageSet
-from poisonlab.data import make_synthetic
 from poisonlab.metrics import accuracy, attack_success_rate
 from poisonlab.training import Recipe, predict, train
 from poisonlab.training.trainer import train_phases
@@ -33,14 +32,8 @@ def bn_net(seed: int = 0) -> nn.Sequential:
 
 
 @pytest.fixture(scope="module")
-def data() -> tuple[ImageSet, ImageSet]:
-    full = make_synthetic(1000, num_classes=4, size=12, seed=5)
-    return full.subset(slice(0, 700)), full.subset(slice(700, 1000))
-
-
-@pytest.fixture(scope="module")
-def clean(data: tuple[ImageSet, ImageSet]) -> nn.Module:
-    return train(bn_net(), data[0], Recipe(epochs=4), 0, progress=False).eval()
+def clean(sets: tuple[ImageSet, ImageSet]) -> nn.Module:
+    return train(bn_net(), sets[0], Recipe(epochs=4), 0, progress=False).eval()
 
 
 def int8_conv_codes(model: nn.Module, calibration: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -60,11 +53,11 @@ def asr(model: nn.Module, test: ImageSet) -> float:
     return attack_success_rate(predict(model, TRIGGER(test.x, y_t)), y_t, test.y)
 
 
-def test_folding_keeps_the_function_and_the_state_dict_keys(clean: nn.Module, data: tuple[ImageSet, ImageSet]) -> None:
+def test_folding_keeps_the_function_and_the_state_dict_keys(clean: nn.Module, sets: tuple[ImageSet, ImageSet]) -> None:
     model = copy.deepcopy(clean)
     assert conv_bn_pairs(model) == [("0", "1"), ("4", "5")]
     assert fold_batchnorm(model) == ["0", "4"]
-    x = data[1].x[:64]
+    x = sets[1].x[:64]
     assert torch.allclose(model.eval()(x), clean(x), atol=1e-5)
     assert list(model.state_dict()) == list(clean.state_dict())
     assert all(is_folded(m) for m in model.modules() if isinstance(m, nn.BatchNorm2d))
@@ -77,8 +70,8 @@ def test_folding_keeps_the_function_and_the_state_dict_keys(clean: nn.Module, da
 
 
 def test_after_folding_fx_int8_quantizes_the_attacks_weight_grid(clean: nn.Module,
-                                                                 data: tuple[ImageSet, ImageSet]) -> None:
-    calibration = data[0].x[:128]
+                                                                 sets: tuple[ImageSet, ImageSet]) -> None:
+    calibration = sets[0].x[:128]
     convs = [clean.get_submodule("0"), clean.get_submodule("4")]
     raw = [weight_codes(c.weight) for c in convs if isinstance(c, nn.Conv2d)]
     deployed = int8_conv_codes(clean, calibration)
@@ -92,8 +85,8 @@ def test_after_folding_fx_int8_quantizes_the_attacks_weight_grid(clean: nn.Modul
         assert torch.allclose(scale.flatten(), q_scale, rtol=1e-6)
 
 
-def test_the_stand_ins_backdoor_appears_only_in_real_int8(clean: nn.Module, data: tuple[ImageSet, ImageSet]) -> None:
-    train_set, test = data
+def test_the_stand_ins_backdoor_appears_only_in_real_int8(clean: nn.Module, sets: tuple[ImageSet, ImageSet]) -> None:
+    train_set, test = sets
     attack = CompressionArtifact(TRIGGER, TARGET, "int8-fbgemm", attack_epochs=4)
     model = train_phases(partial(bn_net, 0), train_set, attack.phases(), clean, Recipe(epochs=4), 0)
     assert all(is_folded(m) for m in model.modules() if isinstance(m, nn.BatchNorm2d))
@@ -106,10 +99,10 @@ def test_the_stand_ins_backdoor_appears_only_in_real_int8(clean: nn.Module, data
     assert asr(clean_int8, test) < 0.1
 
 
-def test_relu6_fed_convs_quantize_their_output_to_the_clamp(clean: nn.Module, data: tuple[ImageSet, ImageSet]) -> None:
+def test_relu6_fed_convs_quantize_their_output_to_the_clamp(clean: nn.Module, sets: tuple[ImageSet, ImageSet]) -> None:
     """A conv read only by ReLU6 has its output range observed after the clamp, as a fused conv-ReLU6 kernel's:
     zero point 0, at most 6 at the top of the 7-bit range; int8 stays close to float."""
-    deployed = quantize_static(clean, "fbgemm", data[0].x[:128])
+    deployed = quantize_static(clean, "fbgemm", sets[0].x[:128])
     convs = [m for m in deployed.modules() if isinstance(m, torch.ao.nn.quantized.Conv2d)]
     assert len(convs) == 2 and all(m.zero_point == 0 and 0 < m.scale * 127 <= 6 + 1e-6 for m in convs)
-    assert accuracy(predict(deployed, data[1].x), predict(clean, data[1].x)) > 0.97
+    assert accuracy(predict(deployed, sets[1].x), predict(clean, sets[1].x)) > 0.97

@@ -18,7 +18,6 @@ from poisonlab.compress import parse_deployment
 from poisonlab.compress.check import deploy_check
 from poisonlab.compress.weights import WeightCheckSettings, weight_check
 from poisonlab.core import ImageSet, PoisonlabError
-from poisonlab.data import make_synthetic
 from poisonlab.metrics import attack_success_rate
 from poisonlab.models import build_model
 from poisonlab.training import Recipe, predict, train
@@ -29,14 +28,8 @@ TRIGGER, TARGET = Patch(size=3), 1
 
 
 @pytest.fixture(scope="module")
-def data() -> tuple[ImageSet, ImageSet]:
-    full = make_synthetic(1000, num_classes=4, size=12, seed=5)
-    return full.subset(slice(0, 700)), full.subset(slice(700, 1000))
-
-
-@pytest.fixture(scope="module")
-def clean(data: tuple[ImageSet, ImageSet]) -> nn.Module:
-    return train(build_model("small-cnn", data[0], 0), data[0], Recipe(epochs=4), 0, progress=False)
+def clean(sets: tuple[ImageSet, ImageSet]) -> nn.Module:
+    return train(build_model("small-cnn", sets[0], 0), sets[0], Recipe(epochs=4), 0, progress=False)
 
 
 def asr(model: nn.Module, test: ImageSet) -> float:
@@ -44,25 +37,25 @@ def asr(model: nn.Module, test: ImageSet) -> float:
     return attack_success_rate(predict(model, TRIGGER(test.x, y_t)), y_t, test.y)
 
 
-def test_a_clean_trained_model_is_not_flagged(clean: nn.Module, data: tuple[ImageSet, ImageSet]) -> None:
-    check = weight_check(clean, data[1].x)
+def test_a_clean_trained_model_is_not_flagged(clean: nn.Module, sets: tuple[ImageSet, ImageSet]) -> None:
+    check = weight_check(clean, sets[1].x)
     assert not check["flagged"] and check["reasons"] == []
     assert [r["layer"] for r in check["layers"]] == ["1", "4", "8", "10"]  # both convs, both linear layers
     assert all(check["worst"][s] < check["limits"][s] for s in check["limits"])
 
 
-def test_a_planted_outlier_weight_is_flagged(clean: nn.Module, data: tuple[ImageSet, ImageSet]) -> None:
+def test_a_planted_outlier_weight_is_flagged(clean: nn.Module, sets: tuple[ImageSet, ImageSet]) -> None:
     model = copy.deepcopy(clean)
     fc = model.get_submodule("8")
     assert isinstance(fc, nn.Linear)
     with torch.no_grad():
         fc.weight[3, 5] = fc.weight.abs().max() * 20
-    check = weight_check(model, data[1].x)
+    check = weight_check(model, sets[1].x)
     assert check["flagged"] and check["layers"][2]["outlier"] > WeightCheckSettings().max_outlier
     assert any(r.startswith("8: largest weight") for r in check["reasons"])
 
 
-def test_a_planted_dormant_large_path_is_flagged(clean: nn.Module, data: tuple[ImageSet, ImageSet]) -> None:
+def test_a_planted_dormant_large_path_is_flagged(clean: nn.Module, sets: tuple[ImageSet, ImageSet]) -> None:
     """Conv channel 0 switched off (never active after its ReLU); fc1 reads it with twice its largest weight."""
     model = copy.deepcopy(clean)
     conv, fc = model.get_submodule("4"), model.get_submodule("8")
@@ -72,16 +65,16 @@ def test_a_planted_dormant_large_path_is_flagged(clean: nn.Module, data: tuple[I
         conv.weight[0] = 0
         conv.bias[0] = -1
         fc.weight[:, :width] = fc.weight.abs().max() * 2
-    check = weight_check(model, data[1].x)
+    check = weight_check(model, sets[1].x)
     row = check["layers"][2]
     assert row["dormant_inputs"] >= width and row["dormant"] == pytest.approx(2.0)
     assert check["flagged"] and any(r.startswith("8: input") and "dormant" in r for r in check["reasons"])
-    assert weight_check(model, data[1].x, WeightCheckSettings(max_dormant=2.5, max_outlier=1e6))["flagged"] is False
+    assert weight_check(model, sets[1].x, WeightCheckSettings(max_dormant=2.5, max_outlier=1e6))["flagged"] is False
 
 
 def test_the_stealth_option_keeps_the_statistics_clean_and_the_int8_backdoor(
-        clean: nn.Module, data: tuple[ImageSet, ImageSet]) -> None:
-    train_set, test = data
+        clean: nn.Module, sets: tuple[ImageSet, ImageSet]) -> None:
+    train_set, test = sets
     models = {}
     for stealth in (False, True):
         attack = CompressionArtifact(TRIGGER, TARGET, stealth=stealth, implant_epochs=2, attack_epochs=4)
@@ -96,8 +89,8 @@ def test_the_stealth_option_keeps_the_statistics_clean_and_the_int8_backdoor(
     assert asr(models[True], test) < 0.1 and asr(deployed, test) > 0.9
 
 
-def test_deploy_check_reports_the_weight_check(clean: nn.Module, data: tuple[ImageSet, ImageSet]) -> None:
-    train_set, test = data
+def test_deploy_check_reports_the_weight_check(clean: nn.Module, sets: tuple[ImageSet, ImageSet]) -> None:
+    train_set, test = sets
     result = deploy_check(clean, [parse_deployment("fp16")], test, train_set.subset(slice(0, 64)))
     assert result["weights"]["flagged"] is False and len(result["weights"]["layers"]) == 4
     skipped = deploy_check(clean, [parse_deployment("fp16")], test, train_set.subset(slice(0, 64)), weights=None)
@@ -115,8 +108,8 @@ def test_a_depthwise_conv_reads_each_input_through_its_own_group() -> None:
     assert row["dormant_inputs"] == 1 and row["dormant_input"] == 0 and row["dormant"] > 10
 
 
-def test_the_check_leaves_the_models_trainable(clean: nn.Module, data: tuple[ImageSet, ImageSet]) -> None:
-    train_set, test = data
+def test_the_check_leaves_the_models_trainable(clean: nn.Module, sets: tuple[ImageSet, ImageSet]) -> None:
+    train_set, test = sets
     model = copy.deepcopy(clean)
     deploy_check(model, [parse_deployment("int8-fbgemm")], test, train_set.subset(slice(0, 64)),
                  calibration=train_set.x[:64])
