@@ -31,7 +31,9 @@ class ImageError(PoisonlabError):
     """An image file that cannot be read as stated; the message names the file and what was expected."""
 
 
-def _open(path: Path) -> Image.Image:
+def open_image(path: Path) -> Image.Image:
+    """``path`` opened lazily by Pillow, refused in one line when not a regular file, not an image or over the
+    pixel budget (checked before decoding)."""
     check_regular(path)
     try:
         with warnings.catch_warnings():
@@ -51,7 +53,7 @@ def _open(path: Path) -> Image.Image:
 
 def image_header(path: Path) -> tuple[int, int, bool]:
     """(width, height, grayscale) from the file's header, without decoding the pixels."""
-    im = _open(path)
+    im = open_image(path)
     with im:
         return im.size[0], im.size[1], im.mode in GRAY_MODES
 
@@ -79,7 +81,7 @@ def decode(path: Path, mode: str | None = None) -> np.ndarray:
     Raises ImageError naming the file: not a regular file, unreadable, too many pixels, a float image
     outside [0, 1] or with NaN, a negative integer image.
     """
-    im = _open(path)
+    im = open_image(path)
     try:
         with im:
             gray = im.mode in GRAY_MODES

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from poisonlab.core import ImageSet, PoisonlabError
-from poisonlab.data.images import ImageError, _open, read_pixels
+from poisonlab.data.images import ImageError, open_image, read_pixels
 from poisonlab.data.user import read_npz
 from poisonlab.data.validate import to_image_set
 from poisonlab.registry import parse_spec
@@ -118,7 +118,7 @@ def clip_pixels(path: Path, size: int) -> np.ndarray:
     Raises PoisonlabError (an ImageError) naming the file when it is not a regular, readable image within
     the pixel budget of ``images.decode``, whose rules also read 16-bit and float images.
     """
-    im = _open(path)
+    im = open_image(path)
     with im:
         try:
             if im.mode in ("I", "F") or im.mode.startswith("I;16"):
