@@ -50,11 +50,12 @@ def trained(name: str, data: ImageSet, args: argparse.Namespace, seed: int) -> t
     return model, seconds
 
 
-def scan_all(model: torch.nn.Module, poisoned: Poisoned) -> dict[str, dict[str, float]]:
-    """Every data scanner's figures on ``poisoned`` for ``model``."""
+def scan_all(model: torch.nn.Module, poisoned: Poisoned) -> tuple[dict[str, dict[str, float]], dict[str, torch.Tensor]]:
+    """Every data scanner's figures on ``poisoned`` for ``model``, and the rows each flagged."""
     n = len(poisoned.data)
     truth = as_mask(poisoned.indices, n)
     rows: dict[str, dict[str, float]] = {}
+    flags: dict[str, torch.Tensor] = {}
     for name, scanner in {"label-consistency": LabelConsistency(), "spectral": SpectralSignatures(),
                           "activation-clustering": ActivationClustering()}.items():
         start = time.perf_counter()
@@ -62,11 +63,11 @@ def scan_all(model: torch.nn.Module, poisoned: Poisoned) -> dict[str, dict[str, 
         seconds = time.perf_counter() - start
         m = detection_metrics(verdict, poisoned.indices, n)
         assert verdict.scores is not None
-        rows[name] = {**m, "tpr_at_5fpr": tpr_at_fpr(verdict.scores, truth), "seconds": seconds,
-                      "flagged_mask": verdict.flagged}  # type: ignore[dict-item]
+        rows[name] = {**m, "tpr_at_5fpr": tpr_at_fpr(verdict.scores, truth), "seconds": seconds}
+        flags[name] = verdict.flagged if verdict.flagged is not None else torch.empty(0, dtype=torch.long)
         print(f"  {name:22} P {m['precision']:.3f} R {m['recall']:.3f} flagged {m['flagged']:5d} "
               f"AUROC {m['auroc']:.4f} TPR@5%FPR {rows[name]['tpr_at_5fpr']:.3f}  {seconds:5.1f} s", flush=True)
-    return rows
+    return rows, flags
 
 
 def main() -> None:
@@ -112,12 +113,11 @@ def main() -> None:
         print(f"   clean model on triggered images: ASR {clean_asr:.4f}")
         if "scan" not in parts:
             continue
-        rows = scan_all(model, poisoned)
+        rows, flags = scan_all(model, poisoned)
         if "retrain" not in parts:
             continue
         best = max(rows, key=lambda r: rows[r]["auroc"])
-        flagged = rows[best]["flagged_mask"]
-        keep = ~as_mask(flagged if flagged is not None else torch.empty(0, dtype=torch.long), len(poisoned.data))
+        keep = ~as_mask(flags[best], len(poisoned.data))
         kept = poisoned.data.subset(torch.nonzero(keep).flatten())
         repaired, seconds = trained(f"{name}-retrain-{best}-s{seed}", kept, args, seed)
         after = evaluate(repaired, test, triggered)
