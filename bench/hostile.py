@@ -1,12 +1,13 @@
 """Hostile-input bench (issue #18): the corpus of tests/fixtures/hostile.py run as real ``poisonlab`` processes.
 
 Each case runs as ``python -c "from poisonlab.cli.app import main; main()" ARGS`` (what the ``poisonlab`` console
-script runs) in its own working folder and session, two at a time; ``os.wait4`` gives its wall time and peak RSS,
-and a case still running after 60 s is killed (a hang). Outcomes are classified exactly as in the test
-(``hostile.classify``). Prints counts per outcome and per family, the largest RSS and time over bad inputs, the
-cases above 1 GB or 5 s, and every failing case; exits 1 when any case is not ok.
+script runs) in its own working folder and session, one at a time by default, so that a time is one process's
+on an otherwise idle machine; ``os.wait4`` gives its wall time and peak RSS, and a case still running after 60 s
+is killed (a hang). Outcomes are classified exactly as in the test (``hostile.classify``). Prints counts per
+outcome and per family, the largest RSS and time over bad inputs, the cases above 1 GB or 5 s, and every failing
+case; exits 1 when any case is not ok.
 
-With two cases running at once, a case's file-system check ignores the other cases' own output folders; a
+With ``--workers 2`` a case's file-system check ignores the other cases' own output folders; a
 shared fixture damaged by one case shows up in whichever cases were running then.
 
     python bench/hostile.py                 # every case
@@ -80,9 +81,16 @@ def run_process(argv: list[str], cwd: Path, kill_after: float) -> tuple[Any, boo
     return result, killed, seconds, usage.ru_maxrss / 1024.0  # ru_maxrss is in KiB on Linux
 
 
+def own_folders(case: Any) -> list[Path]:
+    """The folders ``hostile.prepare`` creates for the case above its working folder (e.g. cwd/ID for cwd/ID/a/b)."""
+    top = case.root / "cwd"
+    work = case.workdir()
+    return [p for p in work.parents if top in p.parents] if top in work.parents else []
+
+
 def run_all(cases: list[Any], workers: int, kill_after: float) -> list[Any]:
     """Every case in a subprocess, ``workers`` at a time; the outcomes in case order."""
-    private = {c.id: [*c.allowed, c.workdir()] for c in cases}
+    private = {c.id: [*c.allowed, c.workdir(), *own_folders(c)] for c in cases}
     everyone = [p for paths in private.values() for p in paths]
 
     def one(case: Any) -> Any:
@@ -127,7 +135,8 @@ def report(outcomes: list[Any], wall: float) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workers", type=int, default=2, help="cases run at once (default 2)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="cases run at once (default 1; more overlap, and slow, their timings)")
     parser.add_argument("--match", default="", help="run only the cases whose id contains this")
     parser.add_argument("--kill-after", type=float, default=KILL_AFTER_S, help="seconds before a case is killed")
     args = parser.parse_args()
