@@ -115,6 +115,7 @@ DEPLOYMENT_CASES = {
 DEFENSE_CASES = {
     "activation-clustering": ["activation-clustering"],
     "fine-pruning": ["fine-pruning"],
+    "ibd-psc": ["ibd-psc"],
     "label-consistency": ["label-consistency"],
     "neural-cleanse": ["neural-cleanse:steps=40"],
     "retrain": ["spectral", "retrain:scanner=spectral"],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from poisonlab.defenses.activation_clustering import ActivationClustering
 from poisonlab.defenses.fine_pruning import FinePruning
+from poisonlab.defenses.ibd_psc import IbdPsc
 from poisonlab.defenses.neural_cleanse import NeuralCleanse
 from poisonlab.defenses.retrain import Retrain
 from poisonlab.defenses.scoring import detection_metrics
@@ -25,5 +26,5 @@ def names_of(kind: str) -> list[str]:
     return [n for n in DEFENSES if DEFENSES.get(n).kind == kind]
 
 
-__all__ = ["DEFENSES", "ActivationClustering", "FinePruning", "NeuralCleanse", "Retrain", "SpectralSignatures",
-           "Strip", "Unlearning", "detection_metrics", "names_of"]
+__all__ = ["DEFENSES", "ActivationClustering", "FinePruning", "IbdPsc", "NeuralCleanse", "Retrain",
+           "SpectralSignatures", "Strip", "Unlearning", "detection_metrics", "names_of"]
