@@ -39,8 +39,10 @@ from poisonlab.training.trainer import device_of
 def amplifiable(model: nn.Module) -> list[nn.Module]:
     """The layers IBD-PSC amplifies, in module order: affine batch norms, or, in a model without them, its
     convolutions and Linear layers but the last (amplifying the logits only sharpens every prediction alike)."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
-    layers = norms or [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)][:-1]
+    norms: list[nn.Module] = [m for m in model.modules()
+                              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
+    weighted: list[nn.Module] = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    layers = norms or weighted[:-1]
     if not layers:
         raise PoisonlabError(f"IBD-PSC: model {type(model).__name__} has no batch norm, convolution or hidden Linear "
                              "layer to amplify")
@@ -49,7 +51,7 @@ def amplifiable(model: nn.Module) -> list[nn.Module]:
 
 @contextmanager
 def amplified(layers: Sequence[nn.Module], scale: float) -> Iterator[None]:
-    """Within the block, each of ``layers`` has its weight and bias multiplied by ``scale`` (its output scaled)."""
+    """Within the block, the output of each of ``layers`` is multiplied by ``scale`` (by a forward hook)."""
     hooks = [m.register_forward_hook(lambda _m, _i, out: out * scale) for m in layers]
     try:
         yield
