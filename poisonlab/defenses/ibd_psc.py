@@ -39,10 +39,10 @@ from poisonlab.training.trainer import device_of
 def amplifiable(model: nn.Module) -> list[nn.Module]:
     """The layers IBD-PSC amplifies, in module order: affine batch norms, or, in a model without them, its
     convolutions and Linear layers but the last (amplifying the logits only sharpens every prediction alike)."""
-    norms: list[nn.Module] = [m for m in model.modules()
-                              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
-    weighted: list[nn.Module] = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
-    layers = norms or weighted[:-1]
+    layers: list[nn.Module] = [m for m in model.modules()
+                               if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
+    if not layers:
+        layers = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)][:-1]
     if not layers:
         raise PoisonlabError(f"IBD-PSC: model {type(model).__name__} has no batch norm, convolution or hidden Linear "
                              "layer to amplify")
