@@ -42,7 +42,8 @@ def amplifiable(model: nn.Module) -> list[nn.Module]:
     layers: list[nn.Module] = [m for m in model.modules()
                                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
     if not layers:
-        layers = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)][:-1]
+        weighted: list[nn.Module] = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+        layers = weighted[:-1]
     if not layers:
         raise PoisonlabError(f"IBD-PSC: model {type(model).__name__} has no batch norm, convolution or hidden Linear "
                              "layer to amplify")
