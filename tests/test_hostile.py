@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from poisonlab.core import PoisonlabError
-from poisonlab.data.user import read_image
+from poisonlab.data.images import read_image
 
 
 def _load_corpus() -> ModuleType:

@@ -12,7 +12,7 @@ from poisonlab.cli.common import at_least, one_line_errors, print_json, print_ta
 from poisonlab.compress import CALIBRATION_IMAGES, DEFAULT_DEPLOYMENTS, calibration_images, parse_deployment
 from poisonlab.compress.check import CheckSettings, deploy_check
 from poisonlab.compress.weights import STATISTICS, WeightCheckSettings
-from poisonlab.core import PoisonlabError, check_seed
+from poisonlab.core import PoisonlabError, check_seed, in_memory
 from poisonlab.defenses import NeuralCleanse
 from poisonlab.experiment.subject import open_subject
 from poisonlab.report.tables import TableData, deploy_check_tables
@@ -69,12 +69,10 @@ def deploy_check_command(
     subject = open_subject(model if model.is_dir() else None, dataset, None if model.is_dir() else model, arch,
                            which, holdout)
     net, weights, arch_name, data_spec = subject.model, subject.loaded, subject.architecture, subject.dataset
-    train_set, test = subject.train, subject.held_out("deploy-check")
-    if test_size:
-        test = test.subset(slice(0, test_size))
+    train_set, test = subject.train, in_memory(subject.held_out("deploy-check").subset(slice(0, test_size or None)))
     calib = calibration_images(train_set, seed, calibration)
     pick = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed + 1))[: settings.search_images]
-    search = train_set.subset(pick)
+    search = in_memory(train_set.subset(pick))
     scanner = NeuralCleanse(steps=scan_steps, batch_size=min(128, len(search))) if scan else None
     limits = WeightCheckSettings() if weight_check else None
     result = deploy_check(net, deployments, test, search, settings, trig, target, scanner, calib, limits)

@@ -13,7 +13,7 @@ import torch
 import typer
 
 from poisonlab.cli.common import ForceOpt, one_line_errors, print_json, print_tables, print_verdict
-from poisonlab.core import PoisonlabError
+from poisonlab.core import PoisonlabError, in_memory
 from poisonlab.data.user import read_row_numbers
 from poisonlab.defenses import DEFENSES, NeuralCleanse, names_of
 from poisonlab.defenses.scoring import detection_metrics
@@ -171,7 +171,8 @@ def model_scan(
     held_out = subject.held_out("scan model")
     cleanse = NeuralCleanse(steps=steps, max_classes=max_classes)
     t0 = time.perf_counter()
-    verdict = cleanse.scan(subject.model.to(where), held_out.subset(slice(0, images)), progress=not json_out)
+    verdict = cleanse.scan(subject.model.to(where), in_memory(held_out.subset(slice(0, images))),
+                           progress=not json_out)
     seconds = time.perf_counter() - t0
     d = verdict.details
     names = held_out.classes

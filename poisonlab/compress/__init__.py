@@ -23,7 +23,7 @@ from poisonlab.compress.quantize import (
     quantize_static,
     to_float16,
 )
-from poisonlab.core import Deployment, ImageSet, PoisonlabError, Pruning, WeightGrid
+from poisonlab.core import Deployment, PoisonlabError, Pruning, Samples, WeightGrid, in_memory
 from poisonlab.registry import Registry
 
 DeploymentFactory = Callable[[str], Deployment]
@@ -36,12 +36,12 @@ CALIBRATION_IMAGES = 512
 """Training images that calibrate static int8, for every caller (pipeline, deploy-check)."""
 
 
-def calibration_images(train: ImageSet, seed: int, n: int = CALIBRATION_IMAGES) -> Tensor:
+def calibration_images(train: Samples, seed: int, n: int = CALIBRATION_IMAGES) -> Tensor:
     """A seeded sample of ``n`` training images, in their original order, for static int8 calibration."""
     if n < 1:
         raise PoisonlabError(f"calibration: {n} images; expected at least 1")
     pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n]
-    return train.x[pick.sort().values]
+    return in_memory(train.subset(pick.sort().values)).x
 
 
 def fake_quantized(model: nn.Module, grid: WeightGrid) -> nn.Module:

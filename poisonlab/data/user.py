@@ -13,8 +13,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from poisonlab.core import ImageSet, PoisonlabError, check_regular
-from poisonlab.data.images import image_header, read_image
+from poisonlab.core import ImageSet, LazyImageSet, PoisonlabError, Samples, check_regular
+from poisonlab.data.images import image_header
+from poisonlab.data.stream import ImageFiles
 from poisonlab.data.validate import to_image_set
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -43,10 +44,11 @@ def folder_files(root: Path) -> tuple[list[tuple[Path, int]], tuple[str, ...]]:
     return files, tuple(f.name for f in folders)
 
 
-def load_image_folder(root: Path) -> ImageSet:
-    """Images under ``root/<class name>/``; classes in sorted folder order; all images one size.
+def open_image_folder(root: Path) -> LazyImageSet:
+    """Images under ``root/<class name>/``, left in their files (decoded a batch at a time); all one size.
 
-    Grayscale when every image is grayscale, RGB otherwise. Errors name the offending file.
+    Classes in sorted folder order; grayscale when every image is grayscale, RGB otherwise. Only the
+    headers are read here; errors name the offending file.
     """
     files, classes = folder_files(root)
     headers = [image_header(path) for path, _ in files]
@@ -55,9 +57,13 @@ def load_image_folder(root: Path) -> ImageSet:
             raise PoisonlabError(f"{path}: size {w}x{h} differs from the first image's {headers[0][0]}x{headers[0][1]}"
                                  "; resize the folder to one size first")
     mode = "L" if all(gray for _, _, gray in headers) else "RGB"
-    images = [read_image(path, mode) for path, _ in files]
-    y = np.array([k for _, k in files], dtype=np.int64)
-    return to_image_set(np.stack(images), y, classes, str(root))
+    images = ImageFiles.of([str(p) for p, _ in files], mode, (headers[0][1], headers[0][0]))
+    return LazyImageSet(images, torch.tensor([k for _, k in files], dtype=torch.int64), classes)
+
+
+def load_image_folder(root: Path) -> ImageSet:
+    """Images under ``root/<class name>/`` decoded into memory (see ``open_image_folder``)."""
+    return open_image_folder(root).load()
 
 
 def holdout_rows(labels: Tensor, fraction: float) -> tuple[Tensor, Tensor]:
@@ -82,25 +88,24 @@ def folder_root(arg: str | None) -> tuple[Path, bool]:
     return root, (root / "train").is_dir() and (root / "test").is_dir()
 
 
-def load_folder_dataset(arg: str | None = None, seed: int = 0) -> tuple[ImageSet, ImageSet]:
-    """``folder:PATH``: PATH/train and PATH/test if both exist, else every image of PATH and no test part."""
+def load_folder_dataset(arg: str | None = None, seed: int = 0) -> tuple[LazyImageSet, LazyImageSet]:
+    """``folder:PATH``: PATH/train and PATH/test if both exist, else every image of PATH and no test part.
+
+    The images stay in their files and are decoded a batch at a time (``data.stream``).
+    """
     root, split = folder_root(arg)
     if split:
-        train, test = load_image_folder(root / "train"), load_image_folder(root / "test")
+        train, test = open_image_folder(root / "train"), open_image_folder(root / "test")
         if train.classes != test.classes or train.shape != test.shape:
             raise PoisonlabError(f"{root}: train/ and test/ must have the same class folders and image size")
         return train, test
-    full = load_image_folder(root)
+    full = open_image_folder(root)
     return full, full.subset(slice(0, 0))
 
 
-def dataset_files(spec: str) -> list[str] | None:
-    """The file behind each training row of a ``folder:`` dataset, in row order; None for other datasets."""
-    name, _, arg = spec.partition(":")
-    if name != "folder":
-        return None
-    root, split = folder_root(arg)
-    return [str(p) for p, _ in folder_files(root / "train" if split else root)[0]]
+def row_files(data: Samples) -> list[str] | None:
+    """The file behind each row of ``data`` when its images are files (``folder:`` data), else None."""
+    return data.x.paths() if isinstance(data, LazyImageSet) and isinstance(data.x, ImageFiles) else None
 
 
 def read_row_numbers(path: Path) -> Tensor:

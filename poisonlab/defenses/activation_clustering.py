@@ -20,7 +20,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
-from poisonlab.core import DefenseKind, ImageSet, PoisonlabError, Verdict
+from poisonlab.core import DefenseKind, PoisonlabError, Samples, Verdict
 from poisonlab.defenses.features import ClassPass
 from poisonlab.defenses.provenance import foreign_share
 from poisonlab.defenses.split import Gate, poison_cluster, two_means
@@ -61,7 +61,7 @@ class ActivationClustering:
         if self.dims < 1 or not 0.0 < self.size_ratio < 0.5:
             raise PoisonlabError(f"activation clustering: expected dims >= 1 and size_ratio in (0, 0.5), got {self}")
 
-    def scan(self, model: nn.Module, data: ImageSet) -> Verdict:
+    def scan(self, model: nn.Module, data: Samples) -> Verdict:
         seen = ClassPass.run(model, data, self.layer, self.provenance_layer, self.batch_size, self.keep_mb)
         w = seen.whitening(self.whiten)
         scores = torch.zeros(len(data))
@@ -92,7 +92,8 @@ class ActivationClustering:
         else:
             gate = Gate(self.class_threshold, self.min_separation, self.min_foreign)
             suspicious, foreign, reasons = gate.decide(separation, lambda k: foreign_share(
-                model, data.x[groups[k]], k, seen.means, self.provenance_layer, self.batch_size))
+                model, data.x[groups[k]], k, seen.means, seen.stats.counts[k],
+                self.provenance_layer, self.batch_size))
             for k, share in foreign.items():
                 clusters[str(k)]["foreign_share"] = share
         flagged = [groups[k] for k in sorted(suspicious)]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from poisonlab.core import ImageSet, PoisonlabError
+from poisonlab.core import Images, PoisonlabError, Samples, batches
 from poisonlab.defenses.whitening import ClassStats, whitener
 from poisonlab.training.trainer import device_of
 
@@ -70,7 +70,7 @@ class _Reached(Exception):
     """Raised by a forward hook once every tapped layer has run, so the rest of the model is skipped."""
 
 
-def iter_taps(model: nn.Module, x: Tensor, taps: Sequence[Tap], batch_size: int = 512) -> Iterator[list[Tensor]]:
+def iter_taps(model: nn.Module, x: Images, taps: Sequence[Tap], batch_size: int = 512) -> Iterator[list[Tensor]]:
     """Yield, ``batch_size`` images at a time, what every tap reads (detached copies, in the taps' order).
 
     Forward hooks (pre-hooks for a module's input) read the tensors and stop the pass once the last
@@ -95,9 +95,9 @@ def iter_taps(model: nn.Module, x: Tensor, taps: Sequence[Tap], batch_size: int 
     device = device_of(model)
     try:
         with torch.no_grad():
-            for i in range(0, len(x), batch_size):
+            for batch in batches(x, batch_size):
                 got.clear()
-                batch = x[i : i + batch_size].to(device)
+                batch = batch.to(device)
                 try:
                     model(batch.contiguous(memory_format=torch.channels_last) if batch.dim() == 4 else batch)
                 except _Reached:
@@ -112,7 +112,7 @@ def iter_taps(model: nn.Module, x: Tensor, taps: Sequence[Tap], batch_size: int 
 
 
 def iter_layers(
-    model: nn.Module, x: Tensor, layers: Sequence[str | int], batch_size: int = 512
+    model: nn.Module, x: Images, layers: Sequence[str | int], batch_size: int = 512
 ) -> Iterator[list[Tensor]]:
     """Yield, ``batch_size`` images at a time, the flattened float features of every layer in ``layers``.
 
@@ -123,14 +123,14 @@ def iter_layers(
 
 
 def iter_features(
-    model: nn.Module, x: Tensor, layer: str | int = "penultimate", batch_size: int = 512
+    model: nn.Module, x: Images, layer: str | int = "penultimate", batch_size: int = 512
 ) -> Iterator[Tensor]:
     """Yield the flattened ``layer`` features of ``x``, ``batch_size`` images at a time."""
     for (f,) in iter_layers(model, x, [layer], batch_size):
         yield f
 
 
-def features(model: nn.Module, x: Tensor, layer: str | int = "penultimate", batch_size: int = 512) -> Tensor:
+def features(model: nn.Module, x: Images, layer: str | int = "penultimate", batch_size: int = 512) -> Tensor:
     """The ``layer`` features of ``x`` as one (N, D) tensor; call it per class, not on a whole dataset."""
     parts = list(iter_features(model, x, layer, batch_size))
     return torch.cat(parts) if parts else torch.empty(0, 0)
@@ -149,7 +149,7 @@ class ClassPass:
     """
 
     model: nn.Module
-    data: ImageSet
+    data: Samples
     layer: str | int
     batch_size: int
     stats: ClassStats
@@ -157,7 +157,7 @@ class ClassPass:
     kept: dict[int, Tensor]
 
     @staticmethod
-    def run(model: nn.Module, data: ImageSet, layer: str | int, provenance_layer: str | int, batch_size: int,
+    def run(model: nn.Module, data: Samples, layer: str | int, provenance_layer: str | int, batch_size: int,
             keep_mb: float) -> ClassPass:
         stats, kept, budget = ClassStats(), {}, keep_mb * 2**20
         sums: Tensor | None = None

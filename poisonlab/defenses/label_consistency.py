@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from poisonlab.core import DefenseKind, ImageSet, PoisonlabError, Verdict
-from poisonlab.defenses.features import iter_features
+from poisonlab.core import DefenseKind, PoisonlabError, Samples, Verdict
+from poisonlab.defenses.features import features, iter_features
 from poisonlab.defenses.split import ClassSplit
 from poisonlab.registry import DEFENSES
 
@@ -40,7 +40,10 @@ from poisonlab.registry import DEFENSES
 @dataclass(frozen=True)
 class LabelConsistency:
     """Data scanner; features of ``layer`` above ``max_dims`` dimensions are first reduced by PCA, and the
-    shared covariance is shrunk by Ledoit-Wolf's rule unless ``shrinkage`` fixes it.
+    shared covariance is shrunk by Ledoit-Wolf's rule unless ``shrinkage`` fixes it. When the features of
+    every row would take more than ``keep_mb`` megabytes, the PCA is fitted on a seeded sample of rows
+    that fits and every row is projected batch by batch (100,000 64 x 64 images in small-cnn's 8,192
+    convolutional features would take 3.3 GB).
 
     Example:
         >>> verdict = LabelConsistency().scan(model_trained_on_data, data)
@@ -55,6 +58,7 @@ class LabelConsistency:
     shrinkage: float | None = None
     max_dims: int = 256
     batch_size: int = 512
+    keep_mb: float = 512.0
 
     def __post_init__(self) -> None:
         if not self.clean_sds > 0 or not self.min_nats >= 0:
@@ -65,7 +69,7 @@ class LabelConsistency:
         if self.max_dims < 2:
             raise PoisonlabError(f"label-consistency max_dims {self.max_dims}: expected at least 2")
 
-    def scan(self, model: nn.Module, data: ImageSet) -> Verdict:
+    def scan(self, model: nn.Module, data: Samples) -> Verdict:
         from sklearn.decomposition import PCA  # deferred: scikit-learn loads only when a scan runs
         from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
@@ -73,10 +77,18 @@ class LabelConsistency:
         present = np.unique(labels)
         if len(present) < 2:
             raise PoisonlabError("label-consistency: the data hold one class; expected at least 2 to compare labels")
-        x = torch.cat(list(iter_features(model, data.x, self.layer, self.batch_size))).numpy()
-        dims = min(self.max_dims, len(x))  # PCA finds at most as many components as there are samples
-        if x.shape[1] > dims:
-            x = PCA(dims, random_state=0).fit_transform(x)
+        width = features(model, data.x[:1], self.layer).shape[1]
+        dims = min(self.max_dims, len(data))  # PCA finds at most as many components as there are samples
+        fit_rows = max(dims, int(self.keep_mb * 2**20) // (4 * width))
+        if len(data) <= fit_rows:
+            x = torch.cat(list(iter_features(model, data.x, self.layer, self.batch_size))).numpy()
+            if width > dims:
+                x = PCA(dims, random_state=0).fit_transform(x)
+        else:  # too many rows to hold at full width: PCA fitted on a seeded sample, every row projected batch by batch
+            sample = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:fit_rows].sort().values
+            pca = PCA(dims, random_state=0).fit(features(model, data.x[sample], self.layer, self.batch_size).numpy())
+            x = np.concatenate([pca.transform(f.numpy()) for f in iter_features(model, data.x, self.layer,
+                                                                                self.batch_size)])
         shrinkage = "auto" if self.shrinkage is None else self.shrinkage
         lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage=shrinkage).fit(x, labels)
         log_p = lda.predict_log_proba(x)

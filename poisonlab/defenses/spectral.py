@@ -20,7 +20,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from poisonlab.core import DefenseKind, ImageSet, PoisonlabError, Verdict
+from poisonlab.core import DefenseKind, PoisonlabError, Samples, Verdict
 from poisonlab.defenses.features import ClassPass
 from poisonlab.defenses.provenance import foreign_share
 from poisonlab.defenses.split import ClassSplit, Gate, poison_cluster
@@ -57,7 +57,7 @@ class SpectralSignatures:
         if self.removal is not None and not 0.0 < self.removal < 1.0:
             raise PoisonlabError(f"spectral removal share {self.removal}: expected a fraction in (0, 1)")
 
-    def scan(self, model: nn.Module, data: ImageSet) -> Verdict:
+    def scan(self, model: nn.Module, data: Samples) -> Verdict:
         seen = ClassPass.run(model, data, self.layer, self.provenance_layer, self.batch_size, self.keep_mb)
         w = seen.whitening(self.whiten)
         scores = torch.zeros(len(data))
@@ -86,7 +86,8 @@ class SpectralSignatures:
             gate = Gate(self.class_threshold, self.min_separation, self.min_foreign)
             suspicious, foreign, reasons = gate.decide(
                 {k: s.separation for k, s in splits.items()},
-                lambda k: foreign_share(model, data.x[sides[k]], k, seen.means, self.provenance_layer, self.batch_size))
+                lambda k: foreign_share(model, data.x[sides[k]], k, seen.means, seen.stats.counts[k],
+                self.provenance_layer, self.batch_size))
         flagged = [sides[k] for k in sorted(suspicious)]
         flagged_idx = torch.cat(flagged).sort().values if flagged else torch.empty(0, dtype=torch.long)
         return Verdict(scores=scores, flagged=flagged_idx, details={

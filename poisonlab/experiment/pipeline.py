@@ -75,7 +75,7 @@ class Prepared:
 
     attack: DataAttack | TrainingAttack
     poisoned: Poisoned
-    rows: Rows
+    rows: Rows[ImageSet]
     clean_train: ImageSet
     train: ImageSet
     test: ImageSet

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from poisonlab.core import ImageSet, PoisonlabError
+from poisonlab.core import PoisonlabError, Samples
 from poisonlab.experiment.config import read_toml
 from poisonlab.experiment.run import CONFIG_FILE, Resolved, load
 from poisonlab.experiment.victim import Rows, Victim, load_rows
@@ -27,19 +27,19 @@ class Subject:
     model: nn.Module
     architecture: str
     dataset: str
-    data: Rows
+    data: Rows[Samples]
     truth: Tensor | None
     loaded: str
 
     @property
-    def train(self) -> ImageSet:
+    def train(self) -> Samples:
         return self.data.train
 
     @property
-    def test(self) -> ImageSet:
+    def test(self) -> Samples:
         return self.data.test
 
-    def held_out(self, what: str) -> ImageSet:
+    def held_out(self, what: str) -> Samples:
         """The test part, or a one-line error naming ``what`` needs it and how to get one."""
         if not len(self.test):
             raise PoisonlabError(f"{what} needs held-out clean images, and {self.dataset} has no test part; pass "
@@ -69,20 +69,21 @@ def open_subject(run: Path | None, dataset: str | None, weights: Path | None, mo
         if resolved.experiment == "train":
             cfg = resolved.config
             net, name, _ = load_run_model(run, which or "model", model)
-            return Subject(net, cfg.model, cfg.dataset, load_rows(cfg, need_test=False), None, str(run / name))
+            return Subject(net, cfg.model, cfg.dataset, load_rows(cfg, need_test=False, lazy=True), None,
+                           str(run / name))
         from poisonlab.experiment.pipeline import open_run  # deferred: the pipeline's stages load only for its runs
 
         s = open_run(run, model)
         name = which or "backdoored"
         if name not in s.models:
             raise PoisonlabError(f"{run}: no model {name!r}; it holds {', '.join(s.models)}")
-        rows = Rows(s.data.train, s.data.test, s.data.rows.rows, s.data.rows.files, s.data.rows.total)
+        rows = Rows[Samples](s.data.train, s.data.test, s.data.rows.rows, s.data.rows.files, s.data.rows.total)
         return Subject(s.models[name], s.config.model, s.config.dataset, rows, s.data.poisoned.indices,
                        str(run / name))
     if dataset is None or model is None:
         raise PoisonlabError("expected --run RUN_DIR, or --dataset SPEC with --model SPEC (and --weights FILE)")
     state = read_weights(weights) if weights is not None else None  # a bad weights file fails before the data loads
     victim = Victim(dataset=dataset, model=model, holdout=holdout)
-    data = load_rows(victim, need_test=False)
+    data = load_rows(victim, need_test=False, lazy=True)
     net = load_model(model, data.train.shape, data.train.num_classes, weights, state)
     return Subject(net, model, dataset, data, None, str(weights or model))

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Generic, Literal, TypeVar, overload
 
 import torch
 from torch import Tensor, nn
 
-from poisonlab.core import ImageSet, LossFn, Phase, PoisonlabError, check_seed, require
-from poisonlab.data import DATASETS, dataset_files, holdout_rows, load_dataset
+from poisonlab.core import ImageSet, LossFn, Phase, PoisonlabError, Samples, check_seed, in_memory, require
+from poisonlab.data import DATASETS, holdout_rows, open_dataset, row_files
 from poisonlab.experiment.config import check_component, helped
 from poisonlab.models import build_model, model_factory
 from poisonlab.training import Recipe, train
@@ -47,25 +48,37 @@ class Victim:
             require(value is None or value >= 1, name, value, "an integer >= 1, or leave it out for all")
 
 
+S = TypeVar("S", ImageSet, Samples)
+
+
 @dataclass(frozen=True)
-class Rows:
+class Rows(Generic[S]):
     """A victim's data: the training and test sets, the dataset row (and file) of every training sample, and
     ``total``, how many training rows the dataset has (before any holdout or subset)."""
 
-    train: ImageSet
-    test: ImageSet
+    train: S
+    test: S
     rows: Tensor
     files: list[str] | None
     total: int
 
 
-def load_rows(victim: Victim, need_test: bool = True) -> Rows:
+@overload
+def load_rows(victim: Victim, need_test: bool = ..., *, lazy: Literal[False] = ...) -> Rows[ImageSet]: ...
+
+
+@overload
+def load_rows(victim: Victim, need_test: bool = ..., *, lazy: Literal[True]) -> Rows[Samples]: ...
+
+
+def load_rows(victim: Victim, need_test: bool = True, *, lazy: bool = False) -> Rows[ImageSet] | Rows[Samples]:
     """The victim's data: ``holdout`` carves the test set out of the training rows; subsets are seeded.
 
     ``need_test`` refuses data without a test part (and no holdout) with a one-line error naming the fix.
+    ``lazy`` leaves a folder's images in their files, to be decoded a batch at a time.
     """
-    train_set, test = load_dataset(victim.dataset, victim.seed)
-    total = len(train_set)
+    train_set, test = open_dataset(victim.dataset, victim.seed)
+    total, files = len(train_set), row_files(train_set)
     rows = torch.arange(total)
     if victim.holdout is not None:
         if len(test):
@@ -81,8 +94,10 @@ def load_rows(victim: Victim, need_test: bool = True) -> Rows:
         train_set, rows = train_set.subset(pick), rows[pick]
     if victim.test_size is not None and len(test):
         test = test.subset(torch.randperm(len(test), generator=gen)[: victim.test_size])
-    files = dataset_files(victim.dataset)
-    return Rows(train_set, test, rows, None if files is None else [files[r] for r in rows.tolist()], total)
+    chosen = None if files is None else [files[r] for r in rows.tolist()]
+    if lazy:
+        return Rows[Samples](train_set, test, rows, chosen, total)
+    return Rows[ImageSet](in_memory(train_set), in_memory(test), rows, chosen, total)
 
 
 def load_data(victim: Victim) -> tuple[ImageSet, ImageSet]:
@@ -91,7 +106,7 @@ def load_data(victim: Victim) -> tuple[ImageSet, ImageSet]:
     return data.train, data.test
 
 
-def fit(victim: Victim, data: ImageSet, description: str, progress: bool = False, loss: LossFn | None = None
+def fit(victim: Victim, data: Samples, description: str, progress: bool = False, loss: LossFn | None = None
         ) -> nn.Module:
     """A fresh ``victim.model`` trained on ``data`` with the victim's recipe and seed."""
     model = build_model(victim.model, data, victim.seed)

@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from poisonlab.core import ImageSet, PoisonlabError, check_regular
+from poisonlab.core import ImageSet, PoisonlabError, Samples, batches, check_regular
 from poisonlab.models.efficientnet import lite0_classifier
 from poisonlab.registry import Registry
 from poisonlab.report.store import atomic_write_json, atomic_write_tensors
@@ -184,7 +184,21 @@ def check_model(spec: str, model: nn.Module, shape: Shape, num_classes: int) -> 
     return model
 
 
-def build_model(name: str, data: ImageSet, seed: int) -> nn.Module:
+def channel_moments(data: Samples) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and (unbiased) standard deviation of ``data``'s pixels; a pass over files for a lazy set."""
+    if isinstance(data, ImageSet):
+        return data.x.mean(dim=(0, 2, 3)), data.x.std(dim=(0, 2, 3))
+    total = torch.zeros(data.shape[0], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for batch in batches(data.x, 512):
+        total += batch.double().sum(dim=(0, 2, 3))
+        squares += batch.double().square().sum(dim=(0, 2, 3))
+    n = len(data) * data.shape[1] * data.shape[2]
+    mean = total / n
+    return mean.float(), ((squares - n * mean**2).clamp_min(0) / max(n - 1, 1)).sqrt().float()
+
+
+def build_model(name: str, data: Samples, seed: int) -> nn.Module:
     """A freshly initialised model ``name`` (see ``model_factory``) for ``data``'s shape and classes.
 
     Initialisation depends only on ``seed``, so two models built with one seed start identical;
@@ -193,10 +207,12 @@ def build_model(name: str, data: ImageSet, seed: int) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = construct(name, data.shape, data.num_classes)
-    for module in model.modules():
-        if isinstance(module, Normalize):
-            module.mean.copy_(data.x.mean(dim=(0, 2, 3)).view_as(module.mean))
-            module.std.copy_(data.x.std(dim=(0, 2, 3)).clamp_min(1e-3).view_as(module.std))
+    normalizers = [m for m in model.modules() if isinstance(m, Normalize)]
+    if normalizers:
+        mean, std = channel_moments(data)
+        for module in normalizers:
+            module.mean.copy_(mean.view_as(module.mean))
+            module.std.copy_(std.clamp_min(1e-3).view_as(module.std))
     return model
 
 
@@ -261,7 +277,7 @@ def load_model(name: str, shape: Shape, num_classes: int, path: Path | None,
 MODELS_FILE = "models.json"
 
 
-def save_models(out: Path, architecture: str, data: ImageSet, models: dict[str, nn.Module]) -> list[str]:
+def save_models(out: Path, architecture: str, data: Samples, models: dict[str, nn.Module]) -> list[str]:
     """Write each model as ``NAME.safetensors`` and ``models.json`` (architecture, input, classes); the file names.
 
     ``models.json`` is the architecture spec that lets ``defend``, ``scan --run`` and ``deploy-check``

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import Tensor, nn
 
-from poisonlab.core import ImageSet, LossFn, Phase, PoisonlabError, require
+from poisonlab.core import Images, ImageSet, LossFn, Phase, PoisonlabError, Samples, batches, require
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -68,7 +68,7 @@ def cross_entropy(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
 
 def train(
     model: nn.Module,
-    data: ImageSet,
+    data: Samples,
     recipe: Recipe = Recipe(),
     seed: int = 0,
     loss_fn: LossFn = cross_entropy,
@@ -81,10 +81,11 @@ def train(
     generator seeded with ``seed``. ``loss_fn(model, x, y)`` lets a training-time attack add its
     loss terms without owning the loop. Uses channels-last memory, which mkldnn runs fastest on CPU.
     On ``recipe.device`` each minibatch is copied there; the trained model comes back on the CPU.
+    Images kept in their files (a LazyImageSet) are decoded minibatch by minibatch, in the same order.
     """
     gen = torch.Generator().manual_seed(seed)
     device = resolve_device(recipe.device)
-    x = data.x.contiguous(memory_format=torch.channels_last)
+    x = data.x.contiguous(memory_format=torch.channels_last) if isinstance(data, ImageSet) else data.x
     model.to(device, memory_format=torch.channels_last).train()  # type: ignore[call-overload]
     trainable = [p for p in model.parameters() if p.requires_grad]  # a fine-tuned model's frozen backbone stays out
     if not trainable:
@@ -108,9 +109,11 @@ def train(
         task = bar.add_task(description, total=recipe.epochs * per_epoch, loss=float("nan"))
         for _ in range(recipe.epochs):
             order = torch.randperm(len(data), generator=gen)
-            for start in range(0, len(data), recipe.batch_size):
+            for start, batch in zip(range(0, len(data), recipe.batch_size), batches(x, recipe.batch_size, order),
+                                    strict=True):
                 idx = order[start : start + recipe.batch_size]
-                loss = loss_fn(model, x[idx].to(device), data.y[idx].to(device))
+                batch = batch.to(device).contiguous(memory_format=torch.channels_last)
+                loss = loss_fn(model, batch, data.y[idx].to(device))
                 if not torch.isfinite(loss):
                     raise PoisonlabError(f"{description}: loss became {loss.item()}; lower the learning rate")
                 opt.zero_grad(set_to_none=True)
@@ -122,7 +125,7 @@ def train(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: Tensor, batch_size: int = 512) -> Tensor:
+def predict(model: nn.Module, x: Images, batch_size: int = 512) -> Tensor:
     """Predicted classes for images ``x``, computed in batches.
 
     512 is the fastest batch measured on 2 CPU cores (bench/evaluation.py: the BadNets CNN on 10,000 MNIST
@@ -132,10 +135,8 @@ def predict(model: nn.Module, x: Tensor, batch_size: int = 512) -> Tensor:
     was_training = model.training
     model.eval()
     device = device_of(model)
-    out = [
-        model(x[i : i + batch_size].to(device).contiguous(memory_format=torch.channels_last)).argmax(1).cpu()
-        for i in range(0, len(x), batch_size)
-    ]
+    out = [model(batch.to(device).contiguous(memory_format=torch.channels_last)).argmax(1).cpu()
+           for batch in batches(x, batch_size)]
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, dtype=torch.int64)
 
