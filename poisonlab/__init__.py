@@ -13,8 +13,9 @@ __version__ = "0.1.0"
 
 _API = {
     "ImageSet": "core", "Poisoned": "core", "Verdict": "core", "Evidence": "core", "PoisonlabError": "core",
-    "AllToOne": "core", "AllToAll": "core",
-    "load_dataset": "data", "load_image_folder": "data", "make_synthetic": "data",
+    "AllToOne": "core", "AllToAll": "core", "LazyImageSet": "core", "in_memory": "core",
+    "load_dataset": "data", "load_image_folder": "data", "make_synthetic": "data", "open_dataset": "data",
+    "open_image_folder": "data",
     "build_model": "models", "load_model": "models", "save_model": "models", "model_factory": "models",
     "Recipe": "training", "train": "training", "predict": "training",
     "evaluate": "metrics",

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from poisonlab.core import ImageSet, Poisoned
+from poisonlab.core import ImageSet, Poisoned, Samples
 from poisonlab.training import predict
 
 ASR_DEFINITION = (
@@ -45,7 +45,7 @@ def per_target_asr(pred: Tensor, target: Tensor, true: Tensor, num_classes: int)
     return torch.where(total > 0, hits / total.clamp_min(1), torch.full_like(total, float("nan")))
 
 
-def _multi_target(pred: Tensor, triggered: ImageSet, test: ImageSet, poisoned_targets: Tensor | None
+def _multi_target(pred: Tensor, triggered: ImageSet, test: Samples, poisoned_targets: Tensor | None
                   ) -> dict[str, Any]:
     asr = per_target_asr(pred, triggered.y, test.y, test.num_classes)
     seen = asr[~asr.isnan()]
@@ -60,7 +60,7 @@ def _multi_target(pred: Tensor, triggered: ImageSet, test: ImageSet, poisoned_ta
     return out
 
 
-def evaluate(model: nn.Module, test: ImageSet, triggered: ImageSet | None = None, *, multi_target: bool = False,
+def evaluate(model: nn.Module, test: Samples, triggered: ImageSet | None = None, *, multi_target: bool = False,
              poisoned_targets: Tensor | None = None, reference: Tensor | None = None) -> dict[str, Any]:
     """CA on ``test``; with ``triggered`` (``test`` stamped, labelled with the targets) also ASR.
 

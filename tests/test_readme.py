@@ -22,3 +22,11 @@ def test_readme_python_example_runs():
     found = scope["detection_metrics"](scope["verdict"], scope["poisoned"].indices, len(scope["poisoned"].data))
     assert found["recall"] > 0.9 and found["precision"] > 0.9
     assert scope["report"]["flagged"] == [] and len(out.getvalue().splitlines()) == 3
+
+
+def test_every_public_name_resolves():
+    import poisonlab
+
+    assert sorted(dir(poisonlab)) == sorted([*poisonlab.__all__, "__version__"])
+    for name in poisonlab.__all__:
+        assert getattr(poisonlab, name) is not None, name

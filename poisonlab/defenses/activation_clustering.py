@@ -52,7 +52,7 @@ class ActivationClustering:
     min_foreign: float = 0.5
     rule: Literal["whitened", "size"] = "whitened"
     size_ratio: float = 0.35
-    batch_size: int = 512
+    batch_size: int | None = None
     keep_mb: float = 512.0
 
     def __post_init__(self) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from poisonlab.core import Images, PoisonlabError, Samples, batches
+from poisonlab.core import Images, PoisonlabError, Samples, batches, inference_batch
 from poisonlab.defenses.whitening import ClassStats, whitener
 from poisonlab.training.trainer import device_of
 
@@ -70,7 +70,8 @@ class _Reached(Exception):
     """Raised by a forward hook once every tapped layer has run, so the rest of the model is skipped."""
 
 
-def iter_taps(model: nn.Module, x: Images, taps: Sequence[Tap], batch_size: int = 512) -> Iterator[list[Tensor]]:
+def iter_taps(model: nn.Module, x: Images, taps: Sequence[Tap], batch_size: int | None = None
+              ) -> Iterator[list[Tensor]]:
     """Yield, ``batch_size`` images at a time, what every tap reads (detached copies, in the taps' order).
 
     Forward hooks (pre-hooks for a module's input) read the tensors and stop the pass once the last
@@ -78,6 +79,8 @@ def iter_taps(model: nn.Module, x: Images, taps: Sequence[Tap], batch_size: int 
     channels-last, where CPU convolution and pooling are several times faster than on the layout a
     one-channel input leaves. Batches go to the model's device; what the taps read comes back to the CPU.
     """
+    if batch_size is None:
+        batch_size = inference_batch(x.shape[1:])
     if batch_size < 1:
         raise PoisonlabError(f"batch size {batch_size}: expected at least 1")
     got: dict[int, Tensor] = {}
@@ -112,7 +115,7 @@ def iter_taps(model: nn.Module, x: Images, taps: Sequence[Tap], batch_size: int 
 
 
 def iter_layers(
-    model: nn.Module, x: Images, layers: Sequence[str | int], batch_size: int = 512
+    model: nn.Module, x: Images, layers: Sequence[str | int], batch_size: int | None = None
 ) -> Iterator[list[Tensor]]:
     """Yield, ``batch_size`` images at a time, the flattened float features of every layer in ``layers``.
 
@@ -123,14 +126,15 @@ def iter_layers(
 
 
 def iter_features(
-    model: nn.Module, x: Images, layer: str | int = "penultimate", batch_size: int = 512
+    model: nn.Module, x: Images, layer: str | int = "penultimate", batch_size: int | None = None
 ) -> Iterator[Tensor]:
     """Yield the flattened ``layer`` features of ``x``, ``batch_size`` images at a time."""
     for (f,) in iter_layers(model, x, [layer], batch_size):
         yield f
 
 
-def features(model: nn.Module, x: Images, layer: str | int = "penultimate", batch_size: int = 512) -> Tensor:
+def features(model: nn.Module, x: Images, layer: str | int = "penultimate", batch_size: int | None = None
+             ) -> Tensor:
     """The ``layer`` features of ``x`` as one (N, D) tensor; call it per class, not on a whole dataset."""
     parts = list(iter_features(model, x, layer, batch_size))
     return torch.cat(parts) if parts else torch.empty(0, 0)
@@ -151,13 +155,13 @@ class ClassPass:
     model: nn.Module
     data: Samples
     layer: str | int
-    batch_size: int
+    batch_size: int | None
     stats: ClassStats
     means: Tensor
     kept: dict[int, Tensor]
 
     @staticmethod
-    def run(model: nn.Module, data: Samples, layer: str | int, provenance_layer: str | int, batch_size: int,
+    def run(model: nn.Module, data: Samples, layer: str | int, provenance_layer: str | int, batch_size: int | None,
             keep_mb: float) -> ClassPass:
         stats, kept, budget = ClassStats(), {}, keep_mb * 2**20
         sums: Tensor | None = None

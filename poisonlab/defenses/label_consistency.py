@@ -57,7 +57,7 @@ class LabelConsistency:
     min_nats: float = 0.0
     shrinkage: float | None = None
     max_dims: int = 256
-    batch_size: int = 512
+    batch_size: int | None = None
     keep_mb: float = 512.0
 
     def __post_init__(self) -> None:

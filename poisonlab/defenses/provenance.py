@@ -17,7 +17,7 @@ from poisonlab.defenses.features import iter_features
 
 
 def foreign_share(model: nn.Module, x: Images, label: int, means: Tensor, count: int, layer: str | int,
-                  batch_size: int) -> float:
+                  batch_size: int | None = None) -> float:
     """Share of images ``x`` (all labelled ``label``) whose ``layer`` features are nearest another class's mean.
 
     ``means`` are the (C, D) class means of ``layer`` and ``count`` the number of ``label`` images its

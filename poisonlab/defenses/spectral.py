@@ -50,7 +50,7 @@ class SpectralSignatures:
     provenance_layer: str | int = "conv"
     min_foreign: float = 0.5
     removal: float | None = None
-    batch_size: int = 512
+    batch_size: int | None = None
     keep_mb: float = 512.0
 
     def __post_init__(self) -> None:

@@ -25,7 +25,7 @@ def run_train(cfg: TrainConfig, run: Run) -> Result:
     """Train on every training row; accuracy on the training rows and, when there is one, the test part."""
     timer = Timer()
     with timer("data"):
-        data = load_rows(cfg, need_test=False)
+        data = load_rows(cfg, need_test=False, lazy=True)
     with timer("train"):
         model = fit(cfg, data.train, "model", run.progress)
     with timer("evaluate"):

@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from poisonlab.core import ImageSet, PoisonlabError, Samples, batches, check_regular
+from poisonlab.core import ImageSet, PoisonlabError, Samples, batches, check_regular, inference_batch
 from poisonlab.models.efficientnet import lite0_classifier
 from poisonlab.registry import Registry
 from poisonlab.report.store import atomic_write_json, atomic_write_tensors
@@ -190,7 +190,7 @@ def channel_moments(data: Samples) -> tuple[Tensor, Tensor]:
         return data.x.mean(dim=(0, 2, 3)), data.x.std(dim=(0, 2, 3))
     total = torch.zeros(data.shape[0], dtype=torch.float64)
     squares = torch.zeros_like(total)
-    for batch in batches(data.x, 512):
+    for batch in batches(data.x, inference_batch(data.shape)):
         total += batch.double().sum(dim=(0, 2, 3))
         squares += batch.double().square().sum(dim=(0, 2, 3))
     n = len(data) * data.shape[1] * data.shape[2]

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import Tensor, nn
 
-from poisonlab.core import Images, ImageSet, LossFn, Phase, PoisonlabError, Samples, batches, require
+from poisonlab.core import Images, ImageSet, LossFn, Phase, PoisonlabError, Samples, batches, inference_batch, require
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -125,20 +125,28 @@ def train(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: Images, batch_size: int = 512) -> Tensor:
-    """Predicted classes for images ``x``, computed in batches.
+def predict(model: nn.Module, x: Images, batch_size: int | None = None) -> Tensor:
+    """Predicted classes for images ``x``, computed in batches (default: ``core.inference_batch``).
 
-    512 is the fastest batch measured on 2 CPU cores (bench/evaluation.py: the BadNets CNN on 10,000 MNIST
-    images takes 0.29 s at 512 and 0.61 s at 2048, whose activations outgrow the cache). Batches go to the
-    model's device; the predictions come back to the CPU.
+    512 is the fastest batch measured on 2 CPU cores for MNIST (bench/evaluation.py: the BadNets CNN on
+    10,000 MNIST images takes 0.29 s at 512 and 0.61 s at 2048, whose activations outgrow the cache);
+    larger images get smaller batches. Batches go to the model's device; the predictions come back to the CPU.
     """
+    if batch_size is None:
+        batch_size = inference_batch(x.shape[1:])
     was_training = model.training
     model.eval()
     device = device_of(model)
-    out = [model(batch.to(device).contiguous(memory_format=torch.channels_last)).argmax(1).cpu()
-           for batch in batches(x, batch_size)]
+    # filled in place: a small tensor kept per batch pinned freed heap between batches, and predicting 20,000
+    # 64 px images from files grew the process by 230 MB
+    out = torch.empty(len(x), dtype=torch.int64)
+    start = 0
+    for batch in batches(x, batch_size):
+        logits = model(batch.to(device).contiguous(memory_format=torch.channels_last))
+        out[start : start + len(batch)] = logits.argmax(1)
+        start += len(batch)
     model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.int64)
+    return out
 
 
 def train_phases(new_model: Callable[[], nn.Module], data: ImageSet, phases: Sequence[Phase], clean: nn.Module | None,
