@@ -117,3 +117,27 @@ def test_an_image_set_in_memory_passes_through(tmp_path):
     data = ImageSet(torch.zeros(3, 1, 4, 4), torch.tensor([0, 1, 0]), ("a", "b"))
     assert in_memory(data) is data
     assert [len(b) for b in batches(data.x, 2)] == [2, 1]
+
+
+def test_train_and_scan_a_folder_from_the_command_line_name_its_files(tmp_path):
+    import csv
+    import json
+
+    from typer.testing import CliRunner
+
+    from poisonlab.cli.app import app
+
+    poisoned = _folder(tmp_path / "data")
+    runner = CliRunner()
+    res = runner.invoke(app, ["train", "--dataset", f"folder:{tmp_path / 'data'}", "--model", "small-cnn", "--epochs",
+                              "8", "--batch-size", "16", "--lr", "0.01", "--out", str(tmp_path / "run"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["scan", "data", "--run", str(tmp_path / "run"), "--defense", "label-consistency",
+                              "--out", str(tmp_path / "scan"), "--json"])
+    assert res.exit_code == 1, res.output  # flagged
+    report = json.loads((tmp_path / "scan" / "report.json").read_text())
+    assert report["flagged_rows"] == poisoned and report["samples"] == 120
+    with open(tmp_path / "scan" / "scores.csv") as f:
+        top = list(csv.DictReader(f))[: len(poisoned)]
+    assert sorted(Path(r["file"]).relative_to(tmp_path / "data").as_posix() for r in top) == [
+        "b/000.png", "b/001.png", "b/002.png", "b/003.png"]

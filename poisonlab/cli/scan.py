@@ -72,8 +72,9 @@ def data(
     model: ModelOpt = None,
     holdout: HoldoutOpt = None,
     defense: Annotated[str, typer.Option(help="a data scanner: spectral or activation-clustering")] = "spectral",
-    layer: Annotated[str, typer.Option(help="feature layer: auto, penultimate, pre-activation, conv, a module name, "
-                                            "or an index")] = "auto",
+    layer: Annotated[str | None, typer.Option(help="feature layer: auto, penultimate, pre-activation, conv, a module "
+                                                   "name, or an index (default: the scanner's own: auto for spectral "
+                                                   "and activation-clustering, conv for label-consistency)")] = None,
     truth: Annotated[Path | None, typer.Option(help="known poisoned rows (.npy, .json or text of row numbers), to "
                                                     "score the scan")] = None,
     top: Annotated[int, typer.Option(help="highest-scoring rows to print")] = 10,
@@ -110,7 +111,8 @@ def data(
         if given and not len(truth_at):
             raise PoisonlabError(f"{truth}: none of its {len(given)} rows is a scanned training row (rows 0 to "
                                  f"{max(position, default=-1)}); expected row numbers of the dataset")
-    scanner = DEFENSES.build(defense, layer=int(layer) if layer.lstrip("-").isdigit() else layer)
+    chosen = {} if layer is None else {"layer": int(layer) if layer.lstrip("-").isdigit() else layer}
+    scanner = DEFENSES.build(defense, **chosen)
     t0 = time.perf_counter()
     verdict = scanner.scan(subject.model.to(where), train)
     seconds = time.perf_counter() - t0
@@ -118,7 +120,7 @@ def data(
     names, rows, files = train.classes, subject.data.rows, subject.data.files
     ranked = verdict.scores.argsort(descending=True, stable=True).tolist()
     result: dict[str, Any] = {
-        "defense": defense, "layer": layer, "dataset": subject.dataset, "model": subject.loaded,
+        "defense": defense, "layer": scanner.layer, "dataset": subject.dataset, "model": subject.loaded,
         "samples": len(train), "seconds": seconds, "flagged": len(verdict.flagged),
         "suspicious_classes": [names[k] for k in verdict.details["suspicious_classes"]],
         "gate": {names[int(k)]: r for k, r in verdict.details.get("gate", {}).items()},
