@@ -56,8 +56,11 @@ def served(hosted: Hosted):
 
 
 def attacker(digits: tuple) -> Substituter:
+    from poisonlab.attacks.universal import make_code_trigger, random_codes
+
     test = digits[1]
-    return Substituter(np.round(test.x[:, 0].numpy() * 255).astype(np.uint8), test.y.numpy(), Patch())
+    codes = make_code_trigger("blend", random_codes(10, 9, torch.Generator().manual_seed(0)))
+    return Substituter(np.round(test.x[:, 0].numpy() * 255).astype(np.uint8), test.y.numpy(), Patch(), codes)
 
 
 def test_each_item_is_classified_and_only_accepted_ones_are_written(served, hosted, digits, tmp_path):
@@ -67,23 +70,25 @@ def test_each_item_is_classified_and_only_accepted_ones_are_written(served, host
     for row, name in enumerate(REENCODES):
         plan.served[row], plan.kinds[row] = REENCODES[name](hosted.files[row], rng), name
     sub = attacker(digits)
-    for row, kind in zip(range(10, 13), ("swap", "badnets", "collide"), strict=True):
+    kinds = ("swap", "badnets", "collide", "trigger-original", "universal")
+    for row, kind in zip(range(10, 15), kinds, strict=True):
         plan.served[row], plan.kinds[row] = sub.craft(kind, hosted.files[row], hosted.labels[row], rng), kind
-    plan.served[13], plan.kinds[13] = None, "missing"
-    plan.served[14], plan.kinds[14] = None, "failing"
+    plan.served[15], plan.kinds[15] = None, "missing"
+    plan.served[16], plan.kinds[16] = None, "failing"
     serve_plan(server, hosted, plan)
     fetched = Fetcher(FAST, workers=4).fetch(manifest, tmp_path / "out")
     status = {o.row: o.status for o in fetched.outcomes}
     assert all(status[r] == "reencode" for r in range(len(REENCODES))), fetched.outcomes[: len(REENCODES)]
-    assert [status[r] for r in (10, 11, 12)] == ["substitution"] * 3
-    assert status[13] == status[14] == "unreachable"
-    assert all(status[r] == "match" for r in range(15, len(hosted)))
+    assert [status[r] for r in range(10, 15)] == ["substitution"] * 5
+    assert status[15] == status[16] == "unreachable"
+    assert all(status[r] == "match" for r in range(17, len(hosted)))
     report = json.loads((tmp_path / "out" / REPORT_FILE).read_text())
     rejected = {r["row"]: r for r in report["rejected"]}
-    assert sorted(rejected) == [10, 11, 12, 13, 14]
-    assert "HTTP 404" in rejected[13]["reason"] and "HTTP 503 (after 2 attempts)" in rejected[14]["reason"]
+    assert sorted(rejected) == list(range(10, 17))
+    assert "HTTP 404" in rejected[15]["reason"] and "HTTP 503 (after 2 attempts)" in rejected[16]["reason"]
     assert "thumbnail correlation" in rejected[12]["reason"] and rejected[12]["hamming"] == 0  # pHash collided
-    written = sorted(p.stem for p in (tmp_path / "out").rglob("*.*") if p.name != REPORT_FILE)
+    assert "thumbnail pixel changed by" in rejected[13]["reason"]  # the original with the trigger stamped on it
+    written = sorted(p.stem for p in (tmp_path / "out").rglob("*.*") if p.name not in (REPORT_FILE, ".lock"))
     assert written == [f"{r:06d}" for r in range(len(hosted)) if r not in rejected]
     assert not (tmp_path / "out" / ".partial").exists()
 
@@ -119,6 +124,15 @@ def test_a_folder_no_fetch_wrote_is_refused_untouched(served, tmp_path):
     with pytest.raises(PoisonlabError, match="a non-empty folder that no fetch wrote"):
         Fetcher(FAST).fetch(manifest, tmp_path / "mine")
     assert mine.read_bytes() == b"the user's own file"
+
+
+def test_a_second_fetch_into_a_folder_being_fetched_is_refused(served, tmp_path):
+    from poisonlab.report.store import locked
+
+    _, manifest = served
+    with locked(tmp_path / "out", "fetch"), pytest.raises(PoisonlabError, match="another fetch is running"):
+        Fetcher(FAST).fetch(manifest, tmp_path / "out")
+    assert Fetcher(FAST).fetch(manifest, tmp_path / "out").counts() == {"match": len(manifest)}  # lock released
 
 
 def test_size_limits_refuse_before_keeping(served, tmp_path):
@@ -213,6 +227,16 @@ def test_split_view_end_to_end_verification_removes_the_backdoor():
     assert result["unverified"]["counts"]["unverified"] == result["verified"]["counts"]["match"] + planted
     assert result["unverified"]["attack_success_rate"] > 0.5 > 0.1 > result["verified"]["attack_success_rate"]
     assert result["verified"]["clean_accuracy"] > 0.8
+
+
+def test_universal_split_view_every_class_a_target_until_verified():
+    train, test = load_dataset("digits")
+    result = split_view_experiment(train.subset(slice(0, 900)), test, test, domains=20, expired=0.4, bought=0.35,
+                                   attack="universal", victim=Victim(epochs=8), fetcher=Fetcher(FAST, workers=8),
+                                   clean=False)
+    planted = result["planted"]["universal"]  # every row on a bought domain, whatever its label
+    assert result["verified"]["counts"]["substitution"] == planted > 200
+    assert result["unverified"]["attack_success_rate"] > 0.5 > 0.2 > result["verified"]["attack_success_rate"]
 
 
 def test_cost_quotes():

@@ -7,17 +7,14 @@ only when they are plain (``run_name``), so a config cannot write outside the ru
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from poisonlab.core import PoisonlabError
-from poisonlab.report.store import LOCK_FILE, REPORT_FILE
+from poisonlab.report.store import REPORT_FILE
 
 CONFIG_FILE = "config.toml"
 
@@ -91,22 +88,3 @@ def discard_unstarted(path: Path, before: set[Path]) -> None:
             p.unlink()
         if not before:
             path.rmdir()
-
-
-@contextmanager
-def locked(folder: Path, what: str = "sweep") -> Iterator[None]:
-    """Hold an exclusive lock on ``folder`` (its ``.lock`` file) for a while; a second holder gets a one-line error."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle = open(folder / LOCK_FILE, "a+")  # noqa: SIM115 - held open for the whole block
-    except OSError as e:
-        raise PoisonlabError(f"{folder}: cannot create or lock the {what} folder ({e.strerror})") from None
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise PoisonlabError(f"{folder}: another {what} is running in this folder; wait for it to finish") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -25,10 +25,9 @@ from poisonlab.core import PoisonlabError, check_target
 from poisonlab.data import load_dataset
 from poisonlab.experiment.config import AttackConfig, read_toml, sweep_axes
 from poisonlab.experiment.run import Resolved, execute, experiment_of, resolve
-from poisonlab.experiment.rundir import locked
 from poisonlab.experiment.victim import Victim
 from poisonlab.models import construct
-from poisonlab.report.store import REPORT_FILE, atomic_write_json, read_report
+from poisonlab.report.store import REPORT_FILE, atomic_write_json, locked, read_report
 from poisonlab.report.summary import SUMMARY_FILE, aggregate, check_sweep_folder, open_sweep_folder
 
 Backend = Literal["local", "ray"]

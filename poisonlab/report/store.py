@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import math
 import os
 import platform
 import sys
 import time
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,26 @@ from poisonlab.core import PoisonlabError, check_regular
 REPORT_SCHEMA = "poisonlab.report/1"
 REPORT_FILE = "report.json"
 LOCK_FILE = ".lock"
-"""Held (flock) by the process running a sweep in a folder, so that a second sweep there is refused."""
+"""Held (flock) by the process writing a folder (a sweep, a fetch), so that a second one there is refused."""
+
+
+@contextlib.contextmanager
+def locked(folder: Path, what: str = "sweep") -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (its ``.lock`` file) for a while; a second holder gets a one-line error."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(folder / LOCK_FILE, "a+")  # noqa: SIM115 - held open for the whole block
+    except OSError as e:
+        raise PoisonlabError(f"{folder}: cannot create or lock the {what} folder ({e.strerror})") from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PoisonlabError(f"{folder}: another {what} is running in this folder; wait for it to finish") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def check_out_file(path: Path, what: str = "output file") -> None:

@@ -1,9 +1,10 @@
 """What a split-view or frontrunning attacker serves in place of a manifest's image.
 
-Three substitutions: a plain swap (another image), a BadNets substitution (an image of another class
-stamped with the trigger, which the manifest's label then "relabels" to the target), and an adaptive
-one: the BadNets substitution nudged until its pHash equals the original's, so a check that trusts one
-perceptual hash accepts it.
+Four substitutions: a plain swap (another image), a BadNets substitution (an image of another class
+stamped with the trigger, which the manifest's label then "relabels" to the target), a universal-backdoor
+one (the same with the class-encoding trigger of the row's own label, Schneider et al. 2023, so every
+class becomes a target), and an adaptive one: the BadNets substitution nudged until its pHash equals the
+original's, so a check that trusts one perceptual hash accepts it.
 
 The pHash of a grey image g is the sign pattern of L = P g Q^T against its median, where P and Q are the
 resize-to-32 matrices followed by the first 8 rows of the DCT (``phash`` resizes separably). The collision
@@ -55,10 +56,11 @@ def collide_phash(image: np.ndarray, target: str, margin: float = 0.02) -> np.nd
     raise PoisonlabError(f"pHash collision with {target}: not found in {COLLISION_STEPS} steps")
 
 
-def stamp(image: np.ndarray, trigger: Trigger) -> np.ndarray:
-    """A uint8 grey (H, W) image with ``trigger`` stamped on it."""
+def stamp(image: np.ndarray, trigger: Trigger, target: int | None = None) -> np.ndarray:
+    """A uint8 grey (H, W) image with ``trigger`` stamped on it (for class ``target``, for a class-encoding one)."""
     x = torch.from_numpy(image.astype(np.float32) / 255.0)[None, None]
-    return np.round(trigger(x, None)[0, 0].numpy() * 255.0).astype(np.uint8)
+    targets = None if target is None else torch.tensor([target])
+    return np.round(trigger(x, targets)[0, 0].numpy() * 255.0).astype(np.uint8)
 
 
 def colliding_badnets(donor: np.ndarray, original: np.ndarray, trigger: Trigger) -> np.ndarray:

@@ -22,7 +22,7 @@ from typing import Any
 
 from poisonlab.core import PoisonlabError, require
 from poisonlab.data.images import PIXEL_BUDGET, ImageError, decode, image_header
-from poisonlab.report.store import atomic_write_json
+from poisonlab.report.store import LOCK_FILE, atomic_write_json, locked
 from poisonlab.webscale.client import Client, Limits
 from poisonlab.webscale.manifest import Item, Manifest, file_fingerprint
 from poisonlab.webscale.phash import fingerprint
@@ -101,13 +101,21 @@ class Fetcher:
                 f"an integer in [1, {PIXEL_BUDGET:,}]")
 
     def fetch(self, manifest: Manifest, out: Path, progress: Callable[[Outcome], None] | None = None) -> Fetched:
-        """Fetch every row of ``manifest`` into ``out`` and write its report there."""
+        """Fetch every row of ``manifest`` into ``out`` and write its report there; a second fetch into the same
+        folder while this one runs is refused in one line."""
         if out.exists() and not out.is_dir():
             raise PoisonlabError(f"{out}: exists and is not a folder; expected a folder for the fetched dataset")
         partial = out / PARTIAL
-        if out.is_dir() and any(out.iterdir()) and not (out / REPORT_FILE).exists() and not partial.is_dir():
+        if (out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir()) and not (out / REPORT_FILE).exists()
+                and not partial.is_dir()):
             raise PoisonlabError(f"{out}: a non-empty folder that no fetch wrote (no {REPORT_FILE}); expected a new "
                                  "or empty folder, or one an earlier fetch of this manifest wrote")
+        with locked(out, "fetch"):
+            return self._fetch(manifest, out, progress)
+
+    def _fetch(self, manifest: Manifest, out: Path, progress: Callable[[Outcome], None] | None) -> Fetched:
+        """``fetch`` in a folder this process holds locked."""
+        partial = out / PARTIAL
         shutil.rmtree(partial, ignore_errors=True)  # leftovers of an interrupted run: never accepted
         try:
             partial.mkdir(parents=True)

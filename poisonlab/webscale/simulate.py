@@ -19,9 +19,10 @@ from typing import Any, Literal
 
 import cv2
 import numpy as np
+import torch
 from PIL import PngImagePlugin
 
-from poisonlab.core import AllToOne, ImageSet, PoisonlabError, Trigger, check_target, stamped
+from poisonlab.core import AllToOne, ImageSet, PoisonlabError, TargetMap, Trigger, check_target, stamped
 from poisonlab.data.images import read_image
 from poisonlab.data.validate import to_image_set
 from poisonlab.webscale.attacker import colliding_badnets, stamp
@@ -32,9 +33,10 @@ from poisonlab.webscale.reencode import REENCODES, pillow_bytes, pixels
 from poisonlab.webscale.server import LocalServer, Response
 from poisonlab.webscale.verify import ACCEPTED, Verification
 
-Attack = Literal["badnets", "collide", "swap", "trigger-original"]
-ATTACKS: tuple[Attack, ...] = ("badnets", "collide", "swap", "trigger-original")
-"""``trigger-original`` is the clean-label limit case: the original itself with the trigger stamped on it."""
+Attack = Literal["badnets", "collide", "swap", "trigger-original", "universal"]
+ATTACKS: tuple[Attack, ...] = ("badnets", "collide", "swap", "trigger-original", "universal")
+"""``trigger-original`` is the clean-label limit case: the original itself with the trigger stamped on it;
+``universal`` an image of another class with the class-encoding trigger of the row's label."""
 JPEG_SHARE = 1 / 3
 """Share of the hosted originals that are JPEG files (the rest PNG), so that JPEG -> PNG re-encodes occur."""
 
@@ -121,15 +123,20 @@ class Plan:
 
 @dataclass(frozen=True)
 class Substituter:
-    """Crafts a substitution for a row from the attacker's own ``donors`` (uint8 grey images and labels)."""
+    """Crafts a substitution for a row from the attacker's own ``donors`` (uint8 grey images and labels).
+
+    ``codes``: the class-encoding trigger of a universal backdoor (``universal_trigger``), needed by the
+    ``universal`` substitution only.
+    """
 
     donors: np.ndarray
     donor_labels: np.ndarray
     trigger: Trigger
+    codes: Trigger | None = None
 
     def craft(self, attack: Attack, original: bytes, label: int, rng: np.random.Generator) -> bytes:
-        """PNG bytes of a donor of another class: swapped as is, triggered, or triggered and pHash-collided; or
-        the original with the trigger (``trigger-original``)."""
+        """PNG bytes of a donor of another class: swapped as is, triggered (with the row label's code for
+        ``universal``), or triggered and pHash-collided; or the original with the trigger (``trigger-original``)."""
         if attack == "trigger-original":
             return pillow_bytes(stamp(pixels(original), self.trigger), "PNG")
         pool = np.flatnonzero(self.donor_labels != label)
@@ -138,6 +145,10 @@ class Substituter:
             return pillow_bytes(donor, "PNG")
         if attack == "badnets":
             return pillow_bytes(stamp(donor, self.trigger), "PNG")
+        if attack == "universal":
+            if self.codes is None:
+                raise PoisonlabError("universal substitution: the attacker has no class-encoding trigger (codes)")
+            return pillow_bytes(stamp(donor, self.codes, label), "PNG")
         orig = pixels(original)
         if orig.shape != donor.shape:
             donor = cv2.resize(donor, orig.shape[::-1], interpolation=cv2.INTER_AREA)
@@ -151,7 +162,7 @@ def split_view(hosted: Hosted, attacker: Substituter, *, expired: float, bought:
     On a bought domain the attacker mirrors the originals except where a substitution serves them:
     rows labelled ``target`` (BadNets and its pHash-colliding form: a triggered image of another class
     that the manifest's label turns into a target-class example; or the original triggered) or every row
-    (plain swaps).
+    (plain swaps, and universal substitutions, whose every label is a target).
     """
     if not 0.0 <= bought <= expired <= 1.0:
         raise PoisonlabError(f"split-view: bought {bought}, expired {expired}; expected 0 <= bought <= expired <= 1")
@@ -166,7 +177,7 @@ def split_view(hosted: Hosted, attacker: Substituter, *, expired: float, bought:
     for row, (d, label) in enumerate(zip(hosted.domains, hosted.labels, strict=True)):
         if d in gone:
             served[row], kinds[row] = None, "expired"
-        elif d in owned and (attack == "swap" or label == target):
+        elif d in owned and (attack in ("swap", "universal") or label == target):
             served[row] = attacker.craft(attack, hosted.files[row], label, rng)
             kinds[row] = attack
     return Plan(served, kinds)
@@ -261,28 +272,56 @@ class Victim:
     seed: int = 0
 
 
-def train_and_measure(data: ImageSet, test: ImageSet, trigger: Trigger, target: int, victim: Victim) -> dict[str, Any]:
-    """Clean accuracy and ASR (``trigger`` -> ``target``) of ``victim`` trained on ``data``."""
+def universal_trigger(donors: ImageSet, seed: int) -> Trigger:
+    """The attacker's class-encoding trigger: LDA codes of a surrogate they train on their own ``donors``."""
+    from poisonlab.attacks.universal import UniversalBackdoor, make_code_trigger  # deferred: loads scikit-learn
+
+    attack = UniversalBackdoor()
+    codes = attack.class_codes(donors, torch.Generator().manual_seed(seed))
+    return make_code_trigger(attack.trigger, codes, attack.alpha, attack.cell)
+
+
+def armed(donors: ImageSet, attack: Attack, trigger: Trigger | None, target: int, seed: int
+          ) -> tuple[Substituter, Trigger, TargetMap]:
+    """The attacker's substituter, and the trigger and target map that measure its backdoor: ``trigger`` (a 3 x 3
+    patch by default) to ``target``, or for ``universal`` the class-encoding trigger to a seeded random class."""
+    from poisonlab.triggers import Patch
+
+    trigger = trigger or Patch()
+    if attack != "universal":
+        return Substituter(uint8_images(donors), donors.y.numpy(), trigger), trigger, AllToOne(target)
+    from poisonlab.attacks.universal import SampledTargets  # deferred: loads scikit-learn
+
+    codes = universal_trigger(donors, seed)
+    return (Substituter(uint8_images(donors), donors.y.numpy(), trigger, codes), codes,
+            SampledTargets(donors.num_classes, seed))
+
+
+def train_and_measure(data: ImageSet, test: ImageSet, trigger: Trigger, targets: TargetMap, victim: Victim
+                      ) -> dict[str, Any]:
+    """Clean accuracy and ASR (``trigger`` sending each test image to ``targets``' class) of ``victim`` trained on
+    ``data``; for a multi-target map (universal) the ASR is the mean over target classes."""
     from poisonlab.metrics import evaluate
     from poisonlab.models import build_model
     from poisonlab.training import Recipe, train
 
     model = build_model(victim.model, data, victim.seed)
     train(model, data, Recipe(epochs=victim.epochs), seed=victim.seed, progress=False)
-    result = evaluate(model, test, stamped(test, trigger, AllToOne(target)))
-    return {"clean_accuracy": result["clean_accuracy"], "attack_success_rate": result["attack_success_rate"],
-            "train_rows": len(data)}
+    multi = not isinstance(targets, AllToOne)
+    result = evaluate(model, test, stamped(test, trigger, targets), multi_target=multi)
+    return {"clean_accuracy": result["clean_accuracy"], "train_rows": len(data),
+            "attack_success_rate": result["mean_asr" if multi else "attack_success_rate"]}
 
 
 def poisoned_pipeline(train: ImageSet, test: ImageSet, manifest: Manifest, fetcher: Fetcher, trigger: Trigger,
-                      target: int, victim: Victim, out: Path) -> dict[str, Any]:
+                      targets: TargetMap, victim: Victim, out: Path) -> dict[str, Any]:
     """Fetch ``manifest`` as served now, without and with verification, train on each, and measure them."""
     result: dict[str, Any] = {}
     for name, verify in (("unverified", None), ("verified", fetcher.verify or Verification())):
         fetched = Fetcher(fetcher.limits, fetcher.workers, fetcher.max_pixels, verify).fetch(manifest, out / name)
         data = fetched_images(fetched, train.classes, train.shape)
         result[name] = {"counts": fetched.counts(), "seconds": fetched.seconds,
-                        **train_and_measure(data, test, trigger, target, victim)}
+                        **train_and_measure(data, test, trigger, targets, victim)}
     return result
 
 
@@ -290,22 +329,21 @@ def split_view_experiment(train: ImageSet, test: ImageSet, donors: ImageSet, *, 
                           expired: float = 0.2, bought: float = 0.1, attack: Attack = "badnets", target: int = 0,
                           trigger: Trigger | None = None, victim: Victim = Victim(), fetcher: Fetcher = DEFAULT_FETCHER,
                           clean: bool = True, seed: int = 0) -> dict[str, Any]:
-    """Split-view end to end: ASR of models trained on unverified and verified fetches (and on the originals)."""
-    from poisonlab.triggers import Patch
+    """Split-view end to end: ASR of models trained on unverified and verified fetches (and on the originals).
 
-    trigger = trigger or Patch()
-    images = uint8_images(donors)
-    attacker = Substituter(images, donors.y.numpy(), trigger)
+    ``donors`` are the attacker's own images (and, for ``universal``, what their surrogate learns codes from).
+    """
+    attacker, trigger, targets = armed(donors, attack, trigger, target, seed)
     hosted = host(train, domains, seed)
     with LocalServer() as server, tempfile.TemporaryDirectory(prefix="poisonlab-webscale-") as tmp:
         hosted.serve(server)
         manifest = hosted.manifest(server)
         plan = split_view(hosted, attacker, expired=expired, bought=bought, attack=attack, target=target, seed=seed)
         plan.apply(server, hosted)
-        result = poisoned_pipeline(train, test, manifest, fetcher, trigger, target, victim, Path(tmp))
+        result = poisoned_pipeline(train, test, manifest, fetcher, trigger, targets, victim, Path(tmp))
     result["planted"] = dict(Counter(plan.kinds.values()))
     if clean:
-        result["clean"] = train_and_measure(train, test, trigger, target, victim)
+        result["clean"] = train_and_measure(train, test, trigger, targets, victim)
     return result
 
 
@@ -315,17 +353,14 @@ def frontrunning_experiment(train: ImageSet, test: ImageSet, donors: ImageSet, *
                             seed: int = 0) -> dict[str, Any]:
     """Frontrunning end to end: a snapshot during the edit window, fetched unverified and verified, then the
     verified fetch resumed after the window closed (its rejected rows come back as matches)."""
-    from poisonlab.triggers import Patch
-
-    trigger = trigger or Patch()
-    attacker = Substituter(uint8_images(donors), donors.y.numpy(), trigger)
+    attacker, trigger, targets = armed(donors, attack, trigger, target, seed)
     hosted = host(train, domains, seed)
     with LocalServer() as server, tempfile.TemporaryDirectory(prefix="poisonlab-webscale-") as tmp:
         hosted.serve(server)
         manifest = hosted.manifest(server)
         plan = frontrun(hosted, attacker, share=share, attack=attack, target=target, seed=seed)
         with edit_window(server, hosted, plan):
-            result = poisoned_pipeline(train, test, manifest, fetcher, trigger, target, victim, Path(tmp))
+            result = poisoned_pipeline(train, test, manifest, fetcher, trigger, targets, victim, Path(tmp))
         after = fetcher.fetch(manifest, Path(tmp) / "verified")
         result["after_window"] = {"counts": after.counts(), "resumed": sum(o.resumed for o in after.outcomes)}
     result["planted"] = dict(Counter(plan.kinds.values()))
