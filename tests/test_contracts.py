@@ -76,10 +76,13 @@ DATASETS: dict[str, Callable[[Path], str]] = {
 
 # attack name -> keyword arguments for a tiny case on 12x12 synthetic images of 4 classes
 ATTACK_CASES: dict[str, dict[str, Any]] = {
+    "adaptive-blend": {"target": 1, "rate": 0.05, "cover_rate": 0.05},
+    "adaptive-patch": {"target": 1, "rate": 0.05, "cover_rate": 0.05},
     "backgradient": {"rate": 0.02, "steps": 3, "iterations": 1, "val_size": 40},
     "badnets": {"target": 1, "rate": 0.05, "trigger": Patch(size=3)},
     "blend": {"target": 1, "rate": 0.05},
     "compression-artifact": {"target": 1, "deployment": "prune-l1:0.5", "trigger": Patch(size=3)},
+    "label-consistent": {"target": 1, "rate": 0.05, "steps": 2, "samples_per_class": 10, "surrogate_epochs": 1},
     "multi-target-badnets": {"bits": 4, "rate": 0.05},
     "scaling-camouflage": {"size": (6, 6), "target": 1, "count": 6, "trigger": Patch(size=2)},
     "sig": {"target": 1, "rate": 0.05, "frequency": 3.0},
@@ -113,6 +116,7 @@ DEPLOYMENT_CASES = {
 
 # defense name -> the specs applied in order (a mitigation after what it works on); the last is checked
 DEFENSE_CASES = {
+    "abl": ["abl"],
     "activation-clustering": ["activation-clustering"],
     "fine-pruning": ["fine-pruning"],
     "ibd-psc": ["ibd-psc"],
@@ -120,6 +124,7 @@ DEFENSE_CASES = {
     "neural-cleanse": ["neural-cleanse:steps=40"],
     "retrain": ["spectral", "retrain:scanner=spectral"],
     "spectral": ["spectral"],
+    "spectre": ["spectre"],
     "strip": ["strip:n_overlays=8"],
     "unlearning": ["neural-cleanse:steps=40", "unlearning"],
 }
@@ -144,6 +149,9 @@ EXPERIMENT_CASES = {
     "defense-matrix": ('experiment = "defense-matrix"\ndataset = "synthetic"\nmodel = "small-cnn"\nreserve = 200\n'
                        'clean_reference = false\n' + _TRAINING
                        + '[[attacks]]\nname = "badnets"\ntarget = 1\nrate = 0.05\n'),
+    "detection-matrix": ('experiment = "detection-matrix"\ndataset = "synthetic"\nmodel = "small-cnn"\n'
+                         'rates = [0.1]\ndetectors = ["spectral"]\n' + _TRAINING
+                         + '[[attacks]]\nname = "badnets"\ntarget = 1\n'),
     "pipeline": ('dataset = "synthetic"\nmodel = "small-cnn"\ndeployments = ["fp16"]\ndefenses = ["spectral"]\n'
                  + _TRAINING + '[attack]\nname = "badnets"\ntarget = 1\nrate = 0.05\n'),
     "scaling-audit": ('experiment = "scaling-audit"\nresizers = ["opencv-linear"]\nratios = [2]\nsize = 32\n'),

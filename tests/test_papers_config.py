@@ -66,8 +66,9 @@ def test_paper_config_runs_and_its_saved_config_reproduces_the_metrics(tmp_path:
     ("text", "message"),
     [
         ('experiment = "imagenet-sweep"\n', r"experiment: unknown experiment 'imagenet-sweep'; expected one of: "
-                                            r"backgradient, badnets, compression-artifact, defense-matrix, pipeline, "
-                                            r"scaling-audit, scaling-camouflage, train, universal"),
+                                            r"backgradient, badnets, compression-artifact, defense-matrix, "
+                                            r"detection-matrix, pipeline, scaling-audit, scaling-camouflage, train, "
+                                            r"universal"),
         ('experiment = "universal"\nbitz = 3\n', r"bitz: unknown key; expected one of: .*bits"),
         ('experiment = "universal"\nbits = "many"\n', r"bits: expected an integer, got 'many' \(str\)"),
         ('experiment = "universal"\nrates = 0.1\n', r"rates: expected a list, got 0.1"),

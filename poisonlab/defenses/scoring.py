@@ -7,6 +7,9 @@ from torch import Tensor
 
 from poisonlab.core import PoisonlabError, Verdict
 
+LOW_FPR = 0.05
+"""The false-positive rate at which ``tpr_at_5fpr`` reads the ROC curve."""
+
 
 def as_mask(index: Tensor, n: int) -> Tensor:
     """A boolean mask of length ``n`` from a long index or a boolean mask."""
@@ -22,10 +25,11 @@ def as_mask(index: Tensor, n: int) -> Tensor:
 
 
 def detection_metrics(verdict: Verdict, poisoned: Tensor, n: int) -> dict[str, float | int]:
-    """Precision, recall, F1 of ``verdict.flagged`` and AUROC of ``verdict.scores`` against ``poisoned``.
+    """Precision, recall, F1 of ``verdict.flagged``; AUROC and TPR at FPR <= 5% of ``verdict.scores``.
 
     ``poisoned`` holds the ground-truth indices (or a mask) of the ``n`` samples. Precision is 0
-    when nothing is flagged; AUROC is NaN when the scores are missing or the truth is one-sided.
+    when nothing is flagged; AUROC and the TPR are NaN when the scores are missing or the truth is
+    one-sided. Both come from the continuous scores, never from the flags.
     """
     truth = as_mask(poisoned, n)
     flagged = as_mask(verdict.flagged if verdict.flagged is not None else torch.empty(0, dtype=torch.long), n)
@@ -35,12 +39,15 @@ def detection_metrics(verdict: Verdict, poisoned: Tensor, n: int) -> dict[str, f
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else float("nan")
     f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-    auroc = float("nan")
+    auroc = tpr = float("nan")
     if verdict.scores is not None and 0 < int(truth.sum()) < n:
         if len(verdict.scores) != n:
             raise PoisonlabError(f"verdict scores of length {len(verdict.scores)}: expected {n}")
-        from sklearn.metrics import roc_auc_score  # deferred: scikit-learn takes a second to import
+        from sklearn.metrics import roc_auc_score, roc_curve  # deferred: scikit-learn takes a second to import
 
-        auroc = float(roc_auc_score(truth.numpy(), verdict.scores.double().numpy()))
-    return {"precision": precision, "recall": recall, "f1": f1, "auroc": auroc,
+        scores = verdict.scores.double().numpy()
+        auroc = float(roc_auc_score(truth.numpy(), scores))
+        fpr_at, tpr_at, _ = roc_curve(truth.numpy(), scores)
+        tpr = float(tpr_at[fpr_at <= LOW_FPR].max())
+    return {"precision": precision, "recall": recall, "f1": f1, "auroc": auroc, "tpr_at_5fpr": tpr,
             "flagged": tp + fp, "true_positives": tp, "false_positives": fp, "poisoned": int(truth.sum())}

@@ -121,3 +121,32 @@ def reversed_triggers(details: dict[str, Any], names: Sequence[str]) -> Figure:
                 for k, n, a in zip(details["classes"], details["mask_l1"], details["anomaly_index"], strict=True)]
     return image_grid([("mask", masks, captions), ("mask x pattern", masks * details["patterns"], captions)],
                       title="Neural Cleanse: reverse-engineered triggers")
+
+
+def detection_heatmaps(cells: dict[str, dict[str, Any]], detectors: Sequence[str], title: str,
+                       takes: float = 0.9) -> Figure:
+    """Heat maps of the detection matrix: each scanner's AUROC per attack (rows) and rate (columns).
+
+    Cells are annotated with AUROC (± its standard deviation over seeds when the cell carries ``auroc_std``)
+    and TPR at 5% FPR; a cell whose backdoor did not take (ASR below ``takes``) is shown with its ASR
+    instead, greyed, since there is nothing there to detect.
+    """
+    plt = pyplot()
+    rows = [(attack, rate) for attack, rates in cells.items() for rate in rates]
+    fig, axes = plt.subplots(1, len(detectors), figsize=(2.2 * len(detectors) + 2.5, 0.45 * len(rows) + 1.6),
+                             squeeze=False, sharey=True)
+    for ax, name in zip(axes[0], detectors, strict=True):
+        values = [[cells[a][r]["detectors"][name]["auroc"]] for a, r in rows]
+        ax.imshow(values, cmap="RdYlGn", vmin=0.5, vmax=1.0, aspect="auto")
+        for i, (a, r) in enumerate(rows):
+            c = cells[a][r]
+            d = c["detectors"][name]
+            spread = f" ± {d['auroc_std']:.3f}" if "auroc_std" in d else ""
+            text = f"{d['auroc']:.3f}{spread} / {d['tpr_at_5fpr']:.2f}" if c["asr"] >= takes else f"ASR {c['asr']:.0%}"
+            ax.text(0, i, text, ha="center", va="center", fontsize=7, color="black" if c["asr"] >= takes else "grey")
+        ax.set_xticks([])
+        ax.set_title(name, fontsize=8)
+        ax.set_yticks(range(len(rows)), [f"{a}, rate {r}" for a, r in rows], fontsize=7)
+    fig.suptitle(f"AUROC / TPR at 5% FPR per scanner: {title}", fontsize=9)
+    fig.tight_layout()
+    return fig

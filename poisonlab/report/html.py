@@ -216,6 +216,72 @@ def _stat(stat: dict[str, Any] | None) -> str:
     return f"{stat['mean']:.4g} ± {stat['std']:.2g}"
 
 
+def detection_groups(sweep_dir: Path, summary: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """For a sweep of ``detection-matrix`` runs, per setting (every axis but seed) the matrix's cells with each
+    number averaged over the finished seeds and its standard deviation beside it (``KEY_std``); empty otherwise."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for cell in summary["cells"]:
+        if cell["status"] != "done":
+            continue
+        body = load_report(sweep_dir / "cells" / cell["id"] / "report.json")
+        if body.get("kind") != "detection-matrix":
+            return {}
+        setting = ", ".join(f"{k}={v}" for k, v in cell["overrides"].items() if k != "seed") or "all"
+        runs = out.setdefault(setting, {})
+        for attack, rates in body["metrics"]["cells"].items():
+            for rate, c in rates.items():
+                runs.setdefault(attack, {}).setdefault(rate, []).append(c)
+    return {setting: {attack: {rate: _averaged(seen) for rate, seen in rates.items()} for attack, rates in runs.items()}
+            for setting, runs in out.items()}
+
+
+def _averaged(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """One matrix cell from several seeds: every number averaged (with ``KEY_std``), per detector too."""
+
+    def mean_std(values: list[Any]) -> tuple[float, float]:
+        vals = [float(v) for v in values if isinstance(v, int | float) and not math.isnan(v)]
+        if not vals:
+            return float("nan"), float("nan")
+        m = sum(vals) / len(vals)
+        return m, (sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else 0.0
+
+    def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {"seeds": len(parts)}
+        for key in parts[0]:
+            values: list[Any] = [p.get(key) for p in parts]
+            if all(isinstance(v, dict) for v in values):
+                out[key] = {name: merge([v[name] for v in values]) for name in values[0]}
+            elif any(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+                out[key], out[f"{key}_std"] = mean_std(values)
+        return out
+
+    return merge(cells)
+
+
+def _detection_section(sweep_dir: Path, summary: dict[str, Any]) -> list[str]:
+    """Heat maps and a table of the detection matrix per setting, mean ± std over seeds."""
+    from poisonlab.report.figures import detection_heatmaps
+
+    groups = detection_groups(sweep_dir, summary)
+    if not groups:
+        return []
+    out = ["<h2>Detection matrix (mean ± std over seeds)</h2>"]
+    for setting, cells in groups.items():
+        detectors = sorted({d for rates in cells.values() for c in rates.values() for d in c["detectors"]})
+        out.append(f'<figure class="heatmap">{_svg(detection_heatmaps(cells, detectors, setting))}</figure>')
+        rows = []
+        for attack, rates in cells.items():
+            for rate, c in rates.items():
+                rows.append([_e(attack), _e(rate), str(c["seeds"]), f"{_pct(c['asr'])} ± {_pct(c['asr_std'])}",
+                             *(f"{c['detectors'][d]['auroc']:.3f} ± {c['detectors'][d]['auroc_std']:.3f} / "
+                               f"{c['detectors'][d]['tpr_at_5fpr']:.2f}" for d in detectors),
+                             _pct(c.get("asr_after"))])
+        out.append(table(f"detection-{len(out)}", ["attack", "rate", "seeds", "ASR", *(f"{d} AUROC / TPR"
+                                                                                         for d in detectors),
+                                                    "ASR after retraining"], rows, left=2))
+    return out
+
+
 def render_sweep(sweep_dir: Path) -> str:
     """The HTML page of a sweep folder: mean ± std per setting, curves, every cell, examples, config."""
     summary = aggregate(sweep_dir)
@@ -224,6 +290,7 @@ def render_sweep(sweep_dir: Path) -> str:
                 f'· axes: {_e(", ".join(f"{k} = {v}" for k, v in summary["axes"].items()))}</p>',
                 *_table(sweep_tables(summary)[0])]
     sections += _curves(summary)
+    sections += _detection_section(sweep_dir, summary)
     sections += _stage_matrix(summary, axes)
     cell_rows = [[_e(c["id"]), _e(c["status"]), *(_pct(c["metrics"].get(k)) for k, _ in HEADLINE)]
                  for c in summary["cells"]]

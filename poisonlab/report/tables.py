@@ -232,6 +232,40 @@ def matrix_tables(body: dict[str, Any]) -> list[TableData]:
     return [table]
 
 
+TAKES = 0.9
+"""An ASR at or above which a backdoor counts as taken in the detection matrix (the issue's bar reads cells there)."""
+
+
+def detection_tables(body: dict[str, Any]) -> list[TableData]:
+    """``detection-matrix``: per attack and rate the backdoor, each scanner's AUROC / TPR at 5% FPR, retraining."""
+    m = body["metrics"]
+    detectors = list(body["config"]["detectors"])
+    table = TableData(f"detection matrix on {body['config']['dataset']} ({m['train_size']} training images, class "
+                      f"sizes {min(m['class_sizes'])}-{max(m['class_sizes'])})",
+                      ["attack", "rate", "poisoned", "CA", "ASR", *(f"{d} AUROC / TPR" for d in detectors),
+                       "best", "ASR after retraining"], left=2, id="detection-matrix")
+    for attack, rates in m["cells"].items():
+        for rate, c in rates.items():
+            asr = pct(c["asr"]) if c["asr"] >= TAKES else f"[dim]{pct(c['asr'])} (not taken)[/dim]"
+            cells = [f"{_f(c['detectors'][d]['auroc'])} / {_f(c['detectors'][d]['tpr_at_5fpr'])}" for d in detectors]
+            table.rows.append([attack, rate, str(c["poisoned"]), pct(c["ca"]), asr, *cells, c["best"],
+                               pct(c.get("asr_after"))])
+    for cell, err in m["errors"].items():
+        table.rows.append([cell, "-", "", "", "", *([""] * len(detectors)), "", f"not run: {err}"])
+    table.caption = (f"AUROC and TPR at FPR <= 5% from each scanner's continuous scores; retraining drops the rows "
+                     f"flagged by the cell's best scanner (highest AUROC). {m['asr_definition']}")
+    out = [table]
+    ref = m.get("clean_reference")
+    if ref:
+        clean = TableData("the clean reference model (no poison): false alarms", ["scanner", "rows flagged",
+                                                                                  "called backdoored"], id="clean")
+        for name, r in ref["detectors"].items():
+            clean.rows.append([name, pct(r["flagged_share"]), "yes" if r["called_backdoored"] else "no"])
+        clean.caption = f"clean accuracy {pct(ref['ca'])}"
+        out.append(clean)
+    return out
+
+
 def deploy_check_tables(result: dict[str, Any], title: str) -> list[TableData]:
     """``deploy-check``: the float reference, then every deployed variant with its verdict."""
     scanned = "scan" in result["float"]
