@@ -5,12 +5,14 @@ into poisonlab's: ``$POISONLAB_ART_VENV`` (default /tmp/poisonlab-art-venv) is c
 use with ART, ``packaging``, ``six`` and ``tqdm`` installed without dependencies; a .pth file lets
 it import the project venv's torch, numpy and scikit-learn, so no second torch is downloaded.
 
-The poisoned set and the model are written to a work folder as safetensors; poisonlab's
-Spectral Signatures and Activation Clustering run here, ART's SpectralSignatureDefense and
-ActivationDefence run in the ART venv on the same files. Times include feature extraction (both read
-the data through the model once; poisonlab keeps its features within a memory budget).
+For each attack (BadNets all-to-one and all-to-all, blend, WaNet, adaptive-blend, adaptive-patch by
+default) the poisoned set and the model trained on it are written to a work folder as safetensors;
+poisonlab's data scanners run here, ART's SpectralSignatureDefense and ActivationDefence in the ART venv
+on the same files. Each line puts the best F1 of each side (its scanner named) and their times side by
+side, then every scanner's figures. Times include feature extraction.
 
     nice -n 10 python bench/art_compare.py --rate 0.01
+    python bench/art_compare.py --attacks "badnets:target=8" --rate 0.1
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from poisonlab.attacks import BadNets
+from poisonlab.core import ImageSet
 from poisonlab.data import load_dataset
-from poisonlab.defenses import ActivationClustering, SpectralSignatures, detection_metrics
+from poisonlab.defenses import detection_metrics
+from poisonlab.experiment.config import AttackConfig
 from poisonlab.models import build_model, load_model, save_model
+from poisonlab.registry import DEFENSES, parse_spec
 from poisonlab.training import Recipe, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,49 +84,65 @@ def art_python(venv: Path) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--attacks", default="badnets:target=8;badnets:mode=all-to-all;blend:target=0;wanet:target=0;"
+                                         "adaptive-blend:target=0;adaptive-patch:target=0",
+                    help="attack specs NAME:key=value,... separated by ';'")
     ap.add_argument("--rate", type=float, default=0.01)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", type=Path, default=Path("/tmp/poisonlab-art-compare"))
-    ap.add_argument("--model", type=Path, default=None, help="reuse these backdoored weights instead of training")
     ap.add_argument("--venv", type=Path, default=Path(os.environ.get("POISONLAB_ART_VENV", "/tmp/poisonlab-art-venv")))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     py = art_python(args.venv)
-
     train_set, _ = load_dataset("mnist", 0)
-    poisoned = BadNets(target=8, rate=args.rate).poison(train_set, torch.Generator().manual_seed(0))
+    print(f"MNIST, poison rate {args.rate:.1%}, badnets-cnn {args.epochs} epochs, {args.threads} threads; ours: "
+          f"{', '.join(OURS)}; ART {ART_VERSION}: SpectralSignatureDefense (told the rate) and ActivationDefence")
+    print(f"{'attack':34} {'best ours':>22} {'F1 ours':>8} {'best ART':>22} {'F1 ART':>7} {'F1 ratio':>9} "
+          f"{'s ours':>7} {'s ART':>6} {'time ratio':>10}")
+    for spec in filter(None, (s.strip() for s in args.attacks.split(";"))):
+        compare(spec, args, train_set, py)
+
+
+OURS = ("spectral", "activation-clustering", "label-consistency", "spectre")
+"""poisonlab's data scanners compared; ART's two are the same methods as the first two, as ART implements them."""
+
+
+def compare(spec: str, args: argparse.Namespace, train_set: ImageSet, py: Path) -> None:
+    """One attack: poison, train (or reuse the cached model), every scanner of both, the best F1 of each side."""
+    name, params = parse_spec(spec, "attack")
+    attack = AttackConfig.resolve({"name": name, **params, "rate": args.rate}).build()
+    poisoned = attack.poison(train_set, torch.Generator().manual_seed(0))
     data = poisoned.data
-    weights = args.model or args.work / f"badnets-{args.rate}.safetensors"
+    tag = spec.replace(":", "_").replace(",", "_").replace("=", "-")
+    weights = args.work / f"{tag}-{args.rate}.safetensors"
     if weights.exists():
         model = load_model("badnets-cnn", data.shape, data.num_classes, weights)
     else:
-        model = train(build_model("badnets-cnn", data, 0), data, Recipe(epochs=args.epochs), 0)
+        model = train(build_model("badnets-cnn", data, 0), data, Recipe(epochs=args.epochs), 0, progress=False)
         save_model(model, weights)
     save_file({"x": data.x.contiguous(), "y": data.y}, str(args.work / "data.safetensors"))
     save_file({k: v.contiguous() for k, v in load_file(str(weights)).items()}, str(args.work / "model.safetensors"))
-
     ours: dict[str, dict[str, float]] = {}
-    for name, scanner in (("spectral", SpectralSignatures()), ("activation-clustering", ActivationClustering())):
+    for scanner in OURS:
         t = time.perf_counter()
-        verdict = scanner.scan(model, data)
-        ours[name] = {"seconds": time.perf_counter() - t, **detection_metrics(verdict, poisoned.indices, len(data))}
-
-    load_before = os.getloadavg()[0]
+        verdict = DEFENSES.build(scanner).scan(model, data)
+        ours[scanner] = {"seconds": time.perf_counter() - t, **detection_metrics(verdict, poisoned.indices, len(data))}
     res = subprocess.run([str(py), "-c", ART_SCRIPT, str(args.work), str(ROOT), str(args.rate), str(args.threads)],
                          check=True, capture_output=True, text=True)
     art = json.loads(res.stdout.strip().splitlines()[-1])
-    print(f"BadNets MNIST, {len(poisoned.indices)} poisoned of {len(data)} ({args.rate:.0%}), badnets-cnn, "
-          f"{args.threads} threads; 1-min load average {load_before:.1f} (2 cores: above ~2 means measured under load)")
-    print(f"{'scanner':24} {'F1 ours':>8} {'F1 ART':>8} {'P/R ours':>12} {'P/R ART':>12} {'s ours':>8} {'s ART':>8} "
-          f"{'ART/ours':>9}")
-    for name in ("spectral", "activation-clustering"):
-        theirs = detection_metrics_from(art[name]["flagged"], poisoned.indices, len(data))
-        o = ours[name]
-        print(f"{name:24} {o['f1']:8.3f} {theirs['f1']:8.3f} {o['precision']:5.2f}/{o['recall']:<6.2f} "
-              f"{theirs['precision']:5.2f}/{theirs['recall']:<6.2f} {o['seconds']:8.1f} {art[name]['seconds']:8.1f} "
-              f"{art[name]['seconds'] / o['seconds']:8.2f}x")
+    theirs = {k: {"seconds": v["seconds"], **detection_metrics_from(v["flagged"], poisoned.indices, len(data))}
+              for k, v in art.items()}
+    best_ours = max(ours, key=lambda k: ours[k]["f1"])
+    best_art = max(theirs, key=lambda k: theirs[k]["f1"])
+    o, a = ours[best_ours], theirs[best_art]
+    ratio = f"{o['f1'] / a['f1']:.1f}x" if a["f1"] > 0 else "ART 0"
+    print(f"{spec:34} {best_ours:>22} {o['f1']:8.3f} {best_art:>22} {a['f1']:7.3f} {ratio:>9} "
+          f"{o['seconds']:7.1f} {a['seconds']:6.1f} {a['seconds'] / o['seconds']:9.2f}x")
+    for k, v in {**{f"ours {n}": m for n, m in ours.items()}, **{f"ART {n}": m for n, m in theirs.items()}}.items():
+        print(f"    {k:32} P {v['precision']:.3f} R {v['recall']:.3f} F1 {v['f1']:.3f}"
+              + (f" AUROC {v['auroc']:.3f}" if k.startswith("ours") else "") + f"  {v['seconds']:.1f} s")
 
 
 def detection_metrics_from(flagged: list[int], truth: torch.Tensor, n: int) -> dict[str, float | int]:

@@ -34,19 +34,14 @@ def check_regular(path: Path, what: str = "image file") -> None:
         raise PoisonlabError(f"{path}: expected {article} {what}, found {kind}")
 
 
-@dataclass(frozen=True)
-class ImageSet:
-    """Images in memory: ``x`` float32 in [0, 1] shaped (N, C, H, W), ``y`` int64 labels, class names."""
+class Labelled:
+    """What ImageSet and LazyImageSet share: int64 labels beside the images, class names, the image shape."""
 
-    x: Tensor
+    x: Any
     y: Tensor
     classes: tuple[str, ...]
 
-    def __post_init__(self) -> None:
-        if self.x.ndim != 4:
-            raise PoisonlabError(f"images: expected shape (N, C, H, W), got {tuple(self.x.shape)}")
-        if self.x.dtype != torch.float32:
-            raise PoisonlabError(f"images: expected float32, got {self.x.dtype}")
+    def check_labels(self) -> None:
         if self.y.ndim != 1 or self.y.dtype != torch.int64:
             raise PoisonlabError(f"labels: expected a 1-D int64 tensor, got {self.y.dtype} {tuple(self.y.shape)}")
         if len(self.x) != len(self.y):
@@ -64,6 +59,22 @@ class ImageSet:
         """(C, H, W) of one image."""
         c, h, w = self.x.shape[1:]
         return int(c), int(h), int(w)
+
+
+@dataclass(frozen=True)
+class ImageSet(Labelled):
+    """Images in memory: ``x`` float32 in [0, 1] shaped (N, C, H, W), ``y`` int64 labels, class names."""
+
+    x: Tensor
+    y: Tensor
+    classes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.x.ndim != 4:
+            raise PoisonlabError(f"images: expected shape (N, C, H, W), got {tuple(self.x.shape)}")
+        if self.x.dtype != torch.float32:
+            raise PoisonlabError(f"images: expected float32, got {self.x.dtype}")
+        self.check_labels()
 
     def subset(self, index: Tensor | slice) -> ImageSet:
         """The images at ``index`` (a long index, a boolean mask or a slice)."""
@@ -118,7 +129,7 @@ def batches(x: Images, batch_size: int, order: Tensor | None = None) -> Iterator
 
 
 @dataclass(frozen=True)
-class LazyImageSet:
+class LazyImageSet(Labelled):
     """An ImageSet whose images stay in their files (``x`` an ImageSource) until a batch of them is needed.
 
     A folder of 100,000 RGB images of 64 x 64 pixels is 4.9 GB as float32; training, prediction and the
@@ -130,23 +141,7 @@ class LazyImageSet:
     classes: tuple[str, ...]
 
     def __post_init__(self) -> None:
-        if self.y.ndim != 1 or self.y.dtype != torch.int64:
-            raise PoisonlabError(f"labels: expected a 1-D int64 tensor, got {self.y.dtype} {tuple(self.y.shape)}")
-        if len(self.x) != len(self.y):
-            raise PoisonlabError(f"images and labels differ in length: {len(self.x)} vs {len(self.y)}")
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of one image."""
-        c, h, w = self.x.shape[1:]
-        return int(c), int(h), int(w)
+        self.check_labels()
 
     def subset(self, index: Tensor | slice) -> LazyImageSet:
         """The rows at ``index``, still undecoded."""
@@ -236,6 +231,19 @@ def poison_count(n: int, rate: float, count: int | None = None) -> int:
     if k < 1:
         raise PoisonlabError(f"poison rate {rate} of {n} samples poisons no sample; raise the rate")
     return k
+
+
+def target_class_rows(train: ImageSet, target: int, rate: float, count: int | None, rng: torch.Generator,
+                      attack: str) -> Tensor:
+    """The sorted rows of class ``target`` a clean-label ``attack`` alters: ``poison_count`` of them, drawn from
+    ``rng``; a budget beyond that class's images is refused in one line (such an attack changes no label)."""
+    check_target(target, train.num_classes, attack)
+    n = poison_count(len(train), rate, count)
+    pool = torch.nonzero(train.y == target).flatten()
+    if n > len(pool):
+        raise PoisonlabError(f"{attack} poison budget {n} exceeds the {len(pool)} images of target class {target}; "
+                             "the attack only alters that class's images")
+    return pool[torch.randperm(len(pool), generator=rng)[:n]].sort().values
 
 
 def stamped(test: ImageSet, trigger: Trigger, target_map: TargetMap) -> ImageSet:

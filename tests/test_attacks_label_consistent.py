@@ -9,7 +9,7 @@ import torch
 
 from poisonlab.attacks import ATTACKS
 from poisonlab.attacks.label_consistent import Faded, LabelConsistent
-from poisonlab.core import AllToOne, ImageSet, Poisoned, PoisonlabError, stamped
+from poisonlab.core import AllToOne, ImageSet, Poisoned, PoisonlabError, stamped, target_class_rows
 from poisonlab.data import load_dataset, make_synthetic
 from poisonlab.metrics import evaluate
 from poisonlab.models import build_model
@@ -49,7 +49,7 @@ def test_poison_perturbs_and_stamps_target_rows_within_eps_and_keeps_labels(
     assert 0 <= float(x.min()) and float(x.max()) <= 1
     assert poisoned.trigger is attack.trigger, "test images get the full-amplitude trigger"
     rng = _gen()
-    rows = attack.rows(data, rng)
+    rows = target_class_rows(data, attack.target, attack.rate, attack.count, rng, "label-consistent")
     hard = attack.perturb(attack.train_surrogate(data, rng), data.x[rows], data.y[rows])
     assert torch.equal(rows, idx), "poison draws its rows, then its surrogate, from the generator: deterministic"
     assert torch.equal(x, attack.stamp(attack.amplitude)(hard, data.y[rows]))
@@ -109,7 +109,7 @@ def test_on_mnist_perturbed_poison_fools_the_surrogate_and_beats_plain_clean_lab
     test = full_test.subset(torch.randperm(len(full_test), generator=g)[:1000])
     attack = LabelConsistent(**MNIST_CASE)
     rng = _gen()
-    idx = attack.rows(train_set, rng)
+    idx = target_class_rows(train_set, attack.target, attack.rate, attack.count, rng, "label-consistent")
     surrogate = attack.train_surrogate(train_set, rng)
     clean, labels = train_set.x[idx], train_set.y[idx]
     hard = attack.perturb(surrogate, clean, labels)

@@ -24,30 +24,25 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from poisonlab.attacks.badnets import Mode, TargetModes
 from poisonlab.core import (
-    AllToAll,
-    AllToOne,
     ImageSet,
     Poisoned,
     PoisonlabError,
     Trigger,
     check_budget,
     check_seed,
-    check_target,
     poison_count,
 )
 from poisonlab.registry import ATTACKS
 from poisonlab.triggers import POSITIONS, Blend
 from poisonlab.triggers.patch import corner
-
-Mode = Literal["all-to-one", "all-to-all"]
 
 
 @dataclass(frozen=True)
@@ -120,7 +115,7 @@ class PatchSet:
 
 
 @dataclass(frozen=True)
-class AdaptiveAttack(ABC):
+class AdaptiveAttack(TargetModes, ABC):
     """The shared half: budget, target map, poison and cover rows; a subclass says how a row gets part of the trigger.
 
     ``rate`` (or ``count``) rows whose label differs from their attack label are relabelled; ``cover_rate`` (or
@@ -138,8 +133,7 @@ class AdaptiveAttack(ABC):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.mode not in ("all-to-one", "all-to-all"):
-            raise PoisonlabError(f"{self.name} mode {self.mode!r}: expected all-to-one or all-to-all")
+        self.check_mode()
         check_budget(self.rate, self.count)
         if self.cover_count is not None and self.cover_count < 0:
             raise PoisonlabError(f"{self.name} cover_count {self.cover_count}: expected a number of rows >= 0")
@@ -148,24 +142,6 @@ class AdaptiveAttack(ABC):
         if not 0.0 < self.kept <= 1.0:
             raise PoisonlabError(f"{self.name} kept {self.kept}: expected a share of the trigger's pieces in (0, 1]")
         check_seed(self.seed, f"{self.name} seed")
-
-    @classmethod
-    def check_given(cls, given: Mapping[str, Any]) -> None:
-        """Refuse a ``target`` set beside ``mode = "all-to-all"``, where class i always goes to i + 1."""
-        if given.get("mode") == "all-to-all" and "target" in given:
-            raise PoisonlabError(f"{cls.name} target {given['target']}: all-to-all sends class i to i + 1 and has "
-                                 "no target; leave target out or use mode all-to-one")
-
-    @staticmethod
-    def unused(params: Mapping[str, Any]) -> set[str]:
-        """Parameters ``params`` make meaningless, left out of a saved config: all-to-all has no target."""
-        return {"target"} if params.get("mode") == "all-to-all" else set()
-
-    def target_map(self, num_classes: int) -> AllToOne | AllToAll:
-        if self.mode == "all-to-all":
-            return AllToAll(num_classes)
-        check_target(self.target, num_classes, self.name)
-        return AllToOne(self.target)
 
     def kept_pieces(self, pieces: int) -> int:
         """How many of ``pieces`` each training row carries: ``kept`` of them, at least one."""

@@ -27,8 +27,7 @@ from poisonlab.core import (
     PoisonlabError,
     Trigger,
     check_budget,
-    check_target,
-    poison_count,
+    target_class_rows,
 )
 from poisonlab.registry import ATTACKS
 from poisonlab.training import Recipe
@@ -115,19 +114,9 @@ class LabelConsistent:
                 out[start : start + len(clean)] = adv
         return out
 
-    def rows(self, train: ImageSet, rng: torch.Generator) -> Tensor:
-        """The sorted target-class rows to poison, drawn from ``rng``; refuses a budget beyond that class."""
-        check_target(self.target, train.num_classes, "label-consistent")
-        n = poison_count(len(train), self.rate, self.count)
-        pool = torch.nonzero(train.y == self.target).flatten()
-        if n > len(pool):
-            raise PoisonlabError(f"label-consistent poison budget {n} exceeds the {len(pool)} images of target class "
-                                 f"{self.target}; the attack only alters that class's images")
-        return pool[torch.randperm(len(pool), generator=rng)[:n]].sort().values
-
     def poison(self, train: ImageSet, rng: torch.Generator) -> Poisoned:
-        """Draws ``rows``, then trains the surrogate, from ``rng``; perturbs those rows against it and stamps them."""
-        idx = self.rows(train, rng)
+        """Draws target-class rows, then trains the surrogate, from ``rng``; perturbs the rows against it and stamps."""
+        idx = target_class_rows(train, self.target, self.rate, self.count, rng, "label-consistent")
         hard = self.perturb(self.train_surrogate(train, rng), train.x[idx], train.y[idx])
         x = train.x.clone()
         x[idx] = self.stamp(self.amplitude)(hard, train.y[idx])

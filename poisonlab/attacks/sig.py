@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from poisonlab.core import AllToOne, ImageSet, Poisoned, PoisonlabError, check_budget, check_target, poison_count
+from poisonlab.core import AllToOne, ImageSet, Poisoned, PoisonlabError, check_budget, target_class_rows
 from poisonlab.registry import ATTACKS
 from poisonlab.triggers.sinusoid import Sinusoid
 
@@ -51,13 +51,7 @@ class SIG:
         return Sinusoid(delta=delta, frequency=self.frequency)
 
     def poison(self, train: ImageSet, rng: torch.Generator) -> Poisoned:
-        check_target(self.target, train.num_classes, "sig")
-        n = poison_count(len(train), self.rate, self.count)
-        pool = torch.nonzero(train.y == self.target).flatten()
-        if n > len(pool):
-            raise PoisonlabError(f"sig poison budget {n} exceeds the {len(pool)} images of target class "
-                                 f"{self.target}; SIG only alters that class's images")
-        idx = pool[torch.randperm(len(pool), generator=rng)[:n]].sort().values
+        idx = target_class_rows(train, self.target, self.rate, self.count, rng, "sig")
         x = train.x.clone()
         x[idx] = self.signal(self.train_delta)(x[idx])
         return Poisoned(ImageSet(x, train.y.clone(), train.classes), idx, self.signal(self.test_delta),
