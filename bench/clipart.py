@@ -16,24 +16,16 @@ import time
 from pathlib import Path
 
 import torch
-from sklearn.metrics import roc_curve
 
 from poisonlab.attacks import BadNets
 from poisonlab.core import ImageSet, Poisoned
 from poisonlab.data import load_dataset
-from poisonlab.defenses import ActivationClustering, SpectralSignatures
-from poisonlab.defenses.label_consistency import LabelConsistency
+from poisonlab.defenses import DEFENSES, names_of
 from poisonlab.defenses.scoring import as_mask, detection_metrics
 from poisonlab.metrics import evaluate
 from poisonlab.models import build_model, load_model, save_model
 from poisonlab.training import Recipe, train
 from poisonlab.triggers import parse_trigger
-
-
-def tpr_at_fpr(scores: torch.Tensor, truth: torch.Tensor, fpr: float = 0.05) -> float:
-    """The largest share of poison caught while at most ``fpr`` of the clean samples are flagged."""
-    false_pos, true_pos, _ = roc_curve(truth.numpy(), scores.double().numpy())
-    return float(true_pos[false_pos <= fpr].max())
 
 
 def trained(name: str, data: ImageSet, args: argparse.Namespace, seed: int) -> tuple[torch.nn.Module, float]:
@@ -51,22 +43,19 @@ def trained(name: str, data: ImageSet, args: argparse.Namespace, seed: int) -> t
 
 
 def scan_all(model: torch.nn.Module, poisoned: Poisoned) -> tuple[dict[str, dict[str, float]], dict[str, torch.Tensor]]:
-    """Every data scanner's figures on ``poisoned`` for ``model``, and the rows each flagged."""
+    """Every registered data scanner's figures on ``poisoned`` for ``model``, and the rows each flagged."""
     n = len(poisoned.data)
-    truth = as_mask(poisoned.indices, n)
     rows: dict[str, dict[str, float]] = {}
     flags: dict[str, torch.Tensor] = {}
-    for name, scanner in {"label-consistency": LabelConsistency(), "spectral": SpectralSignatures(),
-                          "activation-clustering": ActivationClustering()}.items():
+    for name in names_of("data-scanner"):
         start = time.perf_counter()
-        verdict = scanner.scan(model, poisoned.data)
+        verdict = DEFENSES.build(name).scan(model, poisoned.data)
         seconds = time.perf_counter() - start
         m = detection_metrics(verdict, poisoned.indices, n)
-        assert verdict.scores is not None
-        rows[name] = {**m, "tpr_at_5fpr": tpr_at_fpr(verdict.scores, truth), "seconds": seconds}
+        rows[name] = {**m, "seconds": seconds}
         flags[name] = verdict.flagged if verdict.flagged is not None else torch.empty(0, dtype=torch.long)
         print(f"  {name:22} P {m['precision']:.3f} R {m['recall']:.3f} flagged {m['flagged']:5d} "
-              f"AUROC {m['auroc']:.4f} TPR@5%FPR {rows[name]['tpr_at_5fpr']:.3f}  {seconds:5.1f} s", flush=True)
+              f"AUROC {m['auroc']:.4f} TPR@5%FPR {m['tpr_at_5fpr']:.3f}  {seconds:5.1f} s", flush=True)
     return rows, flags
 
 
