@@ -118,11 +118,13 @@ DEPLOYMENT_CASES = {
 DEFENSE_CASES = {
     "abl": ["abl"],
     "activation-clustering": ["activation-clustering"],
+    "confusion-training": ["confusion-training:rounds=2,epochs=2,steps=100"],
     "fine-pruning": ["fine-pruning"],
     "ibd-psc": ["ibd-psc"],
     "label-consistency": ["label-consistency"],
     "neural-cleanse": ["neural-cleanse:steps=40"],
     "retrain": ["spectral", "retrain:scanner=spectral"],
+    "scale-up": ["scale-up"],
     "spectral": ["spectral"],
     "spectre": ["spectre"],
     "strip": ["strip:n_overlays=8"],
