@@ -5,10 +5,12 @@ poisoned class one cluster is the poison. As published (raw activations, the sma
 poison when under 35% of the class) it fails twice on BadNets MNIST: clean classes split along
 ordinary variation into a small cluster too, and at 10% poison the poison outnumbers the target
 class's clean samples. Here the features are whitened by the pooled within-class covariance
-(``whitening``), the poison cluster is the more spread-out one (``split.poison_cluster``), and a
-class is poisoned when the gap between its clusters, in standard deviations of the clean cluster
-along the line joining them, is an outlier among the classes (and at least ``min_separation``) and
-most of the flagged samples look like other classes in the convolutional features (``provenance``).
+(``whitening``), the poison cluster is the one clearly nearer other classes in the input where the
+clusters lie far apart (``provenance.poison_group``), else the more spread-out one
+(``split.poison_cluster``), and a class is poisoned when the gap between its clusters, in standard
+deviations of the clean cluster along the line joining them, is an outlier among the classes (and at
+least ``min_separation``) and most of the flagged samples look like other classes in the
+convolutional features (``provenance``).
 ``rule="size"`` keeps the paper's decision (smaller cluster, under ``size_ratio``) for comparison.
 """
 
@@ -18,11 +20,11 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from poisonlab.core import DefenseKind, PoisonlabError, Samples, Verdict
 from poisonlab.defenses.features import ClassPass
-from poisonlab.defenses.provenance import foreign_share
+from poisonlab.defenses.provenance import InputStats, foreign_share, poison_group
 from poisonlab.defenses.split import Gate, poison_cluster, two_means
 from poisonlab.registry import DEFENSES
 
@@ -68,6 +70,7 @@ class ActivationClustering:
         groups: dict[int, torch.Tensor] = {}
         separation: dict[int, float] = {}
         clusters: dict[str, dict[str, float]] = {}
+        inputs: InputStats | None = None
         for k in seen.stats.counts:
             idx = seen.indices(k)
             z, cov = seen.whitened(k, w)
@@ -76,13 +79,14 @@ class ActivationClustering:
             labels = two_means(reduced)
             sizes = torch.bincount(labels, minlength=2)
             bad = int(sizes.argmin()) if self.rule == "size" else poison_cluster(z, labels)
-            centers = torch.stack([reduced[labels == j].mean(0) if sizes[j] else reduced.mean(0) for j in (0, 1)])
-            axis = (centers[bad] - centers[1 - bad]) / (centers[bad] - centers[1 - bad]).norm().clamp_min(1e-12)
-            t = (reduced - centers[1 - bad]) @ axis
-            good = t[labels != bad]
-            spread = max(1.4826 * float((good - good.median()).abs().median()), 1e-12) if len(good) > 1 else 1.0
+            t, spread, separation[k] = _axis(reduced, labels, bad)
+            if self.rule != "size" and max(separation[k], _axis(reduced, labels, 1 - bad)[2]) >= self.min_separation:
+                inputs = inputs or InputStats.of(data, self.batch_size)
+                nearer = poison_group(inputs, data.x[idx], k, labels, self.batch_size)
+                if nearer is not None and nearer != bad:
+                    bad = nearer
+                    t, spread, separation[k] = _axis(reduced, labels, bad)
             scores[idx] = (t / spread).float()
-            separation[k] = float(t[labels == bad].mean() - good.mean()) / spread if sizes.min() else 0.0
             groups[k] = idx[labels == bad] if self.rule == "size" else idx[t / spread > self.clean_sds]
             clusters[str(k)] = {"poison_cluster_size": int(sizes[bad]), "class_size": len(idx),
                                 "separation": separation[k]}
@@ -102,3 +106,15 @@ class ActivationClustering:
             "suspicious_classes": sorted(suspicious), "clusters": clusters, "gate": reasons,
             "layer": self.layer, "rule": self.rule, "whiten": self.whiten,
         })
+
+
+def _axis(reduced: Tensor, labels: Tensor, bad: int) -> tuple[Tensor, float, float]:
+    """Projections on the line from the clean cluster's centre to cluster ``bad``'s, the clean cluster's robust
+    spread along it, and the clusters' gap in those spreads (0 when a cluster is empty)."""
+    sizes = torch.bincount(labels, minlength=2)
+    centers = torch.stack([reduced[labels == j].mean(0) if sizes[j] else reduced.mean(0) for j in (0, 1)])
+    axis = (centers[bad] - centers[1 - bad]) / (centers[bad] - centers[1 - bad]).norm().clamp_min(1e-12)
+    t = (reduced - centers[1 - bad]) @ axis
+    good = t[labels != bad]
+    spread = max(1.4826 * float((good - good.median()).abs().median()), 1e-12) if len(good) > 1 else 1.0
+    return t, spread, float(t[labels == bad].mean() - good.mean()) / spread if sizes.min() else 0.0

@@ -8,8 +8,10 @@ BadNets MNIST: the top direction is ordinary clean variation and every class los
 direction of a class is the one clean data does not explain (see ``whitening``). Along it each
 class is split in two (exact 1-D 2-means); a class is judged poisoned when the gap between its
 two groups, in standard deviations of the clean group, is an outlier among the classes (and at
-least ``min_separation``) and the samples on its poison side (``split.poison_cluster``) mostly look
-like other classes in the convolutional features (``provenance``); only there are they flagged.
+least ``min_separation``) and the samples on its poison side mostly look like other classes in the
+convolutional features (``provenance``); only there are they flagged. The poison side is the group
+clearly nearer other classes in the input (``provenance.poison_group``), else the more spread-out group
+(``split.poison_cluster``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import nn
 
 from poisonlab.core import DefenseKind, PoisonlabError, Samples, Verdict
 from poisonlab.defenses.features import ClassPass
-from poisonlab.defenses.provenance import foreign_share
+from poisonlab.defenses.provenance import InputStats, foreign_share, poison_group
 from poisonlab.defenses.split import ClassSplit, Gate, poison_cluster
 from poisonlab.defenses.whitening import top_direction
 from poisonlab.registry import DEFENSES
@@ -63,6 +65,7 @@ class SpectralSignatures:
         scores = torch.zeros(len(data))
         sides: dict[int, torch.Tensor] = {}
         splits: dict[int, ClassSplit] = {}
+        inputs: InputStats | None = None
         for k in seen.stats.counts:
             idx = seen.indices(k)
             z, cov = seen.whitened(k, w)
@@ -74,7 +77,12 @@ class SpectralSignatures:
                 scores[idx] = score.float()
                 continue
             split = ClassSplit.fit(proj)
-            split = split.with_poison_high(poison_cluster(z, split.high(proj).long()) == 1)
+            groups = split.high(proj).long()
+            split = split.with_poison_high(poison_cluster(z, groups) == 1)
+            if max(split.separation, split.with_poison_high(not split.poison_high).separation) >= self.min_separation:
+                inputs = inputs or InputStats.of(data, self.batch_size)
+                nearer = poison_group(inputs, data.x[idx], k, groups, self.batch_size)
+                split = split if nearer is None else split.with_poison_high(nearer == 1)
             splits[k] = split
             scores[idx] = split.scores(proj).float()
             sides[k] = idx[split.side(proj, self.clean_sds)]
