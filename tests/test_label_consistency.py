@@ -1,4 +1,4 @@
-"""Label consistency finds dirty-label poison no per-class rule sees (all-to-all) and flags nothing on clean data."""
+"""Label consistency finds all-to-all dirty-label poison and flags nothing on clean data."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def _fit(data: ImageSet) -> torch.nn.Module:
     return train(build_model("small-cnn", data, 0), data, Recipe(epochs=6), seed=0, progress=False)
 
 
-def test_all_to_all_poison_is_ranked_first_and_flagged_where_spectral_signatures_is_blind(train_set: ImageSet) -> None:
+def test_all_to_all_poison_is_ranked_first_and_flagged(train_set: ImageSet) -> None:
     poisoned = BadNets(mode="all-to-all", rate=0.1, trigger=Patch(size=3)).poison(train_set,
                                                                                  torch.Generator().manual_seed(0))
     model = _fit(poisoned.data)
@@ -35,7 +35,8 @@ def test_all_to_all_poison_is_ranked_first_and_flagged_where_spectral_signatures
     assert verdict.details["suspicious_classes"] and verdict.details["gate"]
     spectral = detection_metrics(SpectralSignatures().scan(model, poisoned.data), poisoned.indices,
                                  len(poisoned.data))
-    assert spectral["auroc"] < 0.7, "the per-class spectral rule should not see all-to-all poison here"
+    # every class splits alike; input provenance puts the flags on the side nearest other classes
+    assert spectral["auroc"] > 0.99 and spectral["precision"] == 1.0 and spectral["recall"] == 1.0, spectral
 
 
 def test_clean_data_gets_no_flag(train_set: ImageSet) -> None:
