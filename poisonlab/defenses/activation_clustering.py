@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from poisonlab.core import DefenseKind, PoisonlabError, Samples, Verdict
 from poisonlab.defenses.features import ClassPass
-from poisonlab.defenses.provenance import InputStats, foreign_share, poison_group
+from poisonlab.defenses.provenance import InputSides, foreign_share
 from poisonlab.defenses.split import Gate, poison_cluster, two_means
 from poisonlab.registry import DEFENSES
 
@@ -70,7 +70,7 @@ class ActivationClustering:
         groups: dict[int, torch.Tensor] = {}
         separation: dict[int, float] = {}
         clusters: dict[str, dict[str, float]] = {}
-        inputs: InputStats | None = None
+        inputs = InputSides(data, self.batch_size)
         for k in seen.stats.counts:
             idx = seen.indices(k)
             z, cov = seen.whitened(k, w)
@@ -81,8 +81,7 @@ class ActivationClustering:
             bad = int(sizes.argmin()) if self.rule == "size" else poison_cluster(z, labels)
             t, spread, separation[k] = _axis(reduced, labels, bad)
             if self.rule != "size" and max(separation[k], _axis(reduced, labels, 1 - bad)[2]) >= self.min_separation:
-                inputs = inputs or InputStats.of(data, self.batch_size)
-                nearer = poison_group(inputs, data.x[idx], k, labels, self.batch_size)
+                nearer = inputs.poison_group(idx, k, labels)
                 if nearer is not None and nearer != bad:
                     bad = nearer
                     t, spread, separation[k] = _axis(reduced, labels, bad)

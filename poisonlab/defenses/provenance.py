@@ -18,6 +18,7 @@ Where the two groups do not differ clearly (natural photographs are far from eve
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -114,3 +115,20 @@ def poison_group(stats: InputStats, x: Images, k: int, labels: Tensor, batch_siz
     if medians[0] <= DECISIVE * medians[1]:
         return 0
     return None
+
+
+@dataclass
+class InputSides:
+    """``poison_group`` on the classes of one data set; the class statistics are computed at the first question
+    (a scan whose classes all split narrowly asks none)."""
+
+    data: Samples
+    batch_size: int | None = None
+
+    @cached_property
+    def stats(self) -> InputStats:
+        return InputStats.of(self.data, self.batch_size)
+
+    def poison_group(self, idx: Tensor, k: int, labels: Tensor) -> int | None:
+        """Which group (0 or 1 in ``labels``) of the rows ``idx`` of class ``k`` lies nearer other classes."""
+        return poison_group(self.stats, self.data.x[idx], k, labels, self.batch_size)

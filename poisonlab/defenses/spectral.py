@@ -24,7 +24,7 @@ from torch import nn
 
 from poisonlab.core import DefenseKind, PoisonlabError, Samples, Verdict
 from poisonlab.defenses.features import ClassPass
-from poisonlab.defenses.provenance import InputStats, foreign_share, poison_group
+from poisonlab.defenses.provenance import InputSides, foreign_share
 from poisonlab.defenses.split import ClassSplit, Gate, poison_cluster
 from poisonlab.defenses.whitening import top_direction
 from poisonlab.registry import DEFENSES
@@ -65,7 +65,7 @@ class SpectralSignatures:
         scores = torch.zeros(len(data))
         sides: dict[int, torch.Tensor] = {}
         splits: dict[int, ClassSplit] = {}
-        inputs: InputStats | None = None
+        inputs = InputSides(data, self.batch_size)
         for k in seen.stats.counts:
             idx = seen.indices(k)
             z, cov = seen.whitened(k, w)
@@ -80,8 +80,7 @@ class SpectralSignatures:
             groups = split.high(proj).long()
             split = split.with_poison_high(poison_cluster(z, groups) == 1)
             if max(split.separation, split.with_poison_high(not split.poison_high).separation) >= self.min_separation:
-                inputs = inputs or InputStats.of(data, self.batch_size)
-                nearer = poison_group(inputs, data.x[idx], k, groups, self.batch_size)
+                nearer = inputs.poison_group(idx, k, groups)
                 split = split if nearer is None else split.with_poison_high(nearer == 1)
             splits[k] = split
             scores[idx] = split.scores(proj).float()
