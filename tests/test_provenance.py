@@ -63,12 +63,13 @@ def test_class_radius_is_the_root_mean_square_distance_to_the_class_mean():
 def test_activation_clustering_needs_the_input_s_word_to_flag_the_larger_cluster():
     """All-to-all BadNets at 10%, trained until it takes (8 epochs): in class 8 the 125 poison rows form a tight
     cluster beside 830 real eights, the input cannot tell which group is nearer other classes, and the spread rule
-    named the real eights: 833 flagged, 1 of them poison. Without the input's word the smaller cluster is the poison."""
+    named the real eights: 833 flagged, 1 of them poison. Without the input's word the larger cluster is not flagged."""
     victim = DetectionMatrixConfig(dataset="mnist", model="badnets-cnn", train_size=10000, test_size=100, seed=0,
                                    training=Recipe(epochs=8))
     rows = load_data(victim)[0]
     poisoned = ATTACKS.build("badnets:mode=all-to-all,rate=0.1").poison(rows, torch.Generator().manual_seed(0))
     model = fit(victim, poisoned.data, "all-to-all victim")
-    m = detection_metrics(DEFENSES.build("activation-clustering").scan(model, poisoned.data), poisoned.indices,
-                          len(poisoned.data))
+    verdict = DEFENSES.build("activation-clustering").scan(model, poisoned.data)
+    m = detection_metrics(verdict, poisoned.indices, len(poisoned.data))
     assert m["false_positives"] <= 0.05 * len(poisoned.data.y), m
+    assert "larger cluster" in verdict.details["gate"]["8"]

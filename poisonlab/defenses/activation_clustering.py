@@ -7,11 +7,12 @@ ordinary variation into a small cluster too, and at 10% poison the poison outnum
 class's clean samples. Here the features are whitened by the pooled within-class covariance
 (``whitening``), the poison cluster is the one clearly nearer other classes in the input where the
 clusters lie far apart (``provenance.poison_group``), else the more spread-out one
-(``split.poison_cluster``) if it is the smaller (a poison trained to a tight cluster left the real
-eights of all-to-all MNIST as the spread-out majority: 833 flagged, 1 poison), and a class is
-poisoned when the gap between its clusters, in standard deviations of the clean cluster along the
-line joining them, is an outlier among the classes (and at least ``min_separation``) and most of the
-flagged samples look like other classes in the convolutional features (``provenance``).
+(``split.poison_cluster``); a larger cluster is never flagged on that rule alone (a poison trained to
+a tight cluster left the real eights of all-to-all MNIST as the spread-out majority: 833 flagged, 1
+of them poison). A class is poisoned when the gap between its clusters, in standard deviations of
+the clean cluster along the line joining them, is an outlier among the classes (and at least
+``min_separation``) and most of the flagged samples look like other classes in the convolutional
+features (``provenance``).
 ``rule="size"`` keeps the paper's decision (smaller cluster, under ``size_ratio``) for comparison.
 """
 
@@ -72,6 +73,7 @@ class ActivationClustering:
         separation: dict[int, float] = {}
         clusters: dict[str, dict[str, float]] = {}
         inputs = InputSides(data, self.batch_size)
+        unsure: set[int] = set()  # widely split classes whose larger cluster would be called the poison unconfirmed
         for k in seen.stats.counts:
             idx = seen.indices(k)
             z, cov = seen.whitened(k, w)
@@ -84,7 +86,7 @@ class ActivationClustering:
             if self.rule != "size" and max(separation[k], _axis(reduced, labels, 1 - bad)[2]) >= self.min_separation:
                 nearer = inputs.poison_group(idx, k, labels)
                 if nearer is None and sizes[bad] > sizes[1 - bad]:
-                    nearer = 1 - bad  # a poison majority needs the input's word; without it, the smaller cluster
+                    unsure.add(k)
                 if nearer is not None and nearer != bad:
                     bad = nearer
                     t, spread, separation[k] = _axis(reduced, labels, bad)
@@ -100,6 +102,10 @@ class ActivationClustering:
             suspicious, foreign, reasons = gate.decide(separation, lambda k: foreign_share(
                 model, data.x[groups[k]], k, seen.means, seen.stats.counts[k],
                 self.provenance_layer, self.batch_size))
+            for k in unsure & suspicious:
+                suspicious.discard(k)
+                reasons[str(k)] = f"rejected: split {separation[k]:.1f} sd, but the poison side would be the larger " \
+                                  "cluster and the input does not say it is the one nearer other classes"
             for k, share in foreign.items():
                 clusters[str(k)]["foreign_share"] = share
         flagged = [groups[k] for k in sorted(suspicious)]
