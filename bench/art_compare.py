@@ -130,7 +130,9 @@ def compare(spec: str, args: argparse.Namespace, train_set: ImageSet, py: Path) 
         verdict = DEFENSES.build(scanner).scan(model, data)
         ours[scanner] = {"seconds": time.perf_counter() - t, **detection_metrics(verdict, poisoned.indices, len(data))}
     res = subprocess.run([str(py), "-c", ART_SCRIPT, str(args.work), str(ROOT), str(args.rate), str(args.threads)],
-                         check=True, capture_output=True, text=True)
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        sys.exit(f"ART's scanners failed on {spec}:\n{res.stderr[-2000:]}")
     art = json.loads(res.stdout.strip().splitlines()[-1])
     theirs = {k: {"seconds": v["seconds"], **detection_metrics_from(v["flagged"], poisoned.indices, len(data))}
               for k, v in art.items()}

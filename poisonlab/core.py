@@ -17,11 +17,12 @@ class PoisonlabError(ValueError):
     """A user-facing error: one line that names the thing and what was expected."""
 
 
-def check_regular(path: Path, what: str = "image file") -> None:
+def check_regular(path: Path | str, what: str = "image file") -> None:
     """Refuse anything but an existing regular file (missing, folder, FIFO, device, dangling or looping link).
 
     Reading a FIFO would block forever and a device could stream without end, so only plain files are opened.
     """
+    path = Path(path)
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:

@@ -49,6 +49,8 @@ def test_safetensors_round_trip_and_mismatch_errors(synthetic, tmp_path):
     save_model(model, path)
     again = load_model("small-cnn", synthetic.shape, 4, path)
     assert torch.equal(predict(model, synthetic.x), predict(again, synthetic.x))
+    as_text = load_model("small-cnn", synthetic.shape, 4, str(path))  # Python callers pass plain strings
+    assert torch.equal(predict(model, synthetic.x), predict(as_text, synthetic.x))
     with pytest.raises(PoisonlabError, match="do not fit small-cnn .* 10 classes"):
         load_model("small-cnn", synthetic.shape, 10, path)
     with pytest.raises(PoisonlabError, match="do not fit badnets-cnn"):

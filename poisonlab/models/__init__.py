@@ -221,7 +221,7 @@ def save_model(model: nn.Module, path: Path) -> None:
     atomic_write_tensors(path, model.state_dict())
 
 
-def read_weights(path: Path) -> dict[str, Tensor]:
+def read_weights(path: Path | str) -> dict[str, Tensor]:
     """The tensors of a safetensors weights file, refused in one line when unreadable or not finite.
 
     Separate from ``load_model`` so that a command checks a user's weights before it loads their data.
@@ -237,7 +237,7 @@ def read_weights(path: Path) -> dict[str, Tensor]:
     return state
 
 
-def load_model(name: str, shape: Shape, num_classes: int, path: Path | None,
+def load_model(name: str, shape: Shape, num_classes: int, path: Path | str | None,
                state: dict[str, Tensor] | None = None) -> nn.Module:
     """Rebuild ``name`` and load its weights from a safetensors file (a TorchScript file may bring its own).
 
