@@ -12,7 +12,7 @@ split in two (exact 1-D 2-means, as the other scanners split a class); when the 
 2 epochs, seed 0) the split was 2.7 sd; BadNets all-to-all at 10% gave 5.4 sd, hence 4.
 
 It needs no class to be an outlier, so it sees all-to-all poison, which splits every class alike
-and defeats the per-class rules of Spectral Signatures and Activation Clustering. Under all-to-one
+(the per-class scanners need their gate's all-to-all branch and a wide split for it). Under all-to-one
 poison the trigger itself becomes a feature that predicts the target linearly, so the LDA learns it
 and ranks that poison less well (use Spectral Signatures there). Clean-label poison (SIG,
 label-consistent) keeps true labels and is out of its reach.
