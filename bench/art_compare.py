@@ -9,7 +9,7 @@ For each attack (BadNets all-to-one and all-to-all, blend, WaNet, adaptive-blend
 default) the poisoned set and the model trained on it are written to a work folder as safetensors;
 poisonlab's data scanners run here, ART's SpectralSignatureDefense and ActivationDefence in the ART venv
 on the same files. Each line puts the best F1 of each side (its scanner named) and their times side by
-side, then every scanner's figures. Times include feature extraction.
+side, then the model's CA and ASR and every scanner's figures. Times include feature extraction.
 
     nice -n 10 python bench/art_compare.py --rate 0.01
     python bench/art_compare.py --attacks "badnets:target=8" --rate 0.1
@@ -32,6 +32,7 @@ from poisonlab.core import ImageSet
 from poisonlab.data import load_dataset
 from poisonlab.defenses import detection_metrics
 from poisonlab.experiment.config import AttackConfig
+from poisonlab.metrics import evaluate
 from poisonlab.models import build_model, load_model, save_model
 from poisonlab.registry import DEFENSES, parse_spec
 from poisonlab.training import Recipe, train
@@ -96,21 +97,21 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     py = art_python(args.venv)
-    train_set, _ = load_dataset("mnist", 0)
+    train_set, test_set = load_dataset("mnist", 0)
     print(f"MNIST, poison rate {args.rate:.1%}, badnets-cnn {args.epochs} epochs, {args.threads} threads; ours: "
           f"{', '.join(OURS)}; ART {ART_VERSION}: SpectralSignatureDefense (told the rate) and ActivationDefence")
     print(f"{'attack':34} {'best ours':>22} {'F1 ours':>8} {'best ART':>22} {'F1 ART':>7} {'F1 ratio':>9} "
           f"{'s ours':>7} {'s ART':>6} {'time ratio':>10}")
     for spec in filter(None, (s.strip() for s in args.attacks.split(";"))):
-        compare(spec, args, train_set, py)
+        compare(spec, args, train_set, test_set, py)
 
 
 OURS = ("spectral", "activation-clustering", "label-consistency", "spectre")
 """poisonlab's data scanners compared; ART's two are the same methods as the first two, as ART implements them."""
 
 
-def compare(spec: str, args: argparse.Namespace, train_set: ImageSet, py: Path) -> None:
-    """One attack: poison, train (or reuse the cached model), every scanner of both, the best F1 of each side."""
+def compare(spec: str, args: argparse.Namespace, train_set: ImageSet, test_set: ImageSet, py: Path) -> None:
+    """One attack: poison, train (or reuse the cached model), its ASR, both sides' scanners, each side's best F1."""
     name, params = parse_spec(spec, "attack")
     attack = AttackConfig.resolve({"name": name, **params, "rate": args.rate}).build()
     poisoned = attack.poison(train_set, torch.Generator().manual_seed(0))
@@ -122,6 +123,7 @@ def compare(spec: str, args: argparse.Namespace, train_set: ImageSet, py: Path) 
     else:
         model = train(build_model("badnets-cnn", data, 0), data, Recipe(epochs=args.epochs), 0, progress=False)
         save_model(model, weights)
+    quality = evaluate(model, test_set, poisoned.triggered(test_set))
     save_file({"x": data.x.contiguous(), "y": data.y}, str(args.work / "data.safetensors"))
     save_file({k: v.contiguous() for k, v in load_file(str(weights)).items()}, str(args.work / "model.safetensors"))
     ours: dict[str, dict[str, float]] = {}
@@ -142,6 +144,7 @@ def compare(spec: str, args: argparse.Namespace, train_set: ImageSet, py: Path) 
     ratio = f"{o['f1'] / a['f1']:.1f}x" if a["f1"] > 0 else "ART 0"
     print(f"{spec:34} {best_ours:>22} {o['f1']:8.3f} {best_art:>22} {a['f1']:7.3f} {ratio:>9} "
           f"{o['seconds']:7.1f} {a['seconds']:6.1f} {a['seconds'] / o['seconds']:9.2f}x")
+    print(f"    model: CA {quality['clean_accuracy']:.2%}, ASR {quality['attack_success_rate']:.2%}")
     for k, v in {**{f"ours {n}": m for n, m in ours.items()}, **{f"ART {n}": m for n, m in theirs.items()}}.items():
         print(f"    {k:32} P {v['precision']:.3f} R {v['recall']:.3f} F1 {v['f1']:.3f}"
               + (f" AUROC {v['auroc']:.3f}" if k.startswith("ours") else "") + f"  {v['seconds']:.1f} s")
