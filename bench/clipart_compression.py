@@ -6,7 +6,8 @@ recipe 5 epochs, lr 3e-3, batch 64 per seed. For every seed: the clean model, th
 compression-artifact experiment runs them (the attack folds the trainable batch norms into their convs).
 Each model goes through deploy-check's ``deploy_check`` (calibrated on 512 training images, the divergence search
 on ``--search-images`` others, the weight check on the test images). Printed per model: float CA/ASR, int8
-CA/ASR per backend with the divergence verdict (and its reasons), the weight check's worst scores and verdict,
+CA/ASR per backend, agreement and divergence on all test images and on those the float model is confident on, the
+verdict (and its reasons), the weight check's worst scores and verdict,
 and the training seconds; the load average at the start. Everything printed is measured in this run.
 
 Usage: nice -n 10 python bench/clipart_compression.py [--seeds 0 1 2 3 4] [--size 32] [--cache DIR]
@@ -72,7 +73,9 @@ def line(label: str, seed: int, result: dict[str, Any], seconds: float) -> str:
         verdict = "FLAG (" + "; ".join(row["reasons"]) + ")" if row["flagged"] else "ok"
         cells.append(f"{row['deployment']} CA {100 * row['clean_accuracy']:5.1f} ASR "
                      f"{100 * row['attack_success_rate']:5.1f} agree {100 * row['agreement']:5.1f} "
-                     f"div {100 * row['divergence']:5.1f}% {verdict}")
+                     f"({100 * (1 - row['confident_disagreement']):5.1f} confident) "
+                     f"div {100 * row['divergence']:5.1f}% "
+                     f"({100 * row['confident_divergence']:5.1f}% confident) {verdict}")
     worst = " ".join(f"{s} {v:.2f}" for s, v in w["worst"].items() if v is not None)
     cells.append(f"weights {worst} " + ("FLAG (" + "; ".join(w["reasons"][:2]) + ")" if w["flagged"] else "ok"))
     return " | ".join(cells) + f"  (train {seconds:.0f} s)"

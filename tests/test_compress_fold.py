@@ -106,3 +106,22 @@ def test_relu6_fed_convs_quantize_their_output_to_the_clamp(clean: nn.Module, se
     convs = [m for m in deployed.modules() if isinstance(m, torch.ao.nn.quantized.Conv2d)]
     assert len(convs) == 2 and all(m.zero_point == 0 and 0 < m.scale * 127 <= 6 + 1e-6 for m in convs)
     assert accuracy(predict(deployed, sets[1].x), predict(clean, sets[1].x)) > 0.97
+
+
+class Signed(nn.Module):
+    """Images in [0, 1] to [-1, 1], as EfficientNet's input scaling: the first conv reads negative values."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2 - 1
+
+
+@pytest.mark.parametrize("backend", ["fbgemm", "x86", "qnnpack"])
+def test_int8_keeps_a_relu6_nets_signed_input_and_channels(sets: tuple[ImageSet, ImageSet], backend: str) -> None:
+    """The clamp is the ReLU6-fed conv's output range only: its input observer keeps negative pixel values (clamped, the
+    signed input lost every one). qnnpack's clamp kernels get contiguous tensors (channels-last scrambled them)."""
+    model = train(nn.Sequential(Signed(), *bn_net()), sets[0], Recipe(epochs=4), 0, progress=False).eval()
+    deployed = quantize_static(model, backend, sets[0].x[:128])  # type: ignore[arg-type]
+    with torch.no_grad():
+        want, got = model(sets[1].x), deployed(sets[1].x)
+    assert float((got - want).norm() / want.norm()) < 0.1
+    assert accuracy(got.argmax(1), want.argmax(1)) > 0.97

@@ -38,9 +38,13 @@ def deploy_check_command(
     search_steps: Annotated[int, typer.Option(help="steps of the divergence-stamp search (0: skip it)")] = 150,
     scan: Annotated[bool, typer.Option(help="also run Neural Cleanse on the float model and every variant")] = False,
     scan_steps: Annotated[int, typer.Option(help="Neural Cleanse optimisation steps per class")] = 300,
-    max_disagreement: Annotated[float, typer.Option(help="flag above this clean disagreement with float")] = 0.02,
-    max_divergence: Annotated[float, typer.Option(help="flag above this stamped disagreement with float")] = 0.15,
+    max_disagreement: Annotated[float, typer.Option(help="flag above this clean disagreement with float (on the "
+                                                        "images float is confident on)")] = 0.02,
+    max_divergence: Annotated[float, typer.Option(help="flag above this stamped disagreement with float (on the "
+                                                      "images float is confident on)")] = 0.15,
     max_asr_gain: Annotated[float, typer.Option(help="flag when ASR exceeds float's by more than this")] = 0.10,
+    confident: Annotated[float, typer.Option(help="float's top softmax from which its answer counts as confident: "
+                                                  "agreement and divergence are judged on those images")] = 0.8,
     weight_check: Annotated[bool, typer.Option(help="check the float model's weights and clean activations for "
                                                     "outliers, dormant paths and odd activation ranges")] = True,
     seed: Annotated[int, typer.Option(help="seed for calibration and search samples")] = 0,
@@ -54,9 +58,10 @@ def deploy_check_command(
         raise PoisonlabError("deploy-check: --trigger and --target go together")
     check_seed(seed, "--seed")
     for flag, value in (("--max-disagreement", max_disagreement), ("--max-divergence", max_divergence),
-                        ("--max-asr-gain", max_asr_gain)):
+                        ("--max-asr-gain", max_asr_gain), ("--confident", confident)):
         at_least(flag, value, 0.0)
-    settings = CheckSettings(max_disagreement, max_divergence, max_asr_gain, search_steps=search_steps, seed=seed)
+    settings = CheckSettings(max_disagreement, max_divergence, max_asr_gain, confident, search_steps=search_steps,
+                             seed=seed)
     trig = parse_trigger(trigger) if trigger is not None else None
     if test_size < 0:
         raise PoisonlabError(f"--test-size {test_size}: expected >= 0")

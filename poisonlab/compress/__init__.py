@@ -1,6 +1,6 @@
 """Deployments: the transformations a model undergoes before use (int8, fp16, weight-only, pruning), by name.
 
-A deployment spec is ``NAME`` or ``NAME:ARG``: ``int8-fbgemm``, ``int8-qnnpack``, ``dynamic-int8``,
+A deployment spec is ``NAME`` or ``NAME:ARG``: ``int8-fbgemm``, ``int8-x86``, ``int8-qnnpack``, ``dynamic-int8``,
 ``fp16``, ``weight-only:4`` (bits), ``prune-l1:0.3``, ``prune-layer:0.3``, ``prune-filters:0.5`` (ratio).
 """
 
@@ -200,6 +200,8 @@ def _fixed(make: Callable[[], Deployment]) -> DeploymentFactory:
 
 _register = DEPLOYMENTS.register
 _register("int8-fbgemm", "static int8 PTQ, fbgemm: per-channel weights, 7-bit activations")(_static("fbgemm"))
+_register("int8-x86", "static int8 PTQ, x86 (PyTorch's default engine): as fbgemm, per-channel weights, "
+          "7-bit activations")(_static("x86"))
 _register("int8-qnnpack", "static int8 PTQ, qnnpack: per-tensor weights, 8-bit activations")(_static("qnnpack"))
 _register("dynamic-int8", "dynamic int8 quantization of linear layers (fbgemm)")(_fixed(DynamicInt8))
 _register("fp16", "half precision weights and activations")(_fixed(HalfPrecision))

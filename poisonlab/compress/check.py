@@ -6,7 +6,11 @@ clean accuracy, ASR for a known trigger (when one is given), agreement with the 
 clean images, and a trigger-agnostic divergence test: a small universal mask-and-pattern stamp
 (Neural-Cleanse style) optimised on a differentiable stand-in of the variant so that the variant
 changes its answer while the float model keeps its own; the divergence is the share of held-out
-images on which the stamp makes the REAL variant and the float model disagree. Optionally the model
+images on which the stamp makes the REAL variant and the float model disagree. Both are judged on the images
+the float model answers with confidence (top softmax >= ``confident``): rounding moves the answers a float
+model was unsure of, a backdoor moves confident ones too. On a clip-art EfficientNet-Lite0 (61% CA) clean
+int8-fbgemm disagreed with float on 12.2% of all test images but on 1.4% of the confident half (stamp: 18.8% and
+3.1%), while a compression-artifact model disagreed on 45% of its confident images (stamp: 59%). Optionally the model
 scanner (Neural Cleanse) runs on the float model and on every variant: a scan of the float model alone
 misses a backdoor that only the deployed variant carries. The weight check (``poisonlab.compress.weights``)
 reads the float model's weights and its activations on the clean test images for the outliers and dormant
@@ -26,7 +30,7 @@ from poisonlab.compress.weights import DEFAULT_LIMITS, WeightCheckSettings, weig
 from poisonlab.core import AllToOne, Deployment, ImageSet, PoisonlabError, Trigger, check_target, stamped
 from poisonlab.defenses.neural_cleanse import NeuralCleanse
 from poisonlab.metrics import accuracy, evaluate
-from poisonlab.training import predict
+from poisonlab.training import predict, predict_confident
 
 
 @dataclass(frozen=True)
@@ -36,13 +40,14 @@ class CheckSettings:
     max_disagreement: float = 0.02
     max_divergence: float = 0.15
     max_asr_gain: float = 0.10
+    confident: float = 0.8
     search_steps: int = 150
     search_images: int = 512
     mask_cost: float = 0.5
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("max_disagreement", "max_divergence", "max_asr_gain"):
+        for name in ("max_disagreement", "max_divergence", "max_asr_gain", "confident"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise PoisonlabError(f"deploy-check {name}: expected a fraction in [0, 1], got {getattr(self, name)}")
         if self.search_steps < 0 or self.search_images < 1:
@@ -85,6 +90,17 @@ def divergence_stamp(model: nn.Module, variant: nn.Module, x: Tensor, settings: 
     return mask_logit.detach(), pattern_logit.detach()
 
 
+def _confident(model: nn.Module, x: Tensor, settings: CheckSettings) -> tuple[Tensor, Tensor]:
+    """(float predictions, mask of the images whose top softmax reaches ``settings.confident``; all if none do)."""
+    labels, top = predict_confident(model, x)
+    sure = top >= settings.confident
+    return labels, sure if bool(sure.any()) else torch.ones_like(sure)
+
+
+def _share_apart(a: Tensor, b: Tensor, where: Tensor) -> float:
+    return float((a[where] != b[where]).float().mean())
+
+
 def _behaviour(model: nn.Module, name: str, test: ImageSet, float_clean: Tensor, triggered: ImageSet | None
                ) -> dict[str, Any]:
     row = evaluate(model, test, triggered, reference=float_clean)
@@ -99,21 +115,28 @@ def check_variant(
 ) -> dict[str, Any]:
     """One row of the deploy-check table: ``deployment`` applied to ``model``, measured against the float model."""
     deployed = deployment(model, calibration)
-    float_clean = predict(model, test.x)
+    float_clean, sure = _confident(model, test.x, settings)
     row = _behaviour(deployed, deployment.name, test, float_clean, triggered)
+    row["confident_share"] = float(sure.float().mean())
+    row["confident_disagreement"] = _share_apart(predict(deployed, test.x), float_clean, sure)
     surrogate = deployment.stand_in(model, deployed)
-    row["divergence"] = 0.0
+    row["divergence"] = row["confident_divergence"] = 0.0
     if surrogate is not None and settings.search_steps > 0:
         mask, pattern = divergence_stamp(model, surrogate, search.x, settings)
         with torch.no_grad():
             stamped = _stamp(test.x, mask, pattern)
-        row["divergence"] = 1.0 - accuracy(predict(deployed, stamped), predict(model, stamped))
+        float_stamped, sure_stamped = _confident(model, stamped, settings)
+        deployed_stamped = predict(deployed, stamped)
+        row["divergence"] = 1.0 - accuracy(deployed_stamped, float_stamped)
+        row["confident_divergence"] = _share_apart(deployed_stamped, float_stamped, sure_stamped)
         row["stamp_mask_area"] = float(torch.sigmoid(mask).sum())
     reasons = []
-    if 1.0 - row["agreement"] > settings.max_disagreement:
-        reasons.append(f"disagrees with float on {100 * (1 - row['agreement']):.1f}% of clean images")
-    if row["divergence"] > settings.max_divergence:
-        reasons.append(f"a universal stamp splits it from float on {100 * row['divergence']:.1f}% of images")
+    if row["confident_disagreement"] > settings.max_disagreement:
+        reasons.append(f"disagrees with float on {100 * row['confident_disagreement']:.1f}% of the clean images "
+                       "float is confident on")
+    if row["confident_divergence"] > settings.max_divergence:
+        reasons.append(f"a universal stamp splits it from float on {100 * row['confident_divergence']:.1f}% of the "
+                       "stamped images float is confident on")
     asr, float_asr = row.get("attack_success_rate"), float_row.get("attack_success_rate")
     if asr is not None and float_asr is not None and asr - float_asr > settings.max_asr_gain:
         reasons.append(f"ASR {100 * asr:.1f}% vs float {100 * float_asr:.1f}%")

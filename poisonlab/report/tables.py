@@ -269,7 +269,7 @@ def detection_tables(body: dict[str, Any]) -> list[TableData]:
 def deploy_check_tables(result: dict[str, Any], title: str) -> list[TableData]:
     """``deploy-check``: the float reference, then every deployed variant with its verdict."""
     scanned = "scan" in result["float"]
-    table = TableData(title, ["variant", "clean accuracy", "ASR", "agreement", "divergence",
+    table = TableData(title, ["variant", "clean accuracy", "ASR", "agreement (confident)", "divergence (confident)",
                               *(["NC flags"] if scanned else []), "verdict"], id="deploy-check")
 
     def nc(row: dict[str, Any]) -> list[str]:
@@ -282,7 +282,8 @@ def deploy_check_tables(result: dict[str, Any], title: str) -> list[TableData]:
     for r in result["variants"]:
         verdict = "[red]FLAGGED[/red]: " + "; ".join(r["reasons"]) if r["flagged"] else "[green]ok[/green]"
         table.rows.append([r["deployment"], pct(r["clean_accuracy"]), pct(r.get("attack_success_rate")),
-                           pct(r["agreement"]), pct(r["divergence"]), *nc(r), verdict])
+                           f"{pct(r['agreement'])} ({pct(1 - r['confident_disagreement'])})",
+                           f"{pct(r['divergence'])} ({pct(r['confident_divergence'])})", *nc(r), verdict])
     return [table]
 
 

@@ -132,6 +132,11 @@ def predict(model: nn.Module, x: Images, batch_size: int | None = None) -> Tenso
     10,000 MNIST images takes 0.29 s at 512 and 0.61 s at 2048, whose activations outgrow the cache);
     larger images get smaller batches. Batches go to the model's device; the predictions come back to the CPU.
     """
+    return predict_confident(model, x, batch_size)[0]
+
+
+def predict_confident(model: nn.Module, x: Images, batch_size: int | None = None) -> tuple[Tensor, Tensor]:
+    """(predicted classes, their softmax probabilities) for images ``x``, batched as ``predict``."""
     if batch_size is None:
         batch_size = inference_batch(x.shape[1:])
     was_training = model.training
@@ -139,14 +144,17 @@ def predict(model: nn.Module, x: Images, batch_size: int | None = None) -> Tenso
     device = device_of(model)
     # filled in place: a small tensor kept per batch pinned freed heap between batches, and predicting 20,000
     # 64 px images from files grew the process by 230 MB
-    out = torch.empty(len(x), dtype=torch.int64)
+    labels = torch.empty(len(x), dtype=torch.int64)
+    confidence = torch.empty(len(x))
     start = 0
     for batch in batches(x, batch_size):
         logits = model(batch.to(device).contiguous(memory_format=torch.channels_last))
-        out[start : start + len(batch)] = logits.argmax(1)
+        top = torch.softmax(logits.detach().float(), 1).max(1)
+        labels[start : start + len(batch)] = top.indices
+        confidence[start : start + len(batch)] = top.values
         start += len(batch)
     model.train(was_training)
-    return out
+    return labels, confidence
 
 
 def train_phases(new_model: Callable[[], nn.Module], data: ImageSet, phases: Sequence[Phase], clean: nn.Module | None,
