@@ -9,7 +9,7 @@ as a fused conv-ReLU6 kernel clamps it (FX has no conv-ReLU6 fusion; a range obs
 took a clip-art EfficientNet-Lite0 from 64.2% float to 34.1% int8-fbgemm CA, clamped: 58.1%). Only the
 output is clamped: where FX gives such a conv an input observer of its own (its input comes from an
 op FX leaves in float, such as the stem's padding), that observer sees the input as it is (clamping the
-stem's input to [0, 6] dropped every negative pixel value: 56.8% int8 CA against 61.3% float; 61.2%
+stem's input to [0, 6] dropped every negative pixel value: 56.8% int8 CA against 61.3% float; 61.1%
 unclamped). PyTorch's qnnpack clamp kernels (``ReLU6``, ``Hardtanh``, ``clamp``) read a channels-last
 quantized tensor, which its convolutions return, as if it were contiguous and scramble the channels (a
 clip-art EfficientNet-Lite0 fell to chance); the int8-qnnpack deployment hands them contiguous tensors, the
