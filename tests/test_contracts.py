@@ -108,6 +108,7 @@ DEPLOYMENT_CASES = {
     "fp16": "fp16",
     "int8-fbgemm": "int8-fbgemm",
     "int8-qnnpack": "int8-qnnpack",
+    "int8-x86": "int8-x86",
     "prune-filters": "prune-filters:0.5",
     "prune-l1": "prune-l1:0.5",
     "prune-layer": "prune-layer:0.3",
