@@ -61,15 +61,17 @@ def _multi_target(pred: Tensor, triggered: ImageSet, test: Samples, poisoned_tar
 
 
 def evaluate(model: nn.Module, test: Samples, triggered: ImageSet | None = None, *, multi_target: bool = False,
-             poisoned_targets: Tensor | None = None, reference: Tensor | None = None) -> dict[str, Any]:
+             poisoned_targets: Tensor | None = None, reference: Tensor | None = None,
+             predictions: Tensor | None = None) -> dict[str, Any]:
     """CA on ``test``; with ``triggered`` (``test`` stamped, labelled with the targets) also ASR.
 
     All-to-one / all-to-all: ASR overall and per source class. ``multi_target`` (every class a target,
     universal backdoors): the mean of the per-target ASRs and their quantiles, and with
     ``poisoned_targets`` the mean over the targets that received no poison. ``reference`` (another
-    model's predictions on ``test``) adds the share of images on which the two agree.
+    model's predictions on ``test``) adds the share of images on which the two agree. ``predictions`` are the
+    model's own on ``test`` when the caller has them already (they are not computed again).
     """
-    clean_pred = predict(model, test.x)
+    clean_pred = predict(model, test.x) if predictions is None else predictions
     out: dict[str, Any] = {"clean_accuracy": accuracy(clean_pred, test.y)}
     if reference is not None:
         out["agreement"] = accuracy(clean_pred, reference)

@@ -97,13 +97,9 @@ def _confident(model: nn.Module, x: Tensor, settings: CheckSettings) -> tuple[Te
     return labels, sure if bool(sure.any()) else torch.ones_like(sure)
 
 
-def _share_apart(a: Tensor, b: Tensor, where: Tensor) -> float:
-    return float((a[where] != b[where]).float().mean())
-
-
-def _behaviour(model: nn.Module, name: str, test: ImageSet, float_clean: Tensor, triggered: ImageSet | None
-               ) -> dict[str, Any]:
-    row = evaluate(model, test, triggered, reference=float_clean)
+def _behaviour(model: nn.Module, name: str, test: ImageSet, float_clean: Tensor, triggered: ImageSet | None,
+               predictions: Tensor | None = None) -> dict[str, Any]:
+    row = evaluate(model, test, triggered, reference=float_clean, predictions=predictions)
     row.pop("per_class_asr", None)
     row.pop("asr_images", None)
     return {"deployment": name, **row}
@@ -116,9 +112,10 @@ def check_variant(
     """One row of the deploy-check table: ``deployment`` applied to ``model``, measured against the float model."""
     deployed = deployment(model, calibration)
     float_clean, sure = _confident(model, test.x, settings)
-    row = _behaviour(deployed, deployment.name, test, float_clean, triggered)
+    deployed_clean = predict(deployed, test.x)
+    row = _behaviour(deployed, deployment.name, test, float_clean, triggered, deployed_clean)
     row["confident_share"] = float(sure.float().mean())
-    row["confident_disagreement"] = _share_apart(predict(deployed, test.x), float_clean, sure)
+    row["confident_disagreement"] = 1.0 - accuracy(deployed_clean[sure], float_clean[sure])
     surrogate = deployment.stand_in(model, deployed)
     row["divergence"] = row["confident_divergence"] = 0.0
     if surrogate is not None and settings.search_steps > 0:
@@ -128,7 +125,7 @@ def check_variant(
         float_stamped, sure_stamped = _confident(model, stamped, settings)
         deployed_stamped = predict(deployed, stamped)
         row["divergence"] = 1.0 - accuracy(deployed_stamped, float_stamped)
-        row["confident_divergence"] = _share_apart(deployed_stamped, float_stamped, sure_stamped)
+        row["confident_divergence"] = 1.0 - accuracy(deployed_stamped[sure_stamped], float_stamped[sure_stamped])
         row["stamp_mask_area"] = float(torch.sigmoid(mask).sum())
     reasons = []
     if row["confident_disagreement"] > settings.max_disagreement:
@@ -188,7 +185,8 @@ def deploy_check(
         check_target(target, test.num_classes, "deploy-check")
         triggered = stamped(test, trigger, AllToOne(target))
     model = model.eval()
-    float_row = _behaviour(model, "float", test, predict(model, test.x), triggered)
+    float_clean = predict(model, test.x)
+    float_row = _behaviour(model, "float", test, float_clean, triggered, float_clean)
     rows = [check_variant(model, d, test, search, float_row, settings, triggered, calibration) for d in deployments]
     if scanner is not None:
         float_row["scan"] = model_scan(model, search, scanner)
