@@ -127,9 +127,22 @@ def test_layer_selection_and_bad_layers():
     assert (features(model, x, "penultimate") >= 0).all()
     assert features(model, x, "conv").shape == (7, 8)
     assert torch.allclose(features(model, x, "1"), model[:2](x).flatten(1), atol=1e-6)  # a module's name: its output
-    for bad in ("middle", 0, 99):
+    for bad in ("centre", 0, 99):
         with pytest.raises(PoisonlabError, match="feature layer"):
             layer_tap(model, bad)
+    with pytest.raises(PoisonlabError, match="'middle': expected an nn.Sequential with conv layers"):
+        layer_tap(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), "middle")
+
+
+def test_auto_reads_a_deep_single_linear_sequential_at_its_middle_trainable_conv() -> None:
+    frozen = nn.Sequential(*[nn.Conv2d(2, 2, 3, padding=1) for _ in range(6)]).requires_grad_(False)
+    deep = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), frozen, *[nn.Sequential(nn.Conv2d(2, 2, 3, padding=1),
+                                                                              nn.ReLU()) for _ in range(5)],
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 3))
+    # 12 conv layers, 6 of them trainable (children 0, 2-6): the middle trainable one is in child 4
+    assert layer_tap(deep, "auto") == layer_tap(deep, "middle") == Tap(deep[4], reads_input=False)
+    shallow = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+    assert layer_tap(shallow, "auto") == Tap(shallow[3], reads_input=True)  # penultimate under DEEP conv layers
     with pytest.raises(PoisonlabError, match="at least one nn.Linear"):
         layer_tap(nn.Conv2d(1, 1, 1), "penultimate")
 
@@ -207,3 +220,8 @@ def test_the_gate_flags_an_outlier_class_and_under_all_to_all_every_split_class_
     assert flagged == {0, 1, 2} and "all-to-all" in reasons["0"] and reasons["3"].startswith("rejected")
     clean = {0: 7.0, 1: 2.0, 2: 2.1, 3: 1.8, 4: 2.2}  # one wide clean class, not an outlier enough, own origin
     assert gate.decide(clean, lambda k: 0.05)[0] == set()
+    natural = {0: 8.0, 1: 2.0, 2: 9.0, 3: 7.5, 4: 2.2, 5: 2.4}  # half split wide; one far side looks foreign
+    flagged, _, reasons = gate.decide(natural, lambda k: 0.86 if k == 2 else 0.0)
+    assert flagged == set() and "all-to-all poison needs half" in reasons["2"], reasons
+    hidden = {**natural, 2: 150.0, 6: 2.1, 7: 2.3, 8: 6.5, 9: 7.0}  # half split wide, one an outlier of foreign origin
+    assert gate.decide(hidden, lambda k: 0.9 if k == 2 else 0.0)[0] == {2}

@@ -60,10 +60,11 @@ def test_class_radius_is_the_root_mean_square_distance_to_the_class_mean():
     assert float(distance[0]) == pytest.approx(3.0)  # 3 from class 0's mean, whose radius is 1
 
 
-def test_activation_clustering_needs_the_input_s_word_to_flag_the_larger_cluster():
+def test_activation_clustering_does_not_flag_the_real_eights_beside_a_tight_poison_cluster():
     """All-to-all BadNets at 10%, trained until it takes (8 epochs): in class 8 the 125 poison rows form a tight
-    cluster beside 830 real eights, the input cannot tell which group is nearer other classes, and the spread rule
-    named the real eights: 833 flagged, 1 of them poison. Without the input's word the larger cluster is not flagged."""
+    cluster beside 830 real eights, and the spread rule once named the real eights: 833 flagged, 1 of them poison.
+    The smaller cluster (13% of the class) is now the poison side; AC still flags none here (measured 0 flags,
+    AUROC 0.60: the split is narrow in the real eights' spread), and must not flag the real eights."""
     victim = DetectionMatrixConfig(dataset="mnist", model="badnets-cnn", train_size=10000, test_size=100, seed=0,
                                    training=Recipe(epochs=8))
     rows = load_data(victim)[0]
@@ -72,4 +73,3 @@ def test_activation_clustering_needs_the_input_s_word_to_flag_the_larger_cluster
     verdict = DEFENSES.build("activation-clustering").scan(model, poisoned.data)
     m = detection_metrics(verdict, poisoned.indices, len(poisoned.data))
     assert m["false_positives"] <= 0.05 * len(poisoned.data.y), m
-    assert "larger cluster" in verdict.details["gate"]["8"]

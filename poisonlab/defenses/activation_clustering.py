@@ -5,8 +5,9 @@ poisoned class one cluster is the poison. As published (raw activations, the sma
 poison when under 35% of the class) it fails twice on BadNets MNIST: clean classes split along
 ordinary variation into a small cluster too, and at 10% poison the poison outnumbers the target
 class's clean samples. Here the features are whitened by the pooled within-class covariance
-(``whitening``), the poison cluster is the one clearly nearer other classes in the input where the
-clusters lie far apart (``provenance.poison_group``), else the more spread-out one
+(``whitening``), the poison cluster is one of at most a quarter of the class (``split.minority``), else the
+one clearly nearer other classes in the input where the clusters lie far apart (``provenance.poison_group``),
+else the more spread-out one
 (``split.poison_cluster``); a larger cluster is never flagged on that rule alone (a poison trained to
 a tight cluster left the real eights of all-to-all MNIST as the spread-out majority: 833 flagged, 1
 of them poison). A class is poisoned when the gap between its clusters, in standard deviations of
@@ -27,7 +28,7 @@ from torch import Tensor, nn
 from poisonlab.core import DefenseKind, PoisonlabError, Samples, Verdict
 from poisonlab.defenses.features import ClassPass
 from poisonlab.defenses.provenance import InputSides, foreign_share
-from poisonlab.defenses.split import Gate, poison_cluster, two_means
+from poisonlab.defenses.split import Gate, minority, poison_cluster, robust_std, two_means
 from poisonlab.registry import DEFENSES
 
 
@@ -81,9 +82,11 @@ class ActivationClustering:
             reduced = z @ basis.T
             labels = two_means(reduced)
             sizes = torch.bincount(labels, minlength=2)
-            bad = int(sizes.argmin()) if self.rule == "size" else poison_cluster(z, labels)
+            small = minority(labels)
+            bad = int(sizes.argmin()) if self.rule == "size" else poison_cluster(z, labels) if small is None else small
             t, spread, separation[k] = _axis(reduced, labels, bad)
-            if self.rule != "size" and max(separation[k], _axis(reduced, labels, 1 - bad)[2]) >= self.min_separation:
+            if self.rule != "size" and small is None \
+                    and max(separation[k], _axis(reduced, labels, 1 - bad)[2]) >= self.min_separation:
                 nearer = inputs.poison_group(idx, k, labels)
                 if nearer is None and sizes[bad] > sizes[1 - bad]:
                     unsure.add(k)
@@ -124,5 +127,5 @@ def _axis(reduced: Tensor, labels: Tensor, bad: int) -> tuple[Tensor, float, flo
     axis = (centers[bad] - centers[1 - bad]) / (centers[bad] - centers[1 - bad]).norm().clamp_min(1e-12)
     t = (reduced - centers[1 - bad]) @ axis
     good = t[labels != bad]
-    spread = max(1.4826 * float((good - good.median()).abs().median()), 1e-12) if len(good) > 1 else 1.0
+    spread = robust_std(good)
     return t, spread, float(t[labels == bad].mean() - good.mean()) / spread if sizes.min() else 0.0

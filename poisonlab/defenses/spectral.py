@@ -9,9 +9,9 @@ direction of a class is the one clean data does not explain (see ``whitening``).
 class is split in two (exact 1-D 2-means); a class is judged poisoned when the gap between its
 two groups, in standard deviations of the clean group, is an outlier among the classes (and at
 least ``min_separation``) and the samples on its poison side mostly look like other classes in the
-convolutional features (``provenance``); only there are they flagged. The poison side is the group
-clearly nearer other classes in the input (``provenance.poison_group``), else the more spread-out group
-(``split.poison_cluster``).
+convolutional features (``provenance``); only there are they flagged. The poison side is a group of at
+most a quarter of the class (``split.minority``), else the group clearly nearer other classes in the input
+(``provenance.poison_group``), else the more spread-out group (``split.poison_cluster``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from torch import nn
 from poisonlab.core import DefenseKind, PoisonlabError, Samples, Verdict
 from poisonlab.defenses.features import ClassPass
 from poisonlab.defenses.provenance import InputSides, foreign_share
-from poisonlab.defenses.split import ClassSplit, Gate, poison_cluster
+from poisonlab.defenses.split import ClassSplit, Gate, minority, poison_cluster
 from poisonlab.defenses.whitening import top_direction
 from poisonlab.registry import DEFENSES
 
@@ -78,8 +78,10 @@ class SpectralSignatures:
                 continue
             split = ClassSplit.fit(proj)
             groups = split.high(proj).long()
-            split = split.with_poison_high(poison_cluster(z, groups) == 1)
-            if max(split.separation, split.with_poison_high(not split.poison_high).separation) >= self.min_separation:
+            small = minority(groups)
+            split = split.with_poison_high((poison_cluster(z, groups) if small is None else small) == 1)
+            wide = max(split.separation, split.with_poison_high(not split.poison_high).separation)
+            if small is None and wide >= self.min_separation:
                 nearer = inputs.poison_group(idx, k, groups)
                 split = split if nearer is None else split.with_poison_high(nearer == 1)
             splits[k] = split
