@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-
 MINORITY = 0.25
 """A split whose smaller group holds at most this share of its class is read as poison on that group's side.
 
@@ -110,7 +109,8 @@ class Gate:
             else:
                 share = f", {foreign[k]:.0%} of its far side nearest other classes" if k in foreign else ""
                 reasons[str(k)] = f"rejected: {split}, not an outlier among the classes (z {z[k]:.1f} <= " \
-                                  f"{self.class_threshold:g}){share}, and too few classes split so for all-to-all poison"
+                                  f"{self.class_threshold:g}){share}, and too few classes split so for all-to-all " \
+                                  "poison"
         return suspicious, foreign, reasons
 
 
