@@ -8,7 +8,8 @@ import torch
 from poisonlab.core import ImageSet
 from poisonlab.data import load_dataset
 from poisonlab.defenses import detection_metrics
-from poisonlab.defenses.provenance import InputStats, poison_group, thumbnails
+from poisonlab.defenses.features import ClassPass
+from poisonlab.defenses.provenance import InputStats, counterfactual_share, poison_group, thumbnails
 from poisonlab.experiment.detection_matrix import DetectionMatrixConfig
 from poisonlab.experiment.victim import fit, load_data
 from poisonlab.models import build_model
@@ -73,3 +74,41 @@ def test_activation_clustering_does_not_flag_the_real_eights_beside_a_tight_pois
     verdict = DEFENSES.build("activation-clustering").scan(model, poisoned.data)
     m = detection_metrics(verdict, poisoned.indices, len(poisoned.data))
     assert m["false_positives"] <= 0.05 * len(poisoned.data.y), m
+
+
+def _feature_model(dims: int, classes: int, head: torch.Tensor) -> torch.nn.Sequential:
+    """Images (N, 1, 1, dims) whose features at layer 2 are their pixels, classified by the fixed ``head``."""
+    identity = torch.nn.Linear(dims, dims, bias=False)
+    classify = torch.nn.Linear(dims, classes, bias=False)
+    with torch.no_grad():
+        identity.weight.copy_(torch.eye(dims))
+        classify.weight.copy_(head)
+    return torch.nn.Sequential(torch.nn.Flatten(), identity, classify).eval()
+
+
+def test_the_counterfactual_moves_trigger_labelled_rows_to_their_own_class_and_keeps_a_natural_group():
+    """Features: class identity on dims 0-3, a trigger on dim 4, a style on dim 5 the head ignores. Class 0 holds
+    40 clean rows (10 of them in another style) and 30 poison rows of classes 1-3 that only the trigger makes 0."""
+    gen = torch.Generator().manual_seed(0)
+    head = torch.zeros(4, 6)
+    head[0, 0], head[0, 4] = 0.5, 3.0  # class 0: weak identity, and the trigger
+    head[1, 1] = head[2, 2] = head[3, 3] = 1.0
+    rows, labels = [], []
+    for c in range(4):
+        x = torch.zeros(40, 6)
+        x[:, c] = 4.0
+        if c == 0:
+            x[:10, 5] = 3.0  # a natural sub-population of class 0
+        rows.append(x)
+        labels += [c] * 40
+    poison = torch.zeros(30, 6)
+    poison[torch.arange(30), 1 + torch.arange(30) % 3] = 4.0
+    poison[:, 4] = 2.0
+    x = torch.cat([*rows, poison]) + 0.1 * torch.randn(190, 6, generator=gen)
+    data = ImageSet(x.view(190, 1, 1, 6), torch.tensor(labels + [0] * 30), ("a", "b", "c", "d"))
+    model = _feature_model(6, 4, head)
+    assert bool((model(data.x[160:]).argmax(1) == 0).all()), "the trigger labels the poison 0"
+    seen = ClassPass.run(model, data, 2, 2, None, 64.0)
+    assert counterfactual_share(model, seen, 0, torch.arange(160, 190)) == 1.0
+    assert counterfactual_share(model, seen, 0, torch.arange(0, 10)) == 0.0
+    assert counterfactual_share(model, seen, 0, torch.nonzero(data.y == 0).flatten()) == 0.0  # no rest to move onto

@@ -13,7 +13,7 @@ a tight cluster left the real eights of all-to-all MNIST as the spread-out major
 of them poison). A class is poisoned when the gap between its clusters, in standard deviations of
 the clean cluster along the line joining them, is an outlier among the classes (and at least
 ``min_separation``) and most of the flagged samples look like other classes in the convolutional
-features (``provenance``).
+features, or by the model without their offset on a deep net (``provenance``).
 ``rule="size"`` keeps the paper's decision (smaller cluster, under ``size_ratio``) for comparison.
 """
 
@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from poisonlab.core import DefenseKind, PoisonlabError, Samples, Verdict
 from poisonlab.defenses.features import ClassPass
-from poisonlab.defenses.provenance import InputSides, foreign_share
+from poisonlab.defenses.provenance import InputSides, foreign_bar, nearest_mean_layer, origin_share
 from poisonlab.defenses.split import Gate, minority, poison_cluster, robust_std, two_means
 from poisonlab.registry import DEFENSES
 
@@ -53,8 +53,8 @@ class ActivationClustering:
     class_threshold: float = 3.5
     min_separation: float = 6.0
     clean_sds: float = 4.0
-    provenance_layer: str | int = "conv"
-    min_foreign: float = 0.5
+    provenance_layer: str | int = "auto"
+    min_foreign: float | None = None
     rule: Literal["whitened", "size"] = "whitened"
     size_ratio: float = 0.35
     batch_size: int | None = None
@@ -67,7 +67,9 @@ class ActivationClustering:
             raise PoisonlabError(f"activation clustering: expected dims >= 1 and size_ratio in (0, 0.5), got {self}")
 
     def scan(self, model: nn.Module, data: Samples) -> Verdict:
-        seen = ClassPass.run(model, data, self.layer, self.provenance_layer, self.batch_size, self.keep_mb)
+        nearest = nearest_mean_layer(model, self.layer, self.provenance_layer)
+        seen = ClassPass.run(model, data, self.layer, self.layer if nearest is None else nearest,
+                             self.batch_size, self.keep_mb)
         w = seen.whitening(self.whiten)
         scores = torch.zeros(len(data))
         groups: dict[int, torch.Tensor] = {}
@@ -101,10 +103,9 @@ class ActivationClustering:
         if self.rule == "size":
             suspicious = {k for k in groups if len(groups[k]) < self.size_ratio * clusters[str(k)]["class_size"]}
         else:
-            gate = Gate(self.class_threshold, self.min_separation, self.min_foreign)
-            suspicious, foreign, reasons = gate.decide(separation, lambda k: foreign_share(
-                model, data.x[groups[k]], k, seen.means, seen.stats.counts[k],
-                self.provenance_layer, self.batch_size))
+            gate = Gate(self.class_threshold, self.min_separation, foreign_bar(nearest, self.min_foreign))
+            suspicious, foreign, reasons = gate.decide(separation,
+                                                       lambda k: origin_share(model, seen, k, groups[k], nearest))
             for k in unsure & suspicious:
                 suspicious.discard(k)
                 reasons[str(k)] = f"rejected: split {separation[k]:.1f} sd, but the poison side would be the larger " \

@@ -42,6 +42,13 @@ def _middle(model: nn.Sequential) -> int:
     return chosen[len(chosen) // 2] + 1
 
 
+def reads_middle(model: nn.Module, layer: str | int) -> bool:
+    """Whether ``layer`` is ``middle``, or ``auto`` on a deep single-Linear ``nn.Sequential`` (read at its middle)."""
+    return layer == "middle" or (layer == "auto" and isinstance(model, nn.Sequential)
+                                 and sum(isinstance(m, nn.Conv2d) for m in model.modules()) >= DEEP
+                                 and sum(isinstance(m, nn.Linear) for m in model.modules()) == 1)
+
+
 @dataclass(frozen=True)
 class Tap:
     """Where a layer's features are read: the input or the output of one module of the model."""
@@ -65,9 +72,7 @@ def layer_tap(model: nn.Module, layer: str | int) -> Tap:
     modules = dict(model.named_modules())
     if layer in modules and layer:
         return Tap(modules[layer], reads_input=False)
-    if layer == "middle" or (layer == "auto" and isinstance(model, nn.Sequential)
-                             and sum(isinstance(m, nn.Conv2d) for m in model.modules()) >= DEEP
-                             and sum(isinstance(m, nn.Linear) for m in model.modules()) == 1):
+    if reads_middle(model, layer):
         if not isinstance(model, nn.Sequential) or not any(isinstance(m, nn.Conv2d) for m in model.modules()):
             raise PoisonlabError(f"feature layer 'middle': expected an nn.Sequential with conv layers, got "
                                  f"{type(model).__name__}; name a module instead")

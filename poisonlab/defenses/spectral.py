@@ -9,9 +9,10 @@ direction of a class is the one clean data does not explain (see ``whitening``).
 class is split in two (exact 1-D 2-means); a class is judged poisoned when the gap between its
 two groups, in standard deviations of the clean group, is an outlier among the classes (and at
 least ``min_separation``) and the samples on its poison side mostly look like other classes in the
-convolutional features (``provenance``); only there are they flagged. The poison side is a group of at
-most a quarter of the class (``split.minority``), else the group clearly nearer other classes in the input
-(``provenance.poison_group``), else the more spread-out group (``split.poison_cluster``).
+convolutional features, or to the model without their offset on a deep net (``provenance``); only there
+are they flagged. The poison side is a group of at most a quarter of the class (``split.minority``), else
+the group clearly nearer other classes in the input (``provenance.poison_group``), else the more spread-out
+group (``split.poison_cluster``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch import nn
 
 from poisonlab.core import DefenseKind, PoisonlabError, Samples, Verdict
 from poisonlab.defenses.features import ClassPass
-from poisonlab.defenses.provenance import InputSides, foreign_share
+from poisonlab.defenses.provenance import InputSides, foreign_bar, nearest_mean_layer, origin_share
 from poisonlab.defenses.split import ClassSplit, Gate, minority, poison_cluster
 from poisonlab.defenses.whitening import top_direction
 from poisonlab.registry import DEFENSES
@@ -49,8 +50,8 @@ class SpectralSignatures:
     class_threshold: float = 3.5
     min_separation: float = 6.0
     clean_sds: float = 4.0
-    provenance_layer: str | int = "conv"
-    min_foreign: float = 0.5
+    provenance_layer: str | int = "auto"
+    min_foreign: float | None = None
     removal: float | None = None
     batch_size: int | None = None
     keep_mb: float = 512.0
@@ -60,7 +61,9 @@ class SpectralSignatures:
             raise PoisonlabError(f"spectral removal share {self.removal}: expected a fraction in (0, 1)")
 
     def scan(self, model: nn.Module, data: Samples) -> Verdict:
-        seen = ClassPass.run(model, data, self.layer, self.provenance_layer, self.batch_size, self.keep_mb)
+        nearest = nearest_mean_layer(model, self.layer, self.provenance_layer)
+        seen = ClassPass.run(model, data, self.layer, self.layer if nearest is None else nearest,
+                             self.batch_size, self.keep_mb)
         w = seen.whitening(self.whiten)
         scores = torch.zeros(len(data))
         sides: dict[int, torch.Tensor] = {}
@@ -92,11 +95,10 @@ class SpectralSignatures:
         if self.removal is not None:
             suspicious = set(sides)
         else:
-            gate = Gate(self.class_threshold, self.min_separation, self.min_foreign)
+            gate = Gate(self.class_threshold, self.min_separation, foreign_bar(nearest, self.min_foreign))
             suspicious, foreign, reasons = gate.decide(
                 {k: s.separation for k, s in splits.items()},
-                lambda k: foreign_share(model, data.x[sides[k]], k, seen.means, seen.stats.counts[k],
-                self.provenance_layer, self.batch_size))
+                lambda k: origin_share(model, seen, k, sides[k], nearest))
         flagged = [sides[k] for k in sorted(suspicious)]
         flagged_idx = torch.cat(flagged).sort().values if flagged else torch.empty(0, dtype=torch.long)
         return Verdict(scores=scores, flagged=flagged_idx, details={

@@ -35,8 +35,9 @@ the gap between the groups over their pooled spread. Clean classes split with D 
 to 16 (BadNets at 1% and 5%), 9.7 to 56 (every class of BadNets all-to-all at 10%). A class whose D
 is at least ``min_separation`` and an outlier among the classes (or, all-to-all, when most classes
 are split so) and whose high group mostly looks like other classes in the convolutional features
-(``provenance``) has its high group flagged (``split.Gate``); a genuinely bimodal clean class
-(``make_synthetic``'s split with D up to 22) is kept by that last test. ``removal`` instead flags that share
+(or to the model without their offset on a deep net: ``provenance``) has its high group flagged
+(``split.Gate``); a genuinely bimodal clean class (``make_synthetic``'s split with D up to 22) is kept by
+that last test. ``removal`` instead flags that share
 of every class, highest scores first, as the paper does.
 """
 
@@ -52,7 +53,7 @@ from torch import Tensor, nn
 
 from poisonlab.core import DefenseKind, PoisonlabError, Samples, Verdict
 from poisonlab.defenses.features import ClassPass
-from poisonlab.defenses.provenance import foreign_share
+from poisonlab.defenses.provenance import foreign_bar, nearest_mean_layer, origin_share
 from poisonlab.defenses.split import ClassSplit, Gate
 from poisonlab.registry import DEFENSES
 
@@ -199,8 +200,8 @@ class Spectre:
     cutoff: float = 0.999
     class_threshold: float = 3.5
     min_separation: float = 6.0
-    provenance_layer: str | int = "conv"
-    min_foreign: float = 0.5
+    provenance_layer: str | int = "auto"
+    min_foreign: float | None = None
     removal: float | None = None
     batch_size: int | None = None
     keep_mb: float = 512.0
@@ -215,7 +216,7 @@ class Spectre:
         if not self.class_threshold > 0 or not self.min_separation > 0:
             raise PoisonlabError(f"spectre class_threshold {self.class_threshold}, min_separation "
                                  f"{self.min_separation}: expected both > 0")
-        if not 0.0 <= self.min_foreign <= 1.0:
+        if self.min_foreign is not None and not 0.0 <= self.min_foreign <= 1.0:
             raise PoisonlabError(f"spectre min_foreign {self.min_foreign}: expected a fraction in [0, 1]")
         if self.removal is not None and not 0.0 < self.removal < 1.0:
             raise PoisonlabError(f"spectre removal share {self.removal}: expected a fraction in (0, 1)")
@@ -232,7 +233,9 @@ class Spectre:
         return que_scores((p - centre) @ _whitener(spread), self.alpha)
 
     def scan(self, model: nn.Module, data: Samples) -> Verdict:
-        seen = ClassPass.run(model, data, self.layer, self.provenance_layer, self.batch_size, self.keep_mb)
+        nearest = nearest_mean_layer(model, self.layer, self.provenance_layer)
+        seen = ClassPass.run(model, data, self.layer, self.layer if nearest is None else nearest,
+                             self.batch_size, self.keep_mb)
         scores = torch.zeros(len(data))
         sides: dict[int, Tensor] = {}
         splits: dict[int, ClassSplit] = {}
@@ -255,11 +258,10 @@ class Spectre:
         if self.removal is not None:
             suspicious = set(sides)
         else:
-            gate = Gate(self.class_threshold, self.min_separation, self.min_foreign)
+            gate = Gate(self.class_threshold, self.min_separation, foreign_bar(nearest, self.min_foreign))
             suspicious, foreign, reasons = gate.decide(
                 separation,
-                lambda k: foreign_share(model, data.x[sides[k]], k, seen.means, seen.stats.counts[k],
-                                        self.provenance_layer, self.batch_size))
+                lambda k: origin_share(model, seen, k, sides[k], nearest))
         flagged = [sides[k] for k in sorted(suspicious)]
         flagged_idx = torch.cat(flagged).sort().values if flagged else torch.empty(0, dtype=torch.long)
         return Verdict(scores=scores, flagged=flagged_idx, details={
