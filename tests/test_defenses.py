@@ -225,3 +225,13 @@ def test_the_gate_flags_an_outlier_class_and_under_all_to_all_every_split_class_
     assert flagged == set() and "all-to-all poison needs half" in reasons["2"], reasons
     hidden = {**natural, 2: 150.0, 6: 2.1, 7: 2.3, 8: 6.5, 9: 7.0}  # half split wide, one an outlier of foreign origin
     assert gate.decide(hidden, lambda k: 0.9 if k == 2 else 0.0)[0] == {2}
+
+
+def test_a_layer_too_wide_for_the_per_class_scatter_is_a_clear_error(monkeypatch) -> None:
+    import poisonlab.defenses.features as features_module
+
+    monkeypatch.setattr(features_module, "SCATTER_BYTES", 1000)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 16), nn.ReLU(), nn.Linear(16, 2))
+    data = ImageSet(torch.rand(8, 1, 6, 6), torch.tensor([0, 1] * 4), ("a", "b"))
+    with pytest.raises(PoisonlabError, match="16 features an image.*scan a later layer"):
+        SpectralSignatures().scan(model, data)

@@ -28,6 +28,11 @@ layers give P >= 0.99 at R 1.0. A deep net's pooled features hide a small trigge
 (EfficientNet-Lite0 fine-tuned, BadNets 1%, a 12-px checkerboard, seed 0) the poison's class splits 4.7 clean
 standard deviations in them and 32.6 at the middle (the output of block 8 of 16)."""
 
+SCATTER_BYTES = 4 * 2**30
+"""Most memory the per-class float64 scatter matrices of a scanned layer may take (beyond it: a clear error, not an
+out-of-memory kill). EfficientNet-Lite0's middle at 64 px (1,792 features) takes 0.24 GiB for 10 classes; at 224 px
+(21,952 features) it would take 36 GiB."""
+
 DEEP = 8
 """Conv layers from which a single-Linear ``nn.Sequential`` is read at its middle by ``auto``."""
 
@@ -199,6 +204,13 @@ class ClassPass:
             parts: list[Tensor] = []
             for f, early in iter_layers(model, data.x[idx], [layer, provenance_layer], batch_size):
                 if sums is None:
+                    need = f.shape[1] ** 2 * 8 * data.num_classes
+                    if need > SCATTER_BYTES:
+                        raise PoisonlabError(
+                            f"feature layer {layer!r}: {f.shape[1]} features an image, and a data scanner keeps a "
+                            f"{f.shape[1]}x{f.shape[1]} scatter per class ({need / 2**30:.1f} GiB for "
+                            f"{data.num_classes} classes); expected at most {SCATTER_BYTES / 2**30:.0f} GiB: scan a "
+                            "later layer (layer=...) or smaller images")
                     sums = torch.zeros(data.num_classes, early.shape[1], dtype=torch.float64)
                 stats.add(k, f)
                 sums[k] += early.double().sum(0)
