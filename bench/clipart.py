@@ -12,6 +12,7 @@ scanner with the best F1 removed and the model retrained (CA and ASR after). Mod
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -123,7 +124,8 @@ def main() -> None:
         best = max(rows, key=lambda r: (rows[r]["f1"], rows[r]["auroc"]))  # retraining needs flags, not a ranking
         keep = ~as_mask(flags[best], len(poisoned.data))
         kept = poisoned.data.subset(torch.nonzero(keep).flatten())
-        repaired, seconds = trained(f"{name}-retrain-{best}-s{seed}", kept, args, seed)
+        removed = hashlib.sha256(torch.nonzero(~keep).flatten().numpy().tobytes()).hexdigest()[:12]
+        repaired, seconds = trained(f"{name}-retrain-{removed}-s{seed}", kept, args, seed)  # keyed by the rows removed
         after = evaluate(repaired, test, triggered)
         print(f"   retrained without {best}'s {int((~keep).sum())} flags: CA {after['clean_accuracy']:.4f} ASR "
               f"{after['attack_success_rate']:.4f} ({seconds:.0f} s)")

@@ -225,6 +225,10 @@ def test_the_gate_flags_an_outlier_class_and_under_all_to_all_every_split_class_
     assert flagged == set() and "all-to-all poison needs half" in reasons["2"], reasons
     hidden = {**natural, 2: 150.0, 6: 2.1, 7: 2.3, 8: 6.5, 9: 7.0}  # half split wide, one an outlier of foreign origin
     assert gate.decide(hidden, lambda k: 0.9 if k == 2 else 0.0)[0] == {2}
+    by_origin = Gate(class_threshold=3.5, min_separation=6.0, min_foreign=0.8, by_origin=True)
+    flagged, foreign, reasons = by_origin.decide(natural, lambda k: 0.9 if k == 3 else 0.75)
+    assert flagged == {3} and set(foreign) == {0, 2, 3}, "every wide class is judged by its origin, no outlier needed"
+    assert "judged by its origin alone" in reasons["3"] and reasons["2"].startswith("rejected"), reasons
 
 
 def test_a_layer_too_wide_for_the_per_class_scatter_is_a_clear_error(monkeypatch) -> None:

@@ -103,7 +103,8 @@ class ActivationClustering:
         if self.rule == "size":
             suspicious = {k for k in groups if len(groups[k]) < self.size_ratio * clusters[str(k)]["class_size"]}
         else:
-            gate = Gate(self.class_threshold, self.min_separation, foreign_bar(nearest, self.min_foreign))
+            gate = Gate(self.class_threshold, self.min_separation, foreign_bar(nearest, self.min_foreign),
+                        by_origin=nearest is None)
             suspicious, foreign, reasons = gate.decide(separation,
                                                        lambda k: origin_share(model, seen, k, groups[k], nearest))
             for k in unsure & suspicious:

@@ -95,7 +95,8 @@ class SpectralSignatures:
         if self.removal is not None:
             suspicious = set(sides)
         else:
-            gate = Gate(self.class_threshold, self.min_separation, foreign_bar(nearest, self.min_foreign))
+            gate = Gate(self.class_threshold, self.min_separation, foreign_bar(nearest, self.min_foreign),
+                        by_origin=nearest is None)
             suspicious, foreign, reasons = gate.decide(
                 {k: s.separation for k, s in splits.items()},
                 lambda k: origin_share(model, seen, k, sides[k], nearest))

@@ -258,7 +258,8 @@ class Spectre:
         if self.removal is not None:
             suspicious = set(sides)
         else:
-            gate = Gate(self.class_threshold, self.min_separation, foreign_bar(nearest, self.min_foreign))
+            gate = Gate(self.class_threshold, self.min_separation, foreign_bar(nearest, self.min_foreign),
+                        by_origin=nearest is None)
             suspicious, foreign, reasons = gate.decide(
                 separation,
                 lambda k: origin_share(model, seen, k, sides[k], nearest))
