@@ -63,13 +63,17 @@ def test_static_int8_converts_it_and_keeps_its_predictions(poisoned: tuple[Poiso
 
 def test_the_defenses_find_its_features_and_last_conv(poisoned: tuple[Poisoned, ImageSet], trained: nn.Module) -> None:
     data, test = poisoned
-    assert features(trained, test.x[:10], "auto").shape == (10, 64)  # the pooled features, input of the head
+    assert features(trained, test.x[:10], "penultimate").shape == (10, 64)  # the pooled features, input of the head
+    assert torch.equal(features(trained, test.x[:10], "auto"), trained[:9](test.x[:10]).flatten(1))  # its middle
     name, conv = last_conv(trained)
     assert conv is trained[-4].conv2 and name.endswith("conv2")
     defender = defender_data("reserve:200", data.data, data.indices, test, data.triggered(test), seed=0)
-    specs = ["spectral", "activation-clustering", "strip:n_overlays=8", "fine-pruning"]
+    pooled = ["spectral:layer=penultimate", "activation-clustering:layer=penultimate"]
+    specs = [*pooled, "spectre", "strip:n_overlays=8", "fine-pruning"]
     out = apply_defenses(specs, trained, data.data, data.indices, defender, target=1, seed=0)
-    assert out["spectral"]["auroc"] > 0.5 and out["activation-clustering"]["auroc"] > 0.5
+    # measured: pooled features SS 0.68, AC 0.80; SPECTRE at the middle (auto) 1.00, in pooled features 0.86. At the
+    # middle SS and AC rank this 8x8, 10% poison below chance (0.47, 0.44): no layer is best for every scanner
+    assert all(out[spec]["auroc"] > 0.6 for spec in pooled) and out["spectre"]["auroc"] > 0.95
     assert 0.0 <= out["strip:n_overlays=8"]["detection_rate"] <= 1.0 and "asr_after" in out["fine-pruning"]
 
 
