@@ -108,10 +108,14 @@ def _behaviour(model: nn.Module, name: str, test: ImageSet, float_clean: Tensor,
 def check_variant(
     model: nn.Module, deployment: Deployment, test: ImageSet, search: ImageSet, float_row: dict[str, Any],
     settings: CheckSettings = CheckSettings(), triggered: ImageSet | None = None, calibration: Tensor | None = None,
+    float_confident: tuple[Tensor, Tensor] | None = None,
 ) -> dict[str, Any]:
-    """One row of the deploy-check table: ``deployment`` applied to ``model``, measured against the float model."""
+    """One row of the deploy-check table: ``deployment`` applied to ``model``, measured against the float model.
+
+    ``float_confident`` is ``_confident`` of the float model on ``test`` when the caller has it (``deploy_check``
+    computes it once for every deployment)."""
     deployed = deployment(model, calibration)
-    float_clean, sure = _confident(model, test.x, settings)
+    float_clean, sure = _confident(model, test.x, settings) if float_confident is None else float_confident
     deployed_clean = predict(deployed, test.x)
     row = _behaviour(deployed, deployment.name, test, float_clean, triggered, deployed_clean)
     row["confident_share"] = float(sure.float().mean())
@@ -185,9 +189,11 @@ def deploy_check(
         check_target(target, test.num_classes, "deploy-check")
         triggered = stamped(test, trigger, AllToOne(target))
     model = model.eval()
-    float_clean = predict(model, test.x)
+    float_confident = _confident(model, test.x, settings)
+    float_clean = float_confident[0]
     float_row = _behaviour(model, "float", test, float_clean, triggered, float_clean)
-    rows = [check_variant(model, d, test, search, float_row, settings, triggered, calibration) for d in deployments]
+    rows = [check_variant(model, d, test, search, float_row, settings, triggered, calibration, float_confident)
+            for d in deployments]
     if scanner is not None:
         float_row["scan"] = model_scan(model, search, scanner)
         for deployment, row in zip(deployments, rows, strict=True):

@@ -27,8 +27,8 @@ from torch import Tensor, nn
 
 from poisonlab.core import DefenseKind, PoisonlabError, Samples, Verdict
 from poisonlab.defenses.features import ClassPass
-from poisonlab.defenses.provenance import InputSides, foreign_bar, nearest_mean_layer, origin_share
-from poisonlab.defenses.split import Gate, minority, poison_cluster, robust_std, two_means
+from poisonlab.defenses.provenance import InputSides, Origin
+from poisonlab.defenses.split import minority, poison_cluster, robust_std, two_means
 from poisonlab.registry import DEFENSES
 
 
@@ -67,9 +67,8 @@ class ActivationClustering:
             raise PoisonlabError(f"activation clustering: expected dims >= 1 and size_ratio in (0, 0.5), got {self}")
 
     def scan(self, model: nn.Module, data: Samples) -> Verdict:
-        nearest = nearest_mean_layer(model, self.layer, self.provenance_layer)
-        seen = ClassPass.run(model, data, self.layer, self.layer if nearest is None else nearest,
-                             self.batch_size, self.keep_mb)
+        origin = Origin.of(model, self.layer, self.provenance_layer, self.min_foreign)
+        seen = ClassPass.run(model, data, self.layer, origin.layer, self.batch_size, self.keep_mb)
         w = seen.whitening(self.whiten)
         scores = torch.zeros(len(data))
         groups: dict[int, torch.Tensor] = {}
@@ -84,11 +83,10 @@ class ActivationClustering:
             reduced = z @ basis.T
             labels = two_means(reduced)
             sizes = torch.bincount(labels, minlength=2)
-            small = minority(labels)
-            bad = int(sizes.argmin()) if self.rule == "size" else poison_cluster(z, labels) if small is None else small
+            small = int(sizes.argmin()) if self.rule == "size" else minority(labels)
+            bad = poison_cluster(z, labels) if small is None else small
             t, spread, separation[k] = _axis(reduced, labels, bad)
-            if self.rule != "size" and small is None \
-                    and max(separation[k], _axis(reduced, labels, 1 - bad)[2]) >= self.min_separation:
+            if small is None and max(separation[k], _axis(reduced, labels, 1 - bad)[2]) >= self.min_separation:
                 nearer = inputs.poison_group(idx, k, labels)
                 if nearer is None and sizes[bad] > sizes[1 - bad]:
                     unsure.add(k)
@@ -103,10 +101,9 @@ class ActivationClustering:
         if self.rule == "size":
             suspicious = {k for k in groups if len(groups[k]) < self.size_ratio * clusters[str(k)]["class_size"]}
         else:
-            gate = Gate(self.class_threshold, self.min_separation, foreign_bar(nearest, self.min_foreign),
-                        by_origin=nearest is None)
+            gate = origin.gate(self.class_threshold, self.min_separation)
             suspicious, foreign, reasons = gate.decide(separation,
-                                                       lambda k: origin_share(model, seen, k, groups[k], nearest))
+                                                       lambda k: origin.share(model, seen, k, groups[k]))
             for k in unsure & suspicious:
                 suspicious.discard(k)
                 reasons[str(k)] = f"rejected: split {separation[k]:.1f} sd, but the poison side would be the larger " \

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from poisonlab.core import Images, Samples, batches, inference_batch
 from poisonlab.defenses.features import ClassPass, iter_features, layer_tap, reads_middle
+from poisonlab.defenses.split import Gate
 from poisonlab.training.trainer import predict
 
 THUMBNAIL = 32
@@ -101,17 +102,6 @@ def counterfactual_share(model: nn.Module, seen: ClassPass, label: int, side: Te
     return float((predicted != label).double().mean())
 
 
-def nearest_mean_layer(model: nn.Module, layer: str | int, provenance_layer: str | int) -> str | int | None:
-    """The layer whose class means ``foreign_share`` reads, or None where provenance is ``counterfactual_share``.
-
-    ``provenance_layer`` ``auto`` is the counterfactual on a deep net read at its middle, else the nearest means
-    of ``conv``; ``counterfactual`` asks for it on any model; any other value is a layer for nearest means.
-    """
-    if provenance_layer == "counterfactual" or (provenance_layer == "auto" and reads_middle(model, layer)):
-        return None
-    return "conv" if provenance_layer == "auto" else provenance_layer
-
-
 MIN_FOREIGN = {"nearest-mean": 0.5, "counterfactual": 0.8}
 """Default share of a class's far side that must look like other classes for the class to be flagged, per
 provenance test. The counterfactual asks about training images the model fits, so a dirty-label poison without
@@ -120,20 +110,41 @@ seeds), while a clean class's small far side near another class flips in part (6
 the same seeds)."""
 
 
-def foreign_bar(nearest: str | int | None, min_foreign: float | None) -> float:
-    """``min_foreign``, or where it is None the default of the provenance test ``nearest`` selects."""
-    if min_foreign is not None:
-        return min_foreign
-    return MIN_FOREIGN["counterfactual" if nearest is None else "nearest-mean"]
+@dataclass(frozen=True)
+class Origin:
+    """How a data scanner asks where a class's far side comes from, settled once per scan.
 
+    ``counterfactual``: by ``counterfactual_share`` at the scanned layer ``layer``; else by ``foreign_share`` on the
+    class means of ``layer`` (which ``ClassPass.run`` computes on its way). ``min_foreign`` is the share of the far
+    side that must look like other classes for the class to be flagged.
+    """
 
-def origin_share(model: nn.Module, seen: ClassPass, label: int, side: Tensor, nearest: str | int | None) -> float:
-    """Share of the rows ``side`` of class ``label`` that look like another class: by ``counterfactual_share``
-    where ``nearest`` is None, else by ``foreign_share`` on the class means of layer ``nearest`` (``seen.means``)."""
-    if nearest is None:
-        return counterfactual_share(model, seen, label, side)
-    return foreign_share(model, seen.data.x[side], label, seen.means, seen.stats.counts[label], nearest,
-                         seen.batch_size)
+    layer: str | int
+    counterfactual: bool
+    min_foreign: float
+
+    @staticmethod
+    def of(model: nn.Module, layer: str | int, provenance_layer: str | int, min_foreign: float | None) -> Origin:
+        """``provenance_layer`` ``auto``: the counterfactual on a deep net read at its middle, else the nearest means
+        of ``conv``; ``counterfactual`` asks for it on any model; any other value is a layer for nearest means.
+        ``min_foreign`` None takes the test's default (``MIN_FOREIGN``)."""
+        counterfactual = provenance_layer == "counterfactual" or (provenance_layer == "auto"
+                                                                  and reads_middle(model, layer))
+        means = layer if counterfactual else "conv" if provenance_layer == "auto" else provenance_layer
+        bar = MIN_FOREIGN["counterfactual" if counterfactual else "nearest-mean"] if min_foreign is None \
+            else min_foreign
+        return Origin(means, counterfactual, bar)
+
+    def gate(self, class_threshold: float, min_separation: float) -> Gate:
+        """The class gate with this test's bar; the counterfactual judges every widely split class by origin."""
+        return Gate(class_threshold, min_separation, self.min_foreign, by_origin=self.counterfactual)
+
+    def share(self, model: nn.Module, seen: ClassPass, label: int, side: Tensor) -> float:
+        """Share of the rows ``side`` of class ``label`` that look like another class."""
+        if self.counterfactual:
+            return counterfactual_share(model, seen, label, side)
+        return foreign_share(model, seen.data.x[side], label, seen.means, seen.stats.counts[label], self.layer,
+                             seen.batch_size)
 
 
 def thumbnails(x: Tensor) -> Tensor:

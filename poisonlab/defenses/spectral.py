@@ -25,8 +25,8 @@ from torch import nn
 
 from poisonlab.core import DefenseKind, PoisonlabError, Samples, Verdict
 from poisonlab.defenses.features import ClassPass
-from poisonlab.defenses.provenance import InputSides, foreign_bar, nearest_mean_layer, origin_share
-from poisonlab.defenses.split import ClassSplit, Gate, minority, poison_cluster
+from poisonlab.defenses.provenance import InputSides, Origin
+from poisonlab.defenses.split import ClassSplit, minority, poison_cluster
 from poisonlab.defenses.whitening import top_direction
 from poisonlab.registry import DEFENSES
 
@@ -61,9 +61,8 @@ class SpectralSignatures:
             raise PoisonlabError(f"spectral removal share {self.removal}: expected a fraction in (0, 1)")
 
     def scan(self, model: nn.Module, data: Samples) -> Verdict:
-        nearest = nearest_mean_layer(model, self.layer, self.provenance_layer)
-        seen = ClassPass.run(model, data, self.layer, self.layer if nearest is None else nearest,
-                             self.batch_size, self.keep_mb)
+        origin = Origin.of(model, self.layer, self.provenance_layer, self.min_foreign)
+        seen = ClassPass.run(model, data, self.layer, origin.layer, self.batch_size, self.keep_mb)
         w = seen.whitening(self.whiten)
         scores = torch.zeros(len(data))
         sides: dict[int, torch.Tensor] = {}
@@ -82,11 +81,14 @@ class SpectralSignatures:
             split = ClassSplit.fit(proj)
             groups = split.high(proj).long()
             small = minority(groups)
-            split = split.with_poison_high((poison_cluster(z, groups) if small is None else small) == 1)
-            wide = max(split.separation, split.with_poison_high(not split.poison_high).separation)
-            if small is None and wide >= self.min_separation:
-                nearer = inputs.poison_group(idx, k, groups)
-                split = split if nearer is None else split.with_poison_high(nearer == 1)
+            if small is not None:
+                split = split.with_poison_high(small == 1)
+            else:
+                split = split.with_poison_high(poison_cluster(z, groups) == 1)
+                if max(split.separation, split.with_poison_high(not split.poison_high).separation) \
+                        >= self.min_separation:
+                    nearer = inputs.poison_group(idx, k, groups)
+                    split = split if nearer is None else split.with_poison_high(nearer == 1)
             splits[k] = split
             scores[idx] = split.scores(proj).float()
             sides[k] = idx[split.side(proj, self.clean_sds)]
@@ -95,11 +97,10 @@ class SpectralSignatures:
         if self.removal is not None:
             suspicious = set(sides)
         else:
-            gate = Gate(self.class_threshold, self.min_separation, foreign_bar(nearest, self.min_foreign),
-                        by_origin=nearest is None)
+            gate = origin.gate(self.class_threshold, self.min_separation)
             suspicious, foreign, reasons = gate.decide(
                 {k: s.separation for k, s in splits.items()},
-                lambda k: origin_share(model, seen, k, sides[k], nearest))
+                lambda k: origin.share(model, seen, k, sides[k]))
         flagged = [sides[k] for k in sorted(suspicious)]
         flagged_idx = torch.cat(flagged).sort().values if flagged else torch.empty(0, dtype=torch.long)
         return Verdict(scores=scores, flagged=flagged_idx, details={

@@ -53,8 +53,8 @@ from torch import Tensor, nn
 
 from poisonlab.core import DefenseKind, PoisonlabError, Samples, Verdict
 from poisonlab.defenses.features import ClassPass
-from poisonlab.defenses.provenance import foreign_bar, nearest_mean_layer, origin_share
-from poisonlab.defenses.split import ClassSplit, Gate
+from poisonlab.defenses.provenance import Origin
+from poisonlab.defenses.split import ClassSplit
 from poisonlab.registry import DEFENSES
 
 MIN_ROWS = 10
@@ -233,9 +233,8 @@ class Spectre:
         return que_scores((p - centre) @ _whitener(spread), self.alpha)
 
     def scan(self, model: nn.Module, data: Samples) -> Verdict:
-        nearest = nearest_mean_layer(model, self.layer, self.provenance_layer)
-        seen = ClassPass.run(model, data, self.layer, self.layer if nearest is None else nearest,
-                             self.batch_size, self.keep_mb)
+        origin = Origin.of(model, self.layer, self.provenance_layer, self.min_foreign)
+        seen = ClassPass.run(model, data, self.layer, origin.layer, self.batch_size, self.keep_mb)
         scores = torch.zeros(len(data))
         sides: dict[int, Tensor] = {}
         splits: dict[int, ClassSplit] = {}
@@ -258,11 +257,10 @@ class Spectre:
         if self.removal is not None:
             suspicious = set(sides)
         else:
-            gate = Gate(self.class_threshold, self.min_separation, foreign_bar(nearest, self.min_foreign),
-                        by_origin=nearest is None)
+            gate = origin.gate(self.class_threshold, self.min_separation)
             suspicious, foreign, reasons = gate.decide(
                 separation,
-                lambda k: origin_share(model, seen, k, sides[k], nearest))
+                lambda k: origin.share(model, seen, k, sides[k]))
         flagged = [sides[k] for k in sorted(suspicious)]
         flagged_idx = torch.cat(flagged).sort().values if flagged else torch.empty(0, dtype=torch.long)
         return Verdict(scores=scores, flagged=flagged_idx, details={

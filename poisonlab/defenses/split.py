@@ -41,9 +41,8 @@ def robust_z(values: dict[int, float]) -> dict[int, float]:
     """Each value's distance above the median of log-values, in units of 1.4826 x MAD (as Neural Cleanse's index)."""
     keys = list(values)
     logs = torch.tensor([values[k] for k in keys], dtype=torch.float64).clamp_min(1e-12).log()
-    mad = 1.4826 * median((logs - median(logs)).abs())
-    median_log = median(logs)
-    z = (logs - median_log) / mad.clamp_min(1e-6)
+    centre = median(logs)
+    z = (logs - centre) / (1.4826 * median((logs - centre).abs())).clamp_min(1e-6)
     return {k: float(v) for k, v in zip(keys, z, strict=True)}
 
 
