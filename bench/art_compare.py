@@ -106,7 +106,7 @@ def main() -> None:
         compare(spec, args, train_set, test_set, py)
 
 
-OURS = ("spectral", "activation-clustering", "label-consistency", "spectre")
+OURS = ("spectral", "activation-clustering", "label-consistency", "spectre", "out-of-fold")
 """poisonlab's data scanners compared; ART's two are the same methods as the first two, as ART implements them."""
 
 

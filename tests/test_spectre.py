@@ -117,3 +117,21 @@ def test_bad_parameters_are_refused_in_one_line(spec: str, match: str) -> None:
     with pytest.raises(PoisonlabError, match=match) as e:
         DEFENSES.build(spec)
     assert "\n" not in str(e.value)
+
+
+def test_the_low_group_is_the_poison_where_the_poison_outnumbers_its_class() -> None:
+    """10% BadNets in 10,000 MNIST rows: 1,000 poison beside 953 real zeros. The input names the poison's side,
+    whichever QUE group it falls in; a small high group is the poison without asking."""
+    from poisonlab.data import load_dataset
+    from poisonlab.defenses.provenance import InputSides
+
+    digits = load_dataset("mnist")[0]
+    data = digits.subset(torch.randperm(len(digits), generator=torch.Generator().manual_seed(0))[:10000])
+    poisoned = BadNets(target=0, rate=0.1).poison(data, torch.Generator().manual_seed(0))
+    idx = torch.nonzero(poisoned.data.y == 0).flatten()
+    is_poison = torch.isin(idx, poisoned.indices)
+    inputs = InputSides(poisoned.data)
+    assert Spectre.low_is_poison(inputs, idx, 0, high=~is_poison)  # the real zeros scored high: flip
+    assert not Spectre.low_is_poison(inputs, idx, 0, high=is_poison)
+    few = is_poison & (torch.cumsum(is_poison.long(), 0) <= 100)  # 100 poison scored high, the rest low
+    assert not Spectre.low_is_poison(inputs, idx, 0, high=few)

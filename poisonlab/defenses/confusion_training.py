@@ -58,7 +58,7 @@ pool drawn with seed 0 held every BadNets all-to-all row poisoned with seed 0)."
 
 
 @torch.no_grad()
-def label_log_odds(model: nn.Module, data: ImageSet, device: torch.device) -> Tensor:
+def label_log_odds(model: nn.Module, data: Samples, device: torch.device) -> Tensor:
     """``log(p / (1 - p))`` for the probability ``p`` ``model`` gives each row's label, computed in batches."""
     model.eval()
     out = torch.empty(len(data))

@@ -3,7 +3,7 @@
 For each attack table and each rate the victim is trained on the poisoned set; every data scanner scores
 every training row, and the cell keeps the backdoor's ASR (did it take?), each scanner's AUROC and TPR at
 an FPR of 5% (both from the scores, never from the flags), its flags (count, precision, recall), and the
-ASR after retraining without the flags of the cell's best scanner (highest AUROC). A clean reference model
+ASR after retraining without the flags of the cell's best scanner (``best_scanner``). A clean reference model
 is scanned too: its flagged share and whether a scanner called it backdoored. ``imbalance`` subsamples the
 training set to a long tail (largest / smallest class = the ratio) before anything else, the setting in
 which IBD-PSC and Confusion Training lose recall. Seeds are a sweep axis (``seed = [0, 1, 2]``): the sweep
@@ -99,6 +99,17 @@ def scan_cell(cfg: DetectionMatrixConfig, model: torch.nn.Module, data: ImageSet
     return out
 
 
+def best_scanner(scans: dict[str, dict[str, Any]]) -> str:
+    """The scanner with the highest TPR at 5% FPR, ties broken by AUROC (NaN counts as lowest).
+
+    The detection bar asks for both; ranking by AUROC alone chose label consistency (AUROC 0.984, TPR 0.93)
+    over out-of-fold (0.983, 0.97) on adaptive-patch at 10%, and retraining without its flags kept the backdoor.
+    """
+    def key(name: str) -> tuple[float, ...]:
+        return tuple(-1.0 if math.isnan(scans[name][m]) else scans[name][m] for m in ("tpr_at_5fpr", "auroc"))
+    return max(scans, key=key)
+
+
 def run_detection_matrix(cfg: DetectionMatrixConfig, run: Run) -> Result:
     """Every attack x rate x detector on the victim's data, plus a clean reference (see the module docstring)."""
     timer = Timer()
@@ -140,7 +151,7 @@ def _cell(cfg: DetectionMatrixConfig, raw: dict[str, Any], rate: float, train_se
     triggered = poisoned.triggered(test)
     base = evaluate(model, test, triggered)
     scans = scan_cell(cfg, model, poisoned.data, poisoned.indices)
-    best = max(scans, key=lambda n: -1.0 if math.isnan(scans[n]["auroc"]) else scans[n]["auroc"])
+    best = best_scanner(scans)
     cell: dict[str, Any] = {"ca": base["clean_accuracy"], "asr": base["attack_success_rate"],
                             "poisoned": len(poisoned.indices), "best": best,
                             "best_auroc": scans[best]["auroc"], "best_tpr_at_5fpr": scans[best]["tpr_at_5fpr"],
