@@ -124,6 +124,7 @@ DEFENSE_CASES = {
     "ibd-psc": ["ibd-psc"],
     "label-consistency": ["label-consistency"],
     "neural-cleanse": ["neural-cleanse:steps=40"],
+    "out-of-fold": ["out-of-fold:steps=20"],
     "retrain": ["spectral", "retrain:scanner=spectral"],
     "scale-up": ["scale-up"],
     "spectral": ["spectral"],

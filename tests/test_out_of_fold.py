@@ -12,7 +12,7 @@ from poisonlab.defenses.out_of_fold import OutOfFold
 from poisonlab.models import build_model
 from poisonlab.registry import ATTACKS, DEFENSES
 
-ROWS = 3000
+ROWS = 6000
 
 
 @pytest.fixture(scope="module")
@@ -27,16 +27,17 @@ def test_finds_adaptive_patch_poison_that_latent_scanners_are_built_to_miss(digi
     truth = torch.zeros(ROWS)
     truth[poisoned.indices] = 1
     assert verdict.scores is not None
-    assert roc_auc_score(truth, verdict.scores) > 0.95  # measured 0.963
+    assert roc_auc_score(truth, verdict.scores) > 0.95  # measured 0.981
     caught = int(truth[verdict.flagged].sum())
     assert caught >= 0.9 * len(poisoned.indices) and len(verdict.flagged) <= 1.1 * len(poisoned.indices), (
-        caught, len(verdict.flagged))  # measured 279 of 282 flagged, of 300
+        caught, len(verdict.flagged))  # measured 580 of 583 flagged, of 600
     assert verdict.details["suspicious_classes"] == [0]
     assert verdict.details["gate"]["0"].startswith("flagged")
 
 
 def test_clean_digits_are_not_flagged(digits: ImageSet) -> None:
-    verdict = OutOfFold().scan(build_model("badnets-cnn", digits, 0), digits)
+    clean = digits.subset(slice(0, 3000))
+    verdict = OutOfFold().scan(build_model("badnets-cnn", clean, 0), clean)
     assert len(verdict.flagged) == 0 and verdict.details["suspicious_classes"] == []
     assert all(reason.startswith("not flagged") for reason in verdict.details["gate"].values())
 
@@ -61,7 +62,7 @@ def test_a_share_raised_in_every_class_alike_is_not_flagged() -> None:
 
 @pytest.mark.parametrize(("setting", "message"), [
     ({"folds": 1}, "folds"), ({"steps": 0}, "steps"), ({"lr": 0.0}, "lr"), ({"min_nats": -1.0}, "min_nats"),
-    ({"seed": -1}, "seed"),
+    ({"noise": -0.1}, "noise"), ({"seed": -1}, "seed"),
 ])
 def test_bad_settings_name_the_setting(setting: dict[str, float], message: str) -> None:
     with pytest.raises(PoisonlabError, match=message):
