@@ -141,6 +141,13 @@ def test_cli_scan_data_scan_model_and_defend(run_dir, tmp_path):
     assert len(saved["flagged_rows"]) == body["flagged"]
     res = runner.invoke(app, ["scan", "data", "--run", str(run_dir), "--out", str(tmp_path / "s[/x]")])
     assert res.exit_code == 1 and "verdict: POISON SUSPECTED" in res.output and "s[/x]" in res.output  # literal path
+    res = runner.invoke(app, ["scan", "data", "--run", str(run_dir), "--defense", "out-of-fold", "--layer", "conv"])
+    assert res.exit_code == 2 and "reads no feature layer" in res.output, res.output
+    res = runner.invoke(app, ["scan", "data", "--run", str(run_dir), "--defense", "out-of-fold", "--json", "--out",
+                              str(tmp_path / "oof")])
+    body = json.loads(res.output)  # a scanner that trains its own models and reads no layer goes through the CLI
+    assert res.exit_code == (1 if body["flagged"] else 0) and body["layer"] is None, res.output
+    assert sorted(body["gate"]) == [f"class{k}" for k in range(4)]  # a reason for every class
     res = runner.invoke(app, ["scan", "model", "--run", str(run_dir), "--steps", "30", "--images", "200",
                               "--json", "--out", str(tmp_path / "nc")])
     body = json.loads(res.output)

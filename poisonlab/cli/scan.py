@@ -48,7 +48,7 @@ def _verdict(result: dict[str, Any]) -> str:
         return (f"nothing flagged in {scanned}, but {len(rejected)} class(es) split into two separated groups and "
                 f"were not flagged: " + "; ".join(f"{c}: {r}" for c, r in rejected.items())
                 + f". Inspect the top of {result['out']}/scores.csv")
-    return f"nothing flagged in {scanned}: no class splits into separated groups ({result['defense']})"
+    return f"nothing flagged in {scanned}: no class was judged poisoned ({result['defense']})"
 
 
 def _scores_csv(subject: Subject, scores: torch.Tensor, flagged: torch.Tensor, ranked: list[int]) -> bytes:
@@ -71,7 +71,8 @@ def data(
     weights: WeightsOpt = None,
     model: ModelOpt = None,
     holdout: HoldoutOpt = None,
-    defense: Annotated[str, typer.Option(help="a data scanner: spectral or activation-clustering")] = "spectral",
+    defense: Annotated[str, typer.Option(help="a data scanner: spectral, activation-clustering, label-consistency, "
+                                              "spectre, confusion-training or out-of-fold")] = "spectral",
     layer: Annotated[str | None, typer.Option(help="feature layer: auto, penultimate, pre-activation, conv, a module "
                                                    "name, or an index (default: the scanner's own: auto for spectral "
                                                    "and activation-clustering, conv for label-consistency)")] = None,
@@ -112,7 +113,10 @@ def data(
             raise PoisonlabError(f"{truth}: none of its {len(given)} rows is a scanned training row (rows 0 to "
                                  f"{max(position, default=-1)}); expected row numbers of the dataset")
     chosen = {} if layer is None else {"layer": int(layer) if layer.lstrip("-").isdigit() else layer}
-    scanner = DEFENSES.build(defense, **chosen)
+    scanner = DEFENSES.build(defense, device=device, **chosen)  # device: for the scanners that train models
+    if layer is not None and not hasattr(scanner, "layer"):
+        raise PoisonlabError(f"--layer {layer}: data scanner {defense} reads no feature layer (it trains models of "
+                             "its own); leave --layer out")
     t0 = time.perf_counter()
     verdict = scanner.scan(subject.model.to(where), train)
     seconds = time.perf_counter() - t0
@@ -120,7 +124,7 @@ def data(
     names, rows, files = train.classes, subject.data.rows, subject.data.files
     ranked = verdict.scores.argsort(descending=True, stable=True).tolist()
     result: dict[str, Any] = {
-        "defense": defense, "layer": scanner.layer, "dataset": subject.dataset, "model": subject.loaded,
+        "defense": defense, "layer": getattr(scanner, "layer", None), "dataset": subject.dataset, "model": subject.loaded,
         "samples": len(train), "seconds": seconds, "flagged": len(verdict.flagged),
         "suspicious_classes": [names[k] for k in verdict.details["suspicious_classes"]],
         "gate": {names[int(k)]: r for k, r in verdict.details.get("gate", {}).items()},

@@ -289,7 +289,8 @@ def deploy_check_tables(result: dict[str, Any], title: str) -> list[TableData]:
 
 def data_scan_tables(result: dict[str, Any], per_class: list[tuple[str, int]]) -> list[TableData]:
     """``scan data``: flagged samples per class (suspicious classes marked)."""
-    table = TableData(f"{result['defense']} on {result['samples']} samples ({result['layer']} features), "
+    read = "models of its own" if result["layer"] is None else f"{result['layer']} features"
+    table = TableData(f"{result['defense']} on {result['samples']} samples ({read}), "
                       f"{result['seconds']:.1f} s", ["class", "flagged"], [[c, str(n)] for c, n in per_class])
     d = result.get("detection")
     if d is not None:
