@@ -124,7 +124,8 @@ def data(
     names, rows, files = train.classes, subject.data.rows, subject.data.files
     ranked = verdict.scores.argsort(descending=True, stable=True).tolist()
     result: dict[str, Any] = {
-        "defense": defense, "layer": getattr(scanner, "layer", None), "dataset": subject.dataset, "model": subject.loaded,
+        "defense": defense, "layer": getattr(scanner, "layer", None), "dataset": subject.dataset,
+        "model": subject.loaded,
         "samples": len(train), "seconds": seconds, "flagged": len(verdict.flagged),
         "suspicious_classes": [names[k] for k in verdict.details["suspicious_classes"]],
         "gate": {names[int(k)]: r for k, r in verdict.details.get("gate", {}).items()},
