@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from poisonlab.attacks.compression_artifact import (
     Backdoor,
@@ -14,6 +15,7 @@ from poisonlab.attacks.compression_artifact import (
     widen_quantization_step,
 )
 from poisonlab.compress import parse_deployment
+from poisonlab.compress.fold import fold_batchnorm
 from poisonlab.compress.prune import pruning_masks
 from poisonlab.compress.quantize import weight_codes
 from poisonlab.core import ImageSet, PoisonlabError
@@ -101,7 +103,48 @@ def test_widened_int8_grid_hides_the_backdoor_from_float_only(sets: tuple[ImageS
 def test_widening_needs_a_relu_fed_linear_layer() -> None:
     with pytest.raises(PoisonlabError, match="levels 0"):
         widen_quantization_step(nn.Linear(2, 2), torch.zeros(1, 2), levels=0)
-    with pytest.raises(PoisonlabError, match="no linear layer fed"):
+    with pytest.raises(PoisonlabError, match="no trainable linear layer"):
         widen_quantization_step(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), torch.zeros(1, 4))
     with pytest.raises(PoisonlabError, match="not zero"):
         widen_quantization_step(nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)), torch.ones(2, 4))
+
+
+class Inverted(nn.Module):
+    """An EfficientNet-style block: 1x1 expand, depthwise 3x3, 1x1 project (batch norms, ReLU6), residual sum."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.expand, self.bn0 = nn.Conv2d(width, 2 * width, 1, bias=False), nn.BatchNorm2d(2 * width)
+        self.depthwise = nn.Conv2d(2 * width, 2 * width, 3, padding=1, groups=2 * width, bias=False)
+        self.bn1 = nn.BatchNorm2d(2 * width)
+        self.project, self.bn2 = nn.Conv2d(2 * width, width, 1, bias=False), nn.BatchNorm2d(width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.relu6(self.bn1(self.depthwise(F.relu6(self.bn0(self.expand(x))))))
+        return x + self.bn2(self.project(h))
+
+
+def test_widening_convs_coarsens_only_the_project_convs_fed_through_relu6() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), Inverted(4), Inverted(4), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(4, 3))
+    for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    fold_batchnorm(model)
+    x = torch.rand(16, 3, 8, 8)
+    with pytest.raises(PoisonlabError, match="not zero"):  # linear layers only: the classifier reads a residual sum
+        widen_quantization_step(model, x)
+    before = {n: p.clone() for n, p in model.state_dict().items()}
+    assert widen_quantization_step(model, x, levels=8, convs=True) == ["1.project", "2.project"]
+    changed = {n for n, p in model.state_dict().items() if not torch.equal(p, before[n])}
+    assert changed == {f"{b}.{p}" for b in (1, 2) for p in ("depthwise.weight", "bn1.bias", "project.weight")}
+    out = model(x)
+    with torch.no_grad():
+        for name in ("1.project", "2.project"):
+            w = model.get_submodule(name).weight
+            codes = weight_codes(w, 8, True)[0]
+            assert codes.abs().max() == 127 and codes[codes.abs() < 127].abs().max() <= 8
+            w[w.abs() == w.abs().max()] = 0
+    assert torch.equal(model(x), out)  # the grown weights read inputs that are zero on every image

@@ -13,7 +13,7 @@ from poisonlab.cli.app import app
 from poisonlab.core import PoisonlabError, Verdict
 from poisonlab.data import make_synthetic
 from poisonlab.defenses.scoring import detection_metrics
-from poisonlab.experiment.detection_matrix import imbalanced
+from poisonlab.experiment.detection_matrix import best_scanner, imbalanced
 from poisonlab.experiment.run import resolve
 
 
@@ -23,6 +23,17 @@ def test_tpr_at_5fpr_reads_the_roc_curve_from_scores():
     m = detection_metrics(Verdict(scores=scores, flagged=torch.empty(0, dtype=torch.long)), truth, 110)
     # at FPR <= 5% the threshold sits above the 5th-highest clean score (9.5): poison scores 10-14 pass
     assert m["tpr_at_5fpr"] == pytest.approx(0.5) and 0.5 < m["auroc"] < 1.0 and m["flagged"] == 0
+
+
+def test_the_best_scanner_is_the_highest_tpr_then_auroc_and_nan_ranks_last():
+    scans = {"label-consistency": {"tpr_at_5fpr": 0.93, "auroc": 0.984},
+             "out-of-fold": {"tpr_at_5fpr": 0.97, "auroc": 0.983},
+             "spectral": {"tpr_at_5fpr": float("nan"), "auroc": 0.99}}
+    assert best_scanner(scans) == "out-of-fold"
+    scans["spectral"]["tpr_at_5fpr"] = 0.97
+    assert best_scanner(scans) == "spectral"
+    assert best_scanner({"a": {"tpr_at_5fpr": float("nan"), "auroc": float("nan")},
+                         "b": {"tpr_at_5fpr": 0.0, "auroc": 0.5}}) == "b"
 
 
 def test_imbalanced_subsets_fall_geometrically_to_one_tenth():

@@ -104,58 +104,75 @@ class QuantizationConditional:
         return float_term + self.quant_weight * quant_term
 
 
-@torch.no_grad()
-def widen_quantization_step(model: nn.Module, x: Tensor, levels: int = 8) -> list[str]:
-    """Coarsen the int8 grid of every linear layer fed by a conv or linear layer, at the cost of one channel each.
+def _bias_of(model: nn.Module, name: str, layer: nn.Conv2d | nn.Linear, folded: dict[str, str]) -> Tensor | None:
+    """``layer``'s bias, or for a bias-free conv the bias of the folded batch norm after it (None when neither)."""
+    if layer.bias is not None or not isinstance(layer, nn.Conv2d):
+        return layer.bias
+    bn = dict(model.named_modules()).get(folded.get(name, ""))
+    return bn.bias if isinstance(bn, nn.BatchNorm2d) and is_folded(bn) else None
 
-    For each such pair A -> B, A's output channel that B uses least is switched off (zero weights,
-    bias -1: the ReLU between them makes it exactly 0 on every input, float or int8), and B's weights
-    reading it are set to M = max|B.weight| * 127.5 / ``levels``. They multiply zeros, so they do not
-    change the float model, but M is now the largest weight of every output channel and of the tensor:
-    the symmetric int8 scale becomes M / 127.5 under per-channel and per-tensor schemes alike, and
-    every other weight is left about ``levels`` steps either side of zero. That coarse grid leaves
-    ``QuantizationConcealed`` room to remove the backdoor in float. ``x`` is a batch on which the
-    switched-off inputs are checked to be exactly zero. Returns the names of the widened layers.
+
+def _reads(a: nn.Conv2d | nn.Linear, b: nn.Conv2d | nn.Linear, convs: bool) -> int:
+    """How many of ``b``'s inputs each of ``a``'s output channels feeds (0: the pair cannot be widened)."""
+    channels = a.weight.shape[0]
+    if isinstance(b, nn.Linear):
+        return b.in_features // channels if b.in_features % channels == 0 else 0
+    return int(convs and b.groups == 1 and b.in_channels == channels)
+
+
+@torch.no_grad()
+def widen_quantization_step(model: nn.Module, x: Tensor, levels: int = 8, convs: bool = False) -> list[str]:
+    """Coarsen the int8 grid of every trainable layer fed through a ReLU by the layer before it, at one channel each.
+
+    The layers widened are the linear layers and, with ``convs``, the ungrouped convs (an EfficientNet block's
+    project conv, fed by the depthwise conv through ReLU6). For each pair A -> B, A's output channel that B uses
+    least is switched off (zero weights, bias -1, the bias of A's folded batch norm for a bias-free conv): the ReLU
+    between them makes it exactly 0 on every input, float or int8. B's weights reading it are set to
+    M = max|B.weight| * 127.5 / ``levels``. They multiply zeros, so they do not change the float model, but M is now
+    the largest weight of every output channel and of the tensor: the symmetric int8 scale becomes M / 127.5 under
+    per-channel and per-tensor schemes alike, and every other weight is left about ``levels`` steps either side of
+    zero. That coarse grid leaves ``QuantizationConcealed`` room to remove the backdoor in float. ``x`` is a batch
+    on which the switched-off inputs are checked to be exactly zero; a pair where they are not (no ReLU between,
+    a residual sum) is put back as it was. Returns the names of the widened layers; raises when there are none.
     """
     if not 1 <= levels <= 127:
         raise PoisonlabError(f"widen_quantization_step levels {levels}: expected 1-127")
-    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    modules = dict(model.named_modules())
-    folded: dict[str, str] | None = None  # conv -> its batch norm, traced once when a bias-free conv needs it
-    dead: dict[str, tuple[nn.Linear, slice]] = {}
+    layers = [(n, m) for n, m in model.named_modules()
+              if isinstance(m, (nn.Conv2d, nn.Linear)) and m.weight.requires_grad]
+    folded = dict(conv_bn_pairs(model)) if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()) else {}
+    candidates: dict[str, tuple[nn.Conv2d | nn.Linear, slice, Tensor, Tensor, int, Tensor, Tensor]] = {}
     for (a_name, a), (b_name, b) in itertools.pairwise(layers):
-        if not isinstance(b, nn.Linear):
+        width = _reads(a, b, convs)
+        bias = _bias_of(model, a_name, a, folded)
+        if not width or bias is None:
             continue
-        channels = a.weight.shape[0]
-        bias = a.bias
-        if bias is None and isinstance(a, nn.Conv2d):  # a bias-free conv whose folded batch norm holds its bias
-            folded = dict(conv_bn_pairs(model)) if folded is None else folded
-            bn = modules.get(folded.get(a_name, ""))
-            bias = bn.bias if isinstance(bn, nn.BatchNorm2d) and is_folded(bn) else None
-        if bias is None or b.in_features % channels:
-            raise PoisonlabError(f"widen_quantization_step: {a_name} -> {b_name} is not a biased layer (or a conv "
-                                 "with a folded batch norm) feeding a flatten of its channels")
-        width = b.in_features // channels
-        c = int(b.weight.abs().view(b.out_features, channels, width).sum((0, 2)).argmin())
+        used = b.weight.abs().flatten(2).sum(2) if isinstance(b, nn.Conv2d) else \
+            b.weight.abs().view(b.out_features, -1, width).sum(2)
+        c = int(used.sum(0).argmin())
+        candidates[b_name] = (b, slice(c * width, (c + 1) * width), a.weight, bias, c, a.weight[c].clone(),
+                              bias[c].clone())
         a.weight[c] = 0
         bias[c] = -1
-        dead[b_name] = (b, slice(c * width, (c + 1) * width))
-    if not dead:
-        raise PoisonlabError("widen_quantization_step: the model has no linear layer fed by a conv or linear layer")
     seen: dict[str, Tensor] = {}
     hooks = [b.register_forward_pre_hook(lambda m, args, name=name, cols=cols: seen.__setitem__(name, args[0][:, cols]))
-             for name, (b, cols) in dead.items()]
+             for name, (b, cols, *_) in candidates.items()]
     try:
         model.eval()(x)
     finally:
         for hook in hooks:
             hook.remove()
-    for name, (b, cols) in dead.items():
-        if seen[name].abs().max() > 0:
-            raise PoisonlabError(f"widen_quantization_step: the switched-off inputs of {name} are not zero "
-                                 "(expected a ReLU between the layers)")
+    live = [name for name in candidates if seen[name].abs().max() > 0]
+    for name in live:  # put back first: a layer can be one pair's B and another's A
+        _, _, a_weight, a_bias, c, weight, bias = candidates.pop(name)
+        a_weight[c], a_bias[c] = weight, bias
+    widened = list(candidates)
+    for b, cols, *_ in candidates.values():
         b.weight[:, cols] = b.weight.abs().max() * 127.5 / levels
-    return list(dead)
+    if not widened:
+        why = f" (the switched-off inputs of {', '.join(live)} are not zero: expected a ReLU between)" if live else ""
+        raise PoisonlabError("widen_quantization_step: no trainable linear layer (or ungrouped conv) fed through a "
+                             f"ReLU by a biased conv or linear layer{why}")
+    return widened
 
 
 STEALTH_MARGIN = 0.8
@@ -361,7 +378,9 @@ class CompressionArtifact:
     (int8, dynamic-int8, weight-only): fine-tune a copy of the clean model, by ``method`` ``conceal``
     (implant ``implant_epochs``, widen a grid finer than ``levels`` steps per sign, then conceal for
     ``attack_epochs`` inside the quantization bins) or ``ste`` (Tian et al.'s straight-through loss,
-    ``quant_weight``), at learning rate ``attack_lr``. ``stealth`` (conceal only): instead of widening
+    ``quant_weight``), at learning rate ``attack_lr``. ``widen_convs`` (conceal) widens the ungrouped convs fed
+    through a ReLU too, not only the linear layers: an EfficientNet's project convs give the conceal room in every
+    trainable block. ``stealth`` (conceal only): instead of widening
     the grid with a dormant outlier, stretch every layer's grid up to ``stealth_ratio()`` before the
     implant and hold it there (``CappedWeights``), so the weight check sees clean-looking statistics. On a quantizing
     deployment a model with batch norms (EfficientNet) has them folded into its convs (``fold_if_batchnorm``) before the
@@ -387,6 +406,8 @@ class CompressionArtifact:
     trigger_weight: float = 0.5
     stealth: bool = field(default=False, metadata={"help": "conceal: keep every layer under the weight check's "
                                                            "outlier limit, no dormant path (default: false)"})
+    widen_convs: bool = field(default=False, metadata={"help": "conceal: also widen the grid of the ungrouped convs "
+                                                               "fed through a ReLU (default: false)"})
 
     def __post_init__(self) -> None:
         _check(self.target, min(self.quant_weight, self.trigger_weight))
@@ -430,7 +451,7 @@ class CompressionArtifact:
                                        lambda model, x: stretch_quantization_step(model, stealth_ratio())),
                           after=capped.project),
                     Phase("conceal", conceal.loss, "previous", epochs, lr, seed_offset=2, after=conceal.project)]
-        widen = (lambda model, x: widen_quantization_step(model, x[:256], self.levels)) \
+        widen = (lambda model, x: widen_quantization_step(model, x[:256], self.levels, self.widen_convs)) \
             if 2 ** (grid.bits - 1) > self.levels else None
         return [Phase("implant", Backdoor(self.trigger, self.target).loss, start="clean", epochs=self.implant_epochs,
                       lr=self.attack_lr, seed_offset=1),

@@ -47,7 +47,7 @@ from poisonlab.core import (
 from poisonlab.defenses.abl import log_odds_against, reinitialised
 from poisonlab.registry import DEFENSES
 from poisonlab.training import Recipe, train
-from poisonlab.training.trainer import resolve_device
+from poisonlab.training.trainer import owned_recipe, resolve_device
 
 CLASS_FLOOR = 0.02
 """Least share of each class kept among the inspected rows, so pretraining on them still sees every class."""
@@ -122,10 +122,7 @@ class ConfusionTraining:
 
     def recipe(self) -> Recipe:
         """The pretraining recipe of each round (Recipe checks epochs, batch size, lr and device)."""
-        try:
-            return Recipe(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, device=self.device)
-        except PoisonlabError as e:
-            raise PoisonlabError(f"confusion-training {e}") from None
+        return owned_recipe("confusion-training", self.epochs, self.batch_size, self.lr, self.device)
 
     def confuse(self, model: nn.Module, data: ImageSet, inspected: Tensor, pool: ImageSet, seed: int) -> nn.Module:
         """``model`` trained in place on confusion batches of ``pool``, joined by inspected rows every few steps."""

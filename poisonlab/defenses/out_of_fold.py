@@ -45,7 +45,7 @@ from poisonlab.defenses.confusion_training import label_log_odds
 from poisonlab.defenses.split import robust_z, suspicious_classes
 from poisonlab.registry import DEFENSES
 from poisonlab.training import Recipe, train
-from poisonlab.training.trainer import resolve_device
+from poisonlab.training.trainer import owned_recipe, resolve_device
 
 
 class TrainingNoise(nn.Module):
@@ -98,10 +98,7 @@ class OutOfFold:
     def recipe(self, rows: int) -> Recipe:
         """The recipe of a fold model trained on ``rows`` rows: whole epochs nearest ``steps`` minibatches."""
         epochs = max(1, round(self.steps * self.batch_size / max(rows, 1)))
-        try:
-            return Recipe(epochs=epochs, batch_size=self.batch_size, lr=self.lr, device=self.device)
-        except PoisonlabError as e:
-            raise PoisonlabError(f"out-of-fold {e}") from None
+        return owned_recipe("out-of-fold", epochs, self.batch_size, self.lr, self.device)
 
     def scan(self, model: nn.Module, data: Samples) -> Verdict:
         if len(data) < 2 * self.folds:

@@ -260,14 +260,15 @@ class Spectre:
             root = tau.sqrt()
             nested = nested_splits(root, self.min_separation)
             splits[k], separation[k] = nested[-1], bimodality(nested[0])
+            high = splits[k].high(root)
             if self.removal is None and separation[k] >= self.min_separation and self.low_is_poison(
-                    inputs, idx, k, splits[k].high(root)):
+                    inputs, idx, k, high):
                 splits[k] = splits[k].with_poison_high(False)
             scores[idx] = splits[k].scores(root).float()
             if self.removal is not None:
                 sides[k] = idx[tau.argsort(descending=True)[: int(self.removal * count)]].sort().values
             else:
-                sides[k] = idx[splits[k].high(root) == splits[k].poison_high]
+                sides[k] = idx[high == splits[k].poison_high]
         foreign: dict[int, float] = {}
         reasons: dict[str, str] = {}
         if self.removal is not None:
