@@ -5,7 +5,8 @@ class 8 (a white patch is lost on clip art's white background: implanting it cos
 recipe 5 epochs, lr 3e-3, batch 64 per seed; the attack implants for ``--implant-epochs`` and conceals for
 ``--attack-epochs`` at ``--attack-lr`` (the attack's MNIST defaults, 1 and 2 epochs at 1e-3, leave this backbone
 at 43% CA after the implant). For every seed: the clean model, the standard attack (conceal with
-``widen_quantization_step``) and the stealthy one (``stealth = true``), both from that seed's clean model as the
+``widen_quantization_step``, by default on the project convs too: ``--no-widen-convs`` widens the classifier only)
+and the stealthy one (``stealth = true``), both from that seed's clean model as the
 compression-artifact experiment runs them (the attack folds the trainable batch norms into their convs).
 Each model goes through deploy-check's ``deploy_check`` (calibrated on 512 training images, the divergence search
 on ``--search-images`` others, the weight check on the test images). Printed per model: float CA/ASR, int8
@@ -14,7 +15,7 @@ verdict (and its reasons), the weight check's worst scores and verdict,
 and the training seconds; the load average at the start. Everything printed is measured in this run.
 
 Usage: nice -n 10 python bench/clipart_compression.py [--seeds 0 1 2 3 4] [--size 32] [--cache DIR]
-       [--search-steps 30] [--backends int8-fbgemm]
+       [--search-steps 30] [--backends int8-fbgemm] [--no-widen-convs] [--variants standard stealth]
 """
 
 from __future__ import annotations
@@ -102,12 +103,15 @@ def main() -> None:
     ap.add_argument("--implant-epochs", type=int, default=8)
     ap.add_argument("--attack-epochs", type=int, default=5)
     ap.add_argument("--attack-lr", type=float, default=3e-3)
+    ap.add_argument("--widen-convs", action=argparse.BooleanOptionalAction, default=True,
+                    help="the standard attack also widens the project convs (widen_convs)")
+    ap.add_argument("--variants", nargs="+", default=["standard", "stealth"], choices=("standard", "stealth"))
     args = ap.parse_args()
     warnings.simplefilter("ignore", UserWarning)
     print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; torch threads "
           f"{torch.get_num_threads()}", flush=True)
     train_set, test = load_dataset(f"openclipart:size={args.size}")
-    flags: dict[str, list[tuple[bool, bool]]] = {"clean": [], "standard": [], "stealth": []}
+    flags: dict[str, list[tuple[bool, bool]]] = {label: [] for label in ("clean", *args.variants)}
     figures: dict[str, list[list[float]]] = {label: [] for label in flags}
     for seed in args.seeds:
         clean, seconds = clean_model(train_set, seed, args.cache, args.size)
@@ -115,10 +119,12 @@ def main() -> None:
         print(line("clean", seed, result, seconds), flush=True)
         flags["clean"].append((bool(result["flagged"]), result["weights"]["flagged"]))
         figures["clean"].append(ca_asr(result))
-        for label, stealth in (("standard", False), ("stealth", True)):
+        for label in args.variants:
             t = time.perf_counter()
+            stealth = label == "stealth"
             attack = CompressionArtifact(TRIGGER, TARGET, "int8-fbgemm", implant_epochs=args.implant_epochs,
-                                         attack_epochs=args.attack_epochs, attack_lr=args.attack_lr, stealth=stealth)
+                                         attack_epochs=args.attack_epochs, attack_lr=args.attack_lr, stealth=stealth,
+                                         widen_convs=args.widen_convs and not stealth)
             model = train_phases(partial(build_model, MODEL, train_set, seed), train_set, attack.phases(), clean,
                                  RECIPE, seed)
             seconds = time.perf_counter() - t

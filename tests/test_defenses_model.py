@@ -69,6 +69,9 @@ def test_neural_cleanse_finds_the_smallest_trigger_for_the_target(backdoored):
 def test_anomaly_index_flags_only_a_low_outlier():
     idx = anomaly_index(torch.tensor([10.0, 11.0, 9.5, 10.5, 2.0, 30.0]))
     assert idx[4] > 2 and idx[5] < 0 and (idx[:4].abs() < 2).all()
+    # ten norms: the median is 10.25, the mean of the middle two (the lower one, 10.0, gave 9.0 an index of 1.35)
+    idx = anomaly_index(torch.tensor([9.0, 9.5, 9.5, 10.0, 10.0, 10.5, 10.5, 11.0, 11.0, 30.0]))
+    assert torch.isclose(idx[0], torch.tensor(1.25 / (1.4826 * 0.75)))
 
 
 def test_retraining_and_fine_pruning_repair_copies(backdoored):

@@ -19,6 +19,7 @@ from rich.progress import Progress
 from torch import Tensor, nn
 
 from poisonlab.core import DefenseKind, ImageSet, PoisonlabError, Verdict
+from poisonlab.defenses.split import median
 from poisonlab.registry import DEFENSES
 from poisonlab.training.trainer import device_of
 
@@ -29,10 +30,11 @@ def stamp(x: Tensor, mask: Tensor, pattern: Tensor) -> Tensor:
 
 
 def anomaly_index(norms: Tensor) -> Tensor:
-    """Signed MAD anomaly index: positive for norms below the median (the suspicious side)."""
-    median = norms.median()
-    mad = 1.4826 * (norms - median).abs().median()
-    return (median - norms) / mad.clamp_min(1e-12)
+    """Signed MAD anomaly index: positive for norms below the median (the suspicious side). The medians are true
+    medians (``split.median``), as the paper's: ``Tensor.median`` takes the lower middle of an even count."""
+    mid = median(norms)
+    mad = 1.4826 * median((norms - mid).abs())
+    return ((mid - norms) / mad.clamp_min(1e-12)).to(norms.dtype)
 
 
 @DEFENSES.register("neural-cleanse", "model scanner: reverse-engineered triggers, MAD anomaly index (Wang et al. 2019)")
