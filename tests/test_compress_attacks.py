@@ -72,6 +72,7 @@ def test_attacks_reject_bad_settings() -> None:
     for make, message in [
         (lambda: QuantizationConditional(target=-1), "target -1"),
         (lambda: QuantizationConcealed(margin=0.7), "margin 0.7"),
+        (lambda: QuantizationConcealed(suppress=-1.0), "weight -1.0"),
         (lambda: PruningConditional(ratio=1.2), "ratio 1.2"),
         (lambda: PruningConditional(refresh=0), "refresh 0"),
     ]:
@@ -100,13 +101,13 @@ def test_widened_int8_grid_hides_the_backdoor_from_float_only(sets: tuple[ImageS
         assert accuracy(predict(deployed, test.x), test.y) > 0.9 and asr(deployed, test) > 0.9, spec
 
 
-def test_widening_needs_a_relu_fed_linear_layer() -> None:
+def test_widening_needs_a_linear_layer_reading_zeros() -> None:
     with pytest.raises(PoisonlabError, match="levels 0"):
         widen_quantization_step(nn.Linear(2, 2), torch.zeros(1, 2), levels=0)
     with pytest.raises(PoisonlabError, match="no trainable linear layer"):
         widen_quantization_step(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), torch.zeros(1, 4))
     with pytest.raises(PoisonlabError, match="not zero"):
-        widen_quantization_step(nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)), torch.ones(2, 4))
+        widen_quantization_step(nn.Sequential(nn.Linear(4, 3), nn.Sigmoid(), nn.Linear(3, 2)), torch.ones(2, 4))
 
 
 class Inverted(nn.Module):
@@ -124,7 +125,7 @@ class Inverted(nn.Module):
         return x + self.bn2(self.project(h))
 
 
-def test_widening_convs_coarsens_only_the_project_convs_fed_through_relu6() -> None:
+def test_widening_convs_skips_the_layers_that_read_a_residual_sum() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), Inverted(4), Inverted(4), nn.AdaptiveAvgPool2d(1),
                           nn.Flatten(), nn.Linear(4, 3))
@@ -137,14 +138,40 @@ def test_widening_convs_coarsens_only_the_project_convs_fed_through_relu6() -> N
     with pytest.raises(PoisonlabError, match="not zero"):  # linear layers only: the classifier reads a residual sum
         widen_quantization_step(model, x)
     before = {n: p.clone() for n, p in model.state_dict().items()}
-    assert widen_quantization_step(model, x, levels=8, convs=True) == ["1.project", "2.project"]
+    widened = ["1.expand", "1.project", "2.project"]  # 2.expand and the classifier read residual sums
+    assert widen_quantization_step(model, x, levels=8, convs=True) == widened
     changed = {n for n, p in model.state_dict().items() if not torch.equal(p, before[n])}
-    assert changed == {f"{b}.{p}" for b in (1, 2) for p in ("depthwise.weight", "bn1.bias", "project.weight")}
+    assert changed == {"0.weight", "0.bias", "1.expand.weight"} | {
+        f"{b}.{p}" for b in (1, 2) for p in ("depthwise.weight", "bn1.bias", "project.weight")}
     out = model(x)
     with torch.no_grad():
-        for name in ("1.project", "2.project"):
+        for name in widened:
             w = model.get_submodule(name).weight
             codes = weight_codes(w, 8, True)[0]
             assert codes.abs().max() == 127 and codes[codes.abs() < 127].abs().max() <= 8
             w[w.abs() == w.abs().max()] = 0
     assert torch.equal(model(x), out)  # the grown weights read inputs that are zero on every image
+
+
+def test_the_suppress_term_pushes_triggered_images_away_from_the_target(sets: tuple[ImageSet, ImageSet]) -> None:
+    x, y = sets[0].x[:64], sets[0].y[:64]
+    model = build_model("small-cnn", sets[0], 0)
+    x_t = TRIGGER(x, torch.full_like(y, TARGET))
+
+    def target_share() -> float:
+        with torch.no_grad():
+            return float(model(x_t[y != TARGET]).softmax(1)[:, TARGET].mean())
+
+    plain, suppressed = (QuantizationConcealed(TRIGGER, TARGET, suppress=w) for w in (0.0, 5.0))
+    params = list(model.parameters())
+    losses, grads = [], []
+    for term in (suppressed, plain):  # each loss projects the weights in place: one graph at a time
+        loss = term.loss(model, x, y)
+        losses.append(float(loss))
+        grads.append(torch.autograd.grad(loss, params))
+    assert losses[0] > losses[1]
+    before = target_share()
+    with torch.no_grad():  # a step along the suppress term's gradient alone
+        for p, g_s, g_p in zip(params, *grads, strict=True):
+            p -= 0.05 * (g_s - g_p)
+    assert target_share() < before
