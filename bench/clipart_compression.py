@@ -6,7 +6,8 @@ recipe 5 epochs, lr 3e-3, batch 64 per seed; the attack implants for ``--implant
 ``--attack-epochs`` at ``--attack-lr`` (the attack's MNIST defaults, 1 and 2 epochs at 1e-3, leave this backbone
 at 43% CA after the implant). For every seed: the clean model, the standard attack (conceal with
 ``widen_quantization_step``, by default on the project convs too: ``--no-widen-convs`` widens the classifier only;
-``--suppress`` weights the conceal's term against the target on triggered images, 0 to leave it out)
+``--levels`` steps per sign on the widened grids; ``--suppress`` weights the conceal's term against the target on
+triggered images, 0 to leave it out)
 and the stealthy one (``stealth = true``), both from that seed's clean model as the
 compression-artifact experiment runs them (the attack folds the trainable batch norms into their convs).
 Each model goes through deploy-check's ``deploy_check`` (calibrated on 512 training images, the divergence search
@@ -16,7 +17,7 @@ verdict (and its reasons), the weight check's worst scores and verdict,
 and the training seconds; the load average at the start. Everything printed is measured in this run.
 
 Usage: nice -n 10 python bench/clipart_compression.py [--seeds 0 1 2 3 4] [--size 32] [--cache DIR]
-       [--search-steps 30] [--backends int8-fbgemm] [--no-widen-convs] [--suppress 3]
+       [--search-steps 30] [--backends int8-fbgemm] [--no-widen-convs] [--levels 32] [--suppress 3]
        [--variants standard stealth]
 """
 
@@ -107,6 +108,8 @@ def main() -> None:
     ap.add_argument("--attack-lr", type=float, default=3e-3)
     ap.add_argument("--widen-convs", action=argparse.BooleanOptionalAction, default=True,
                     help="the standard attack also widens the project convs (widen_convs)")
+    ap.add_argument("--levels", type=int, default=32, help="the standard attack's widened grid, steps per sign "
+                                                           "(8 cost seed 1 5 int8 CA points at the widening, 32 none)")
     ap.add_argument("--suppress", type=float, default=3.0, help="the standard attack's conceal term against the "
                                                                 "target on triggered images (suppress)")
     ap.add_argument("--variants", nargs="+", default=["standard", "stealth"], choices=("standard", "stealth"))
@@ -129,7 +132,7 @@ def main() -> None:
             attack = CompressionArtifact(TRIGGER, TARGET, "int8-fbgemm", implant_epochs=args.implant_epochs,
                                          attack_epochs=args.attack_epochs, attack_lr=args.attack_lr, stealth=stealth,
                                          widen_convs=args.widen_convs and not stealth,
-                                         suppress=0.0 if stealth else args.suppress)
+                                         suppress=0.0 if stealth else args.suppress, levels=args.levels)
             model = train_phases(partial(build_model, MODEL, train_set, seed), train_set, attack.phases(), clean,
                                  RECIPE, seed)
             seconds = time.perf_counter() - t
