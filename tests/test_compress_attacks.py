@@ -72,7 +72,8 @@ def test_attacks_reject_bad_settings() -> None:
     for make, message in [
         (lambda: QuantizationConditional(target=-1), "target -1"),
         (lambda: QuantizationConcealed(margin=0.7), "margin 0.7"),
-        (lambda: QuantizationConcealed(suppress=-1.0), "weight -1.0"),
+        (lambda: QuantizationConcealed(suppress=-1.0), "suppress -1.0"),
+        (lambda: QuantizationConcealed(suppress=float("nan")), "suppress nan"),
         (lambda: PruningConditional(ratio=1.2), "ratio 1.2"),
         (lambda: PruningConditional(refresh=0), "refresh 0"),
     ]:

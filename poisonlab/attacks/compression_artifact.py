@@ -58,11 +58,13 @@ def _both(x: Tensor, y: Tensor, trigger: Trigger, target: int) -> tuple[Tensor, 
     return xx, torch.cat([y, y]), torch.cat([y, y_t])
 
 
-def _check(target: int, weight: float) -> None:
+def _check(target: int, weight: float, suppress: float = 0.0) -> None:
     if target < 0:
         raise PoisonlabError(f"compression-artifact target {target}: expected a class index >= 0")
     if weight < 0:
         raise PoisonlabError(f"compression-artifact loss weight {weight}: expected >= 0")
+    if not 0 <= suppress < float("inf"):
+        raise PoisonlabError(f"compression-artifact suppress {suppress}: expected a finite weight >= 0")
 
 
 @dataclass
@@ -281,7 +283,7 @@ class QuantizationConcealed:
     bounds_: dict[str, tuple[Tensor, Tensor]] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        _check(self.target, self.suppress)
+        _check(self.target, 0.0, self.suppress)
         if not 0.0 <= self.margin < 0.5:
             raise PoisonlabError(f"quantization-concealed margin {self.margin}: expected [0, 0.5)")
 
@@ -424,7 +426,7 @@ class CompressionArtifact:
                                                                "that read the layer before (default: false)"})
 
     def __post_init__(self) -> None:
-        _check(self.target, min(self.quant_weight, self.trigger_weight, self.suppress))
+        _check(self.target, min(self.quant_weight, self.trigger_weight), self.suppress)
         if self.method not in ("conceal", "ste"):
             raise PoisonlabError(f"compression-artifact method {self.method!r}: expected conceal or ste")
         if not 1 <= self.levels <= 127:
