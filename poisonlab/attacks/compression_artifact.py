@@ -24,6 +24,7 @@ training attack, declares which terms run in which phase for the deployment it a
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -106,11 +107,13 @@ class QuantizationConditional:
         return float_term + self.quant_weight * quant_term
 
 
-def _bias_of(model: nn.Module, name: str, layer: nn.Conv2d | nn.Linear, folded: dict[str, str]) -> Tensor | None:
-    """``layer``'s bias, or for a bias-free conv the bias of the folded batch norm after it (None when neither)."""
+def _bias_of(model: nn.Module, name: str, layer: nn.Conv2d | nn.Linear, folded: Callable[[], dict[str, str]]
+             ) -> Tensor | None:
+    """``layer``'s bias, or for a bias-free conv the bias of the folded batch norm after it (None when neither);
+    ``folded`` gives the conv -> batch-norm pairs, traced only when a bias-free conv asks."""
     if layer.bias is not None or not isinstance(layer, nn.Conv2d):
         return layer.bias
-    bn = dict(model.named_modules()).get(folded.get(name, ""))
+    bn = dict(model.named_modules()).get(folded().get(name, ""))
     return bn.bias if isinstance(bn, nn.BatchNorm2d) and is_folded(bn) else None
 
 
@@ -143,7 +146,7 @@ def widen_quantization_step(model: nn.Module, x: Tensor, levels: int = 8, convs:
         raise PoisonlabError(f"widen_quantization_step levels {levels}: expected 1-127")
     layers = [(n, m) for n, m in model.named_modules()
               if isinstance(m, (nn.Conv2d, nn.Linear)) and m.weight.requires_grad]
-    folded = dict(conv_bn_pairs(model)) if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()) else {}
+    folded = functools.cache(lambda: dict(conv_bn_pairs(model)))
     candidates: dict[str, tuple[nn.Conv2d | nn.Linear, slice, Tensor, Tensor, int, Tensor, Tensor]] = {}
     for (a_name, a), (b_name, b) in itertools.pairwise(layers):
         width = _reads(a, b, convs)

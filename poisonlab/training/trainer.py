@@ -61,13 +61,13 @@ class Recipe:
         require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
 
 
-
 def owned_recipe(owner: str, epochs: int, batch_size: int, lr: float, device: str) -> Recipe:
     """A ``Recipe`` built from a defense's or attack's own settings; a bad setting's error is prefixed by ``owner``."""
     try:
         return Recipe(epochs=epochs, batch_size=batch_size, lr=lr, device=device)
     except PoisonlabError as e:
         raise PoisonlabError(f"{owner} {e}") from None
+
 
 def cross_entropy(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     """The plain training loss."""
