@@ -25,15 +25,17 @@ def test_tpr_at_5fpr_reads_the_roc_curve_from_scores():
     assert m["tpr_at_5fpr"] == pytest.approx(0.5) and 0.5 < m["auroc"] < 1.0 and m["flagged"] == 0
 
 
-def test_the_best_scanner_is_the_highest_tpr_then_auroc_and_nan_ranks_last():
-    scans = {"label-consistency": {"tpr_at_5fpr": 0.93, "auroc": 0.984},
-             "out-of-fold": {"tpr_at_5fpr": 0.97, "auroc": 0.983},
-             "spectral": {"tpr_at_5fpr": float("nan"), "auroc": 0.99}}
+def test_the_best_scanner_caught_poison_then_has_the_highest_tpr_then_auroc_and_nan_ranks_last():
+    scans = {"label-consistency": {"f1": 0.6, "tpr_at_5fpr": 0.93, "auroc": 0.984},
+             "out-of-fold": {"f1": 0.99, "tpr_at_5fpr": 0.97, "auroc": 0.983},
+             "spectral": {"f1": 0.5, "tpr_at_5fpr": float("nan"), "auroc": 0.99}}
     assert best_scanner(scans) == "out-of-fold"
     scans["spectral"]["tpr_at_5fpr"] = 0.97
     assert best_scanner(scans) == "spectral"
-    assert best_scanner({"a": {"tpr_at_5fpr": float("nan"), "auroc": float("nan")},
-                         "b": {"tpr_at_5fpr": 0.0, "auroc": 0.5}}) == "b"
+    scans["spectral"]["f1"] = 0.0  # a perfect ranking whose gate flagged nothing
+    assert best_scanner(scans) == "out-of-fold"
+    assert best_scanner({"a": {"f1": float("nan"), "tpr_at_5fpr": float("nan"), "auroc": float("nan")},
+                         "b": {"f1": 0.0, "tpr_at_5fpr": 0.0, "auroc": 0.5}}) == "b"
 
 
 def test_imbalanced_subsets_fall_geometrically_to_one_tenth():

@@ -100,13 +100,17 @@ def scan_cell(cfg: DetectionMatrixConfig, model: torch.nn.Module, data: ImageSet
 
 
 def best_scanner(scans: dict[str, dict[str, Any]]) -> str:
-    """The scanner with the highest TPR at 5% FPR, ties broken by AUROC (NaN counts as lowest).
+    """The scanner whose flags caught poison (F1 > 0) before one that caught none, then the highest TPR at 5% FPR,
+    then AUROC (NaN counts as lowest); its flags are the ones the retraining drops.
 
-    The detection bar asks for both; ranking by AUROC alone chose label consistency (AUROC 0.984, TPR 0.93)
+    The detection bar asks for both figures; ranking by AUROC alone chose label consistency (AUROC 0.984, TPR 0.93)
     over out-of-fold (0.983, 0.97) on adaptive-patch at 10%, and retraining without its flags kept the backdoor.
+    Ranking alone chose activation clustering on blend at 10% (seed 2: AUROC 1.000, TPR 1.000, no class flagged)
+    over spectral signatures (0.999, 1.000, the 1,000 poison rows flagged), and retraining removed nothing.
     """
     def key(name: str) -> tuple[float, ...]:
-        return tuple(-1.0 if math.isnan(scans[name][m]) else scans[name][m] for m in ("tpr_at_5fpr", "auroc"))
+        figures = tuple(-1.0 if math.isnan(scans[name][m]) else scans[name][m] for m in ("tpr_at_5fpr", "auroc"))
+        return (float(scans[name]["f1"] > 0), *figures)
     return max(scans, key=key)
 
 

@@ -253,7 +253,8 @@ def detection_tables(body: dict[str, Any]) -> list[TableData]:
     for cell, err in m["errors"].items():
         table.rows.append([cell, "-", "", "", "", *([""] * len(detectors)), "", f"not run: {err}"])
     table.caption = (f"AUROC and TPR at FPR <= 5% from each scanner's continuous scores; retraining drops the rows "
-                     f"flagged by the cell's best scanner (highest TPR at 5% FPR, then AUROC). {m['asr_definition']}")
+                     "flagged by the cell's best scanner (flags that caught poison, then the highest TPR at 5% FPR, "
+                     f"then AUROC). {m['asr_definition']}")
     out = [table]
     ref = m.get("clean_reference")
     if ref:
