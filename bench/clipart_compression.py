@@ -7,9 +7,9 @@ recipe 5 epochs, lr 3e-3, batch 64 per seed; the attack implants for ``--implant
 at 43% CA after the implant). For every seed: the clean model, the standard attack (conceal with
 ``widen_quantization_step``, by default on the project convs too: ``--no-widen-convs`` widens the classifier only;
 ``--levels`` steps per sign on the widened grids; ``--suppress`` weights the conceal's term against the target on
-triggered images, 0 to leave it out)
-and the stealthy one (``stealth = true``), both from that seed's clean model as the
-compression-artifact experiment runs them (the attack folds the trainable batch norms into their convs).
+triggered images, 0 to leave it out) and the stealthy one (``stealth = true``, no suppress term), both from that
+seed's clean model as the compression-artifact experiment runs them (the attack folds the trainable batch norms
+into their convs).
 Each model goes through deploy-check's ``deploy_check`` (calibrated on 512 training images, the divergence search
 on ``--search-images`` others, the weight check on the test images). Printed per model: float CA/ASR, int8
 CA/ASR per backend, agreement and divergence on all test images and on those the float model is confident on, the
@@ -131,8 +131,8 @@ def main() -> None:
             stealth = label == "stealth"
             attack = CompressionArtifact(TRIGGER, TARGET, "int8-fbgemm", implant_epochs=args.implant_epochs,
                                          attack_epochs=args.attack_epochs, attack_lr=args.attack_lr, stealth=stealth,
-                                         widen_convs=args.widen_convs and not stealth,
-                                         suppress=0.0 if stealth else args.suppress, levels=args.levels)
+                                         widen_convs=args.widen_convs, suppress=0.0 if stealth else args.suppress,
+                                         levels=args.levels)
             model = train_phases(partial(build_model, MODEL, train_set, seed), train_set, attack.phases(), clean,
                                  RECIPE, seed)
             seconds = time.perf_counter() - t

@@ -32,7 +32,7 @@ def test_the_best_scanner_caught_poison_then_has_the_highest_tpr_then_auroc_and_
     assert best_scanner(scans) == "out-of-fold"
     scans["spectral"]["tpr_at_5fpr"] = 0.97
     assert best_scanner(scans) == "spectral"
-    scans["spectral"]["f1"] = 0.0  # a perfect ranking whose gate flagged nothing
+    scans["spectral"]["f1"] = 0.0  # the better ranking, but its gate flagged nothing
     assert best_scanner(scans) == "out-of-fold"
     assert best_scanner({"a": {"f1": float("nan"), "tpr_at_5fpr": float("nan"), "auroc": float("nan")},
                          "b": {"f1": 0.0, "tpr_at_5fpr": 0.0, "auroc": 0.5}}) == "b"

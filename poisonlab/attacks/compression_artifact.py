@@ -28,7 +28,7 @@ import functools
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -125,6 +125,22 @@ def _reads(a: nn.Conv2d | nn.Linear, b: nn.Conv2d | nn.Linear, convs: bool) -> i
     return int(convs and b.groups == 1 and b.in_channels == channels)
 
 
+class _SwitchedOff(NamedTuple):
+    """One pair A -> B of ``widen_quantization_step``: B, its columns reading A's switched-off channel, and what
+    that channel held (A's weight and bias tensors, the channel, its old weights and bias) to put it back."""
+
+    reader: nn.Conv2d | nn.Linear
+    cols: slice
+    weight: Tensor
+    bias: Tensor
+    channel: int
+    old_weight: Tensor
+    old_bias: Tensor
+
+    def put_back(self) -> None:
+        self.weight[self.channel], self.bias[self.channel] = self.old_weight, self.old_bias
+
+
 @torch.no_grad()
 def widen_quantization_step(model: nn.Module, x: Tensor, levels: int = 8, convs: bool = False) -> list[str]:
     """Coarsen the int8 grid of every trainable layer that reads the layer before it, at the cost of one channel each.
@@ -147,7 +163,7 @@ def widen_quantization_step(model: nn.Module, x: Tensor, levels: int = 8, convs:
     layers = [(n, m) for n, m in model.named_modules()
               if isinstance(m, (nn.Conv2d, nn.Linear)) and m.weight.requires_grad]
     folded = functools.cache(lambda: dict(conv_bn_pairs(model)))
-    candidates: dict[str, tuple[nn.Conv2d | nn.Linear, slice, Tensor, Tensor, int, Tensor, Tensor]] = {}
+    candidates: dict[str, _SwitchedOff] = {}
     for (a_name, a), (b_name, b) in itertools.pairwise(layers):
         width = _reads(a, b, convs)
         bias = _bias_of(model, a_name, a, folded)
@@ -156,13 +172,14 @@ def widen_quantization_step(model: nn.Module, x: Tensor, levels: int = 8, convs:
         used = b.weight.abs().flatten(2).sum(2) if isinstance(b, nn.Conv2d) else \
             b.weight.abs().view(b.out_features, -1, width).sum(2)
         c = int(used.sum(0).argmin())
-        candidates[b_name] = (b, slice(c * width, (c + 1) * width), a.weight, bias, c, a.weight[c].clone(),
-                              bias[c].clone())
+        candidates[b_name] = _SwitchedOff(b, slice(c * width, (c + 1) * width), a.weight, bias, c,
+                                          a.weight[c].clone(), bias[c].clone())
         a.weight[c] = 0
         bias[c] = 0
     seen: dict[str, Tensor] = {}
-    hooks = [b.register_forward_pre_hook(lambda m, args, name=name, cols=cols: seen.__setitem__(name, args[0][:, cols]))
-             for name, (b, cols, *_) in candidates.items()]
+    hooks = [pair.reader.register_forward_pre_hook(
+        lambda m, args, name=name, cols=pair.cols: seen.__setitem__(name, args[0][:, cols]))
+        for name, pair in candidates.items()]
     try:
         model.eval()(x)
     finally:
@@ -170,11 +187,10 @@ def widen_quantization_step(model: nn.Module, x: Tensor, levels: int = 8, convs:
             hook.remove()
     live = [name for name in candidates if seen[name].abs().max() > 0]
     for name in live:  # put back first: a layer can be one pair's B and another's A
-        _, _, a_weight, a_bias, c, weight, bias = candidates.pop(name)
-        a_weight[c], a_bias[c] = weight, bias
+        candidates.pop(name).put_back()
     widened = list(candidates)
-    for b, cols, *_ in candidates.values():
-        b.weight[:, cols] = b.weight.abs().max() * 127.5 / levels
+    for pair in candidates.values():
+        pair.reader.weight[:, pair.cols] = pair.reader.weight.abs().max() * 127.5 / levels
     if not widened:
         why = f" (the switched-off inputs of {', '.join(live)} are not zero)" if live else ""
         raise PoisonlabError("widen_quantization_step: no trainable linear layer (or ungrouped conv) reads a biased "
