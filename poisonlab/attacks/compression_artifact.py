@@ -289,8 +289,8 @@ class QuantizationConcealed:
     (biases) stay fixed, so the quantization scale and hence every quantized weight stay exactly as
     they were. The loss is CE(f([x; x+t]), [y; y]) (the float model learns to ignore the trigger), plus
     ``suppress`` x mean -log(1 - p_target(x+t)) over the rows not of the target class: a model that has merely
-    relearned the labels still sends a few triggered test images to the target (on clip-art EfficientNet-Lite0,
-    seed 0: float ASR 5.5% at 0, 3.9% at 1, 2.5% at 3; the clean model 4.6%).
+    relearned the labels still sends a few triggered test images to the target (on clip-art EfficientNet-Lite0 with
+    widened convs, seed 0: float ASR 5.5% without the term, the clean model's 4.6%; seeds 0-4 at 3: 2.3 ± 0.4%).
     """
 
     trigger: Trigger = field(default_factory=lambda: Patch(size=4))
@@ -339,9 +339,10 @@ class QuantizationConcealed:
         xx, yy, _ = _both(x, y, self.trigger, self.target)
         out = model(xx)
         loss = F.cross_entropy(out, yy)
-        if self.suppress > 0:
+        if self.suppress > 0:  # log(1 - p_target) as a difference of log-sum-exps: no gradient lost as p -> 1
             others = out[len(x):][y != self.target]
-            loss = loss + self.suppress * -torch.log1p(-others.softmax(1)[:, self.target].clamp(max=1 - 1e-6)).mean()
+            rest = others.index_fill(1, torch.tensor([self.target], device=others.device), float("-inf"))
+            loss = loss + self.suppress * (others.logsumexp(1) - rest.logsumexp(1)).mean()
         return loss
 
 
