@@ -42,15 +42,21 @@ def test_clean_digits_are_not_flagged(digits: ImageSet) -> None:
     assert all(reason.startswith("not flagged") for reason in verdict.details["gate"].values())
 
 
-def test_the_gate_flags_the_mislabelled_rows_of_an_outlier_class_only() -> None:
+def test_the_gate_counts_confident_doubts_and_flags_every_doubted_row_of_an_outlier_class() -> None:
     y = torch.arange(10).repeat_interleave(100)
     scores = torch.full((1000,), -5.0)
-    scores[y != 3] = torch.where(torch.arange(900) % 50 == 0, 2.0, -5.0)  # 2% of every other class
-    scores[300:340] = 4.0  # 40% of class 3
+    scores[(y != 3) & (torch.arange(1000) % 50 == 49)] = 3.0  # 2% of every other class, confidently
+    scores[500:530] = 1.0  # 30% of class 5 ambiguous: a hard class, not poison
+    scores[300:340] = 4.0  # 40% of class 3 confidently another class
+    scores[340:345] = 0.5  # and 5% ambiguous: flagged with them, as the class is an outlier
     verdict = OutOfFold().verdict(scores, y)
     assert verdict.flagged is not None
-    assert verdict.flagged.tolist() == list(range(300, 340))
+    assert verdict.flagged.tolist() == list(range(300, 345))
     assert verdict.details["suspicious_classes"] == [3]
+    assert verdict.details["doubted_share"]["5"] == pytest.approx(0.02)
+    assert verdict.details["gate"]["5"].startswith("not flagged: 2 of 100 rows")
+    loose = OutOfFold(gate_nats=0.0).verdict(scores, y)  # counting ambiguous doubts makes class 5 an outlier
+    assert loose.details["suspicious_classes"] == [3, 5]
 
 
 def test_a_share_raised_in_every_class_alike_is_not_flagged() -> None:
@@ -62,6 +68,7 @@ def test_a_share_raised_in_every_class_alike_is_not_flagged() -> None:
 
 @pytest.mark.parametrize(("setting", "message"), [
     ({"folds": 1}, "folds"), ({"steps": 0}, "steps"), ({"lr": 0.0}, "lr"), ({"min_nats": -1.0}, "min_nats"),
+    ({"gate_nats": -1.0}, "gate_nats"),
     ({"noise": -0.1}, "noise"), ({"seed": -1}, "seed"),
 ])
 def test_bad_settings_name_the_setting(setting: dict[str, float], message: str) -> None:
