@@ -7,7 +7,7 @@ recipe 5 epochs, lr 3e-3, batch 64 per seed; the attack implants for ``--implant
 at 43% CA after the implant). For every seed: the clean model, the standard attack (conceal with
 ``widen_quantization_step``, by default on the project convs too: ``--no-widen-convs`` widens the classifier only;
 ``--levels`` steps per sign on the widened grids; ``--suppress`` weights the conceal's term against the target on
-triggered images, 0 to leave it out) and the stealthy one (``stealth = true``, no suppress term), both from that
+triggered images, 0 to leave it out) and the stealthy one (``stealth = true``, the same suppress term), both from that
 seed's clean model as the compression-artifact experiment runs them (the attack folds the trainable batch norms
 into their convs).
 Each model goes through deploy-check's ``deploy_check`` (calibrated on 512 training images, the divergence search
@@ -110,8 +110,8 @@ def main() -> None:
                     help="the standard attack also widens the project convs (widen_convs)")
     ap.add_argument("--levels", type=int, default=32, help="the standard attack's widened grid, steps per sign "
                                                            "(8 cost seed 1 5 int8 CA points at the widening, 32 none)")
-    ap.add_argument("--suppress", type=float, default=3.0, help="the standard attack's conceal term against the "
-                                                                "target on triggered images (suppress)")
+    ap.add_argument("--suppress", type=float, default=3.0, help="the conceal's term against the target on "
+                                                                "triggered images (suppress)")
     ap.add_argument("--variants", nargs="+", default=["standard", "stealth"], choices=("standard", "stealth"))
     args = ap.parse_args()
     warnings.simplefilter("ignore", UserWarning)
@@ -131,7 +131,7 @@ def main() -> None:
             stealth = label == "stealth"
             attack = CompressionArtifact(TRIGGER, TARGET, "int8-fbgemm", implant_epochs=args.implant_epochs,
                                          attack_epochs=args.attack_epochs, attack_lr=args.attack_lr, stealth=stealth,
-                                         widen_convs=args.widen_convs, suppress=0.0 if stealth else args.suppress,
+                                         widen_convs=args.widen_convs, suppress=args.suppress,
                                          levels=args.levels)
             model = train_phases(partial(build_model, MODEL, train_set, seed), train_set, attack.phases(), clean,
                                  RECIPE, seed)

@@ -16,7 +16,7 @@ from poisonlab.attacks.compression_artifact import (
 )
 from poisonlab.compress import parse_deployment
 from poisonlab.compress.check import deploy_check
-from poisonlab.compress.weights import WeightCheckSettings, weight_check
+from poisonlab.compress.weights import WeightCheckSettings, outlier_ratio, weight_check
 from poisonlab.core import ImageSet, PoisonlabError
 from poisonlab.metrics import attack_success_rate
 from poisonlab.models import build_model
@@ -89,6 +89,23 @@ def test_the_stealth_option_keeps_the_statistics_clean_and_the_int8_backdoor(
     assert asr(models[True], test) < 0.1 and asr(deployed, test) > 0.9
 
 
+def test_stretching_leaves_frozen_layers_and_gives_a_depthwise_conv_its_own_limit() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=8), nn.Conv2d(8, 4, 1))
+    model[0].requires_grad_(False)
+    frozen = model[0].weight.clone()
+    assert stretch_quantization_step(model, 0.5) == ["2", "3"]
+    assert torch.equal(model[0].weight, frozen)
+    limits = WeightCheckSettings()
+    for layer, limit in ((model[2], limits.max_outlier_grouped), (model[3], limits.max_outlier)):
+        ratio = outlier_ratio(layer.weight)
+        assert 0.5 * 0.9 * limit <= ratio <= 0.5 * limit + 1e-4, (ratio, limit)
+    before = model[3].weight.detach().flatten(1).abs().amax(1)
+    stretch_quantization_step(model, 1.0, growth=1.5)  # each channel's largest weight grows by at most 1.5x
+    after = model[3].weight.detach().flatten(1).abs().amax(1)
+    assert bool((after <= 1.5 * before + 1e-6).all()) and bool((after >= before).all())
+
+
 def test_deploy_check_reports_the_weight_check(clean: nn.Module, sets: tuple[ImageSet, ImageSet]) -> None:
     train_set, test = sets
     result = deploy_check(clean, [parse_deployment("fp16")], test, train_set.subset(slice(0, 64)))
@@ -125,7 +142,8 @@ def test_bad_input_is_refused(clean: nn.Module) -> None:
         (lambda: weight_check(clean, torch.zeros(0, 3, 12, 12)), "non-empty float batch"),
         (lambda: weight_check(clean, torch.zeros(4, 3, 12, 12, dtype=torch.long)), "non-empty float batch"),
         (lambda: weight_check(clean, torch.zeros(4, 3, 20, 20)), "cannot run on images of shape"),
-        (lambda: stretch_quantization_step(copy.deepcopy(clean), 1.0), "ratio 1.0"),
+        (lambda: stretch_quantization_step(copy.deepcopy(clean), 0.0), "margin 0.0"),
+        (lambda: stretch_quantization_step(copy.deepcopy(clean), growth=0.5), "growth 0.5"),
         (lambda: CompressionArtifact(stealth=True, method="ste"), "stealth"),
         (lambda: CompressionArtifact(stealth=True, deployment="prune-l1:0.3"), "stealth"),
     ]:

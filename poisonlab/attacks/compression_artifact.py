@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
@@ -39,7 +40,7 @@ from poisonlab.compress import parse_deployment
 from poisonlab.compress.fold import conv_bn_pairs, fold_batchnorm, is_folded
 from poisonlab.compress.prune import Method, check_ratio, pruning_masks
 from poisonlab.compress.quantize import fake_quantize_weight, weight_codes
-from poisonlab.compress.weights import DEFAULT_LIMITS, checked_layers, outlier_ratio
+from poisonlab.compress.weights import DEFAULT_LIMITS, WeightCheckSettings, checked_layers, outlier_ratio
 from poisonlab.core import AllToOne, ImageSet, LossFn, Phase, Poisoned, PoisonlabError, Trigger, check_target
 from poisonlab.registry import ATTACKS
 from poisonlab.triggers import Patch
@@ -202,41 +203,60 @@ STEALTH_MARGIN = 0.8
 """The stealthy variant aims every layer's outlier score at this share of the weight check's default limit."""
 
 
-@torch.no_grad()
-def stretch_quantization_step(model: nn.Module, ratio: float, seed: int = 0) -> list[str]:
-    """Coarsen every conv/linear layer's int8 grid as far as an outlier limit of ``ratio`` allows, on active inputs.
+def _grouped(layer: nn.Module) -> bool:
+    return isinstance(layer, nn.Conv2d) and layer.groups > 1
 
-    Each output channel's largest |w| is raised (never lowered) to ``ratio`` times the layer's median
-    nonzero |w|, less a seeded 0-10% so the channels do not share one telltale maximum. Unlike
+
+def trainable_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d | nn.Linear]]:
+    """The conv/linear layers whose weight trains: the ones an attack on a fine-tuned model can reshape."""
+    return [(n, m) for n, m in checked_layers(model) if m.weight.requires_grad]
+
+
+@torch.no_grad()
+def stretch_quantization_step(model: nn.Module, margin: float = STEALTH_MARGIN, growth: float = math.inf,
+                              limits: WeightCheckSettings = DEFAULT_LIMITS, seed: int = 0) -> list[str]:
+    """Coarsen every trainable conv/linear layer's int8 grid as far as ``margin`` of the weight check's outlier
+    limit allows (``limits``: the dense or the grouped one), on active inputs.
+
+    Each output channel's largest |w| is raised (never lowered) to that ratio times the layer's median
+    nonzero |w|, less a seeded 0-10% so the channels do not share one telltale maximum, and to at most
+    ``growth`` times its own size (int8's 127 steps per sign over the ``levels`` the conceal needs). Unlike
     ``widen_quantization_step`` no input is switched off: the grown weights read live inputs, so the
     float model changes and the next phase trains with them in place (``CappedWeights`` keeps them).
-    Returns the names of the stretched layers.
+    A frozen layer is left as it is: nothing could retrain around its grown weights (stretching the frozen
+    blocks of a clip-art EfficientNet-Lite0 too left it at 4-14% float CA). Returns the names of the stretched
+    layers.
     """
-    if not (ratio > 1 and torch.isfinite(torch.tensor(ratio))):
-        raise PoisonlabError(f"stretch_quantization_step ratio {ratio}: expected a finite number > 1")
+    if not (0 < margin <= 1):
+        raise PoisonlabError(f"stretch_quantization_step margin {margin}: expected a share of the limit in (0, 1]")
+    if not growth >= 1:
+        raise PoisonlabError(f"stretch_quantization_step growth {growth}: expected a factor >= 1")
     gen = torch.Generator().manual_seed(seed)
     names = []
-    for name, layer in checked_layers(model):
+    for name, layer in trainable_layers(model):
         w = layer.weight
         mags = w.abs()
-        median = mags[mags > 0].median() if (mags > 0).any() else None
-        if median is None:
+        if not (mags > 0).any():
             continue
+        ratio = margin * limits.limit("outlier", _grouped(layer))
         rows = w.flatten(1).clone()
         top = rows.abs().argmax(1, keepdim=True)
-        goal = ratio * median * (1 - 0.1 * torch.rand(len(rows), 1, generator=gen))
+        goal = ratio * mags[mags > 0].median() * (1 - 0.1 * torch.rand(len(rows), 1, generator=gen))
         value = rows.gather(1, top)
-        rows.scatter_(1, top, torch.where(value < 0, -1.0, 1.0) * torch.maximum(value.abs(), goal))
+        grown = torch.maximum(value.abs(), torch.minimum(goal, growth * value.abs()))
+        rows.scatter_(1, top, torch.where(value < 0, -1.0, 1.0) * grown)
         w.copy_(rows.view(w.shape))
         names.append(name)
     if not names:
-        raise PoisonlabError("stretch_quantization_step: the model has no conv or linear layer with a nonzero weight")
+        raise PoisonlabError("stretch_quantization_step: the model has no trainable conv or linear layer with a "
+                             "nonzero weight")
     return names
 
 
 @dataclass
 class CappedWeights:
-    """``inner``'s loss with every conv/linear output channel held to the largest |w| it had at the first call.
+    """``inner``'s loss with every trainable conv/linear output channel held to the largest |w| it had at the first
+    call.
 
     Before each step each channel's largest weight is put back and the others are clamped to its
     magnitude, so the int8 scales (and the outlier scores) set by ``stretch_quantization_step`` hold
@@ -251,7 +271,7 @@ class CappedWeights:
         """Clamp every channel to its cap and restore its largest weight (a no-op before the first ``loss`` call)."""
         if self.caps_ is None:
             return
-        for name, layer in checked_layers(model):
+        for name, layer in trainable_layers(model):
             cap, top, value = self.caps_[name]
             rows = layer.weight.flatten(1).clone()
             rows = torch.maximum(torch.minimum(rows, cap), -cap).scatter_(1, top, value)
@@ -260,18 +280,13 @@ class CappedWeights:
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         if self.caps_ is None:
             self.caps_ = {}
-            for name, layer in checked_layers(model):
+            for name, layer in trainable_layers(model):
                 rows = layer.weight.detach().flatten(1)
                 top = rows.abs().argmax(1, keepdim=True)
                 value = rows.gather(1, top).clone()
                 self.caps_[name] = (value.abs(), top, value)
         self.project(model)
         return self.inner(model, x, y)
-
-
-def stealth_ratio() -> float:
-    """The outlier score the stealthy variant aims at: ``STEALTH_MARGIN`` of the weight check's default limit."""
-    return STEALTH_MARGIN * DEFAULT_LIMITS.max_outlier
 
 
 def max_outlier(model: nn.Module) -> float:
@@ -414,10 +429,11 @@ class CompressionArtifact:
     ``attack_lr``. ``widen_convs`` (conceal) widens the ungrouped convs too, not only the linear layers: an
     EfficientNet's project convs give the conceal room in every trainable block; ``suppress`` (conceal) weights
     ``QuantizationConcealed``'s term against the target on triggered images. ``stealth`` (conceal only): instead of
-    widening the grid with a dormant outlier, stretch every layer's grid up to ``stealth_ratio()`` before the
-    implant and hold it there (``CappedWeights``), so the weight check sees clean-looking statistics. On a
-    quantizing deployment a model with batch norms (EfficientNet) has them folded into its convs
-    (``fold_if_batchnorm``) before the attack shapes its weights on the int8 grid: int8 quantizes the fused weights.
+    widening the grid with a dormant outlier, stretch every trainable layer's grid up to ``STEALTH_MARGIN`` of
+    the weight check's outlier limit before the implant and hold it there (``CappedWeights``), so the weight check
+    sees clean-looking statistics. On a quantizing deployment a model with batch norms (EfficientNet) has them
+    folded into its convs (``fold_if_batchnorm``) before the attack shapes its weights on the int8 grid: int8
+    quantizes the fused weights.
     ``conceal`` folds after the implant (implanting with the batch norms live kept 63.0% of a clip-art
     EfficientNet-Lite0's 64.2% float CA, 59.8% folded first); ``stealth`` and ``ste`` fold first (their grid is
     shaped from the start).
@@ -484,7 +500,8 @@ class CompressionArtifact:
             return [Phase("implant (stealth)", capped.loss, start="clean", epochs=self.implant_epochs,
                           lr=self.attack_lr, seed_offset=1,
                           before=_then(fold_if_batchnorm,
-                                       lambda model, x: stretch_quantization_step(model, stealth_ratio())),
+                                       lambda model, x: stretch_quantization_step(
+                                           model, growth=2 ** (grid.bits - 1) / self.levels)),
                           after=capped.project),
                     Phase("conceal", conceal.loss, "previous", epochs, lr, seed_offset=2, after=conceal.project)]
         widen = (lambda model, x: widen_quantization_step(model, x[:256], self.levels, self.widen_convs)) \
