@@ -1,4 +1,5 @@
-"""Issue 20 on 3-channel images: EfficientNet-Lite0 fine-tuned on the clip-art set, clean and under BadNets.
+"""Issue 20 on 3-channel images: EfficientNet-Lite0 fine-tuned on the clip-art set, clean and under BadNets (or any
+data attack, ``--attack``).
 
 For each seed: a clean and a BadNets-poisoned model trained with one recipe (CA, ASR, training seconds);
 every data scanner on the clean model (false alarms: rows flagged, classes called poisoned) and on the
@@ -26,6 +27,7 @@ from poisonlab.defenses import DEFENSES, names_of
 from poisonlab.defenses.scoring import as_mask, detection_metrics
 from poisonlab.metrics import evaluate
 from poisonlab.models import build_model, load_model, save_model
+from poisonlab.registry import ATTACKS
 from poisonlab.training import Recipe, train
 from poisonlab.triggers import parse_trigger
 
@@ -79,6 +81,8 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=0.01)
     ap.add_argument("--target", type=int, default=8)
     ap.add_argument("--trigger", default="checkerboard:size=6")
+    ap.add_argument("--attack", default=None, help="any registered data attack instead of BadNets with --trigger, "
+                                                   "--target and --rate, e.g. sig:target=1,rate=0.05,test_delta=0.16")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--parts", default="badnets,scan,retrain", help="comma list of badnets, scan, retrain")
     ap.add_argument("--scanners", default=",".join(names_of("data-scanner")),
@@ -105,13 +109,15 @@ def main() -> None:
                                      AllToOne(args.target)), scanners)
         if "badnets" not in parts:
             continue
-        attack = BadNets(trigger=parse_trigger(args.trigger), target=args.target, rate=args.rate)
+        attack = BadNets(trigger=parse_trigger(args.trigger), target=args.target, rate=args.rate) \
+            if args.attack is None else ATTACKS.build(args.attack)
         poisoned = attack.poison(train_set, torch.Generator().manual_seed(seed))
-        name = f"badnets-{tag}-{args.trigger.replace(':', '-').replace(',', '-').replace('=', '')}-r{args.rate}"
+        spec = f"badnets-{args.trigger}-r{args.rate}" if args.attack is None else args.attack
+        name = f"{tag}-{spec.replace(':', '-').replace(',', '-').replace('=', '')}"
         model, seconds = trained(f"{name}-s{seed}", poisoned.data, args, seed)
         triggered = poisoned.triggered(test)
         m = evaluate(model, test, triggered)
-        print(f"   BadNets {args.trigger} rate {args.rate} ({len(poisoned.indices)} poisoned): CA "
+        print(f"   {spec} ({len(poisoned.indices)} poisoned): CA "
               f"{m['clean_accuracy']:.4f} ({m['clean_accuracy'] - base:+.4f} vs clean) ASR "
               f"{m['attack_success_rate']:.4f} (trained in {seconds:.0f} s)", flush=True)
         clean_asr = evaluate(clean, test, triggered)["attack_success_rate"]
