@@ -37,24 +37,28 @@ def minority(labels: Tensor) -> int | None:
     return small if len(labels) and int(sizes[small]) <= MINORITY * len(labels) else None
 
 
-def robust_z(values: dict[int, float]) -> dict[int, float]:
-    """Each value's distance above the median of log-values, in units of 1.4826 x MAD (as Neural Cleanse's index)."""
+def robust_z(values: dict[int, float], min_mad: float = 0.0) -> dict[int, float]:
+    """Each value's distance above the median of log-values, in units of 1.4826 x MAD (as Neural Cleanse's index);
+    the MAD is taken as at least ``min_mad``, so that classes that happen to agree closely do not make a small
+    difference look large."""
     keys = list(values)
     logs = torch.tensor([values[k] for k in keys], dtype=torch.float64).clamp_min(1e-12).log()
     centre = median(logs)
-    z = (logs - centre) / (1.4826 * median((logs - centre).abs())).clamp_min(1e-6)
+    z = (logs - centre) / (1.4826 * median((logs - centre).abs()).clamp_min(min_mad)).clamp_min(1e-6)
     return {k: float(v) for k, v in zip(keys, z, strict=True)}
 
 
-def suspicious_classes(values: dict[int, float], threshold: float, minimum: float = 0.0) -> set[int]:
-    """Classes whose statistic is an upward outlier among the classes (robust z above ``threshold``) and >= ``minimum``.
+def suspicious_classes(values: dict[int, float], threshold: float, minimum: float = 0.0, min_mad: float = 0.0
+                       ) -> set[int]:
+    """Classes whose statistic is an upward outlier among the classes (robust z above ``threshold``, ``min_mad`` as in
+    ``robust_z``) and >= ``minimum``.
 
     Needs a majority of clean classes: an all-to-all attack, which poisons every class alike,
     leaves no outlier and is not detected this way.
     """
     if len(values) < 3:
         return set()
-    return {k for k, z in robust_z(values).items() if z > threshold and values[k] >= minimum}
+    return {k for k, z in robust_z(values, min_mad).items() if z > threshold and values[k] >= minimum}
 
 
 @dataclass(frozen=True)
