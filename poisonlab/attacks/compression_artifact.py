@@ -200,7 +200,7 @@ def widen_quantization_step(model: nn.Module, x: Tensor, levels: int = 8, convs:
 
 
 STEALTH_MARGIN = 0.8
-"""The stealthy variant aims every layer's outlier score at this share of the weight check's default limit."""
+"""The stealthy variant aims every trainable layer's outlier score at this share of the weight check's limit."""
 
 
 def _grouped(layer: nn.Module) -> bool:
