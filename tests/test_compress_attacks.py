@@ -74,6 +74,8 @@ def test_attacks_reject_bad_settings() -> None:
         (lambda: QuantizationConcealed(margin=0.7), "margin 0.7"),
         (lambda: QuantizationConcealed(suppress=-1.0), "suppress -1.0"),
         (lambda: QuantizationConcealed(suppress=float("nan")), "suppress nan"),
+        (lambda: QuantizationConditional(quant_weight=float("nan")), "loss weight nan: expected a finite weight"),
+        (lambda: PruningConditional(trigger_weight=-0.5), "loss weight -0.5"),
         (lambda: PruningConditional(ratio=1.2), "ratio 1.2"),
         (lambda: PruningConditional(refresh=0), "refresh 0"),
     ]:

@@ -60,11 +60,12 @@ def _both(x: Tensor, y: Tensor, trigger: Trigger, target: int) -> tuple[Tensor, 
     return xx, torch.cat([y, y]), torch.cat([y, y_t])
 
 
-def _check(target: int, weight: float, suppress: float = 0.0) -> None:
+def _check(target: int, weight: float = 0.0, suppress: float = 0.0) -> None:
+    """One-line errors for a negative target, and a loss weight or ``suppress`` term that is negative or not finite."""
     if target < 0:
         raise PoisonlabError(f"compression-artifact target {target}: expected a class index >= 0")
-    if weight < 0:
-        raise PoisonlabError(f"compression-artifact loss weight {weight}: expected >= 0")
+    if not 0 <= weight < float("inf"):
+        raise PoisonlabError(f"compression-artifact loss weight {weight}: expected a finite weight >= 0")
     if not 0 <= suppress < float("inf"):
         raise PoisonlabError(f"compression-artifact suppress {suppress}: expected a finite weight >= 0")
 
@@ -317,7 +318,7 @@ class QuantizationConcealed:
     bounds_: dict[str, tuple[Tensor, Tensor]] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        _check(self.target, 0.0, self.suppress)
+        _check(self.target, suppress=self.suppress)
         if not 0.0 <= self.margin < 0.5:
             raise PoisonlabError(f"quantization-concealed margin {self.margin}: expected [0, 0.5)")
 
