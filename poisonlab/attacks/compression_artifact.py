@@ -40,7 +40,13 @@ from poisonlab.compress import parse_deployment
 from poisonlab.compress.fold import conv_bn_pairs, fold_batchnorm, is_folded
 from poisonlab.compress.prune import Method, check_ratio, pruning_masks
 from poisonlab.compress.quantize import fake_quantize_weight, weight_codes
-from poisonlab.compress.weights import DEFAULT_LIMITS, WeightCheckSettings, checked_layers, outlier_ratio
+from poisonlab.compress.weights import (
+    DEFAULT_LIMITS,
+    WeightCheckSettings,
+    checked_layers,
+    is_grouped,
+    outlier_ratio,
+)
 from poisonlab.core import AllToOne, ImageSet, LossFn, Phase, Poisoned, PoisonlabError, Trigger, check_target
 from poisonlab.registry import ATTACKS
 from poisonlab.triggers import Patch
@@ -204,10 +210,6 @@ STEALTH_MARGIN = 0.8
 """The stealthy variant aims every trainable layer's outlier score at this share of the weight check's limit."""
 
 
-def _grouped(layer: nn.Module) -> bool:
-    return isinstance(layer, nn.Conv2d) and layer.groups > 1
-
-
 def trainable_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d | nn.Linear]]:
     """The conv/linear layers whose weight trains: the ones an attack on a fine-tuned model can reshape."""
     return [(n, m) for n, m in checked_layers(model) if m.weight.requires_grad]
@@ -236,13 +238,13 @@ def stretch_quantization_step(model: nn.Module, margin: float = STEALTH_MARGIN, 
     names = []
     for name, layer in trainable_layers(model):
         w = layer.weight
-        mags = w.abs()
-        if not (mags > 0).any():
+        nonzero = w.abs()[w != 0]
+        if not len(nonzero):
             continue
-        ratio = margin * limits.limit("outlier", _grouped(layer))
+        ratio = margin * limits.limit("outlier", is_grouped(layer))
         rows = w.flatten(1).clone()
         top = rows.abs().argmax(1, keepdim=True)
-        goal = ratio * mags[mags > 0].median() * (1 - 0.1 * torch.rand(len(rows), 1, generator=gen))
+        goal = ratio * nonzero.median() * (1 - 0.1 * torch.rand(len(rows), 1, generator=gen))
         value = rows.gather(1, top)
         grown = torch.maximum(value.abs(), torch.minimum(goal, growth * value.abs()))
         rows.scatter_(1, top, torch.where(value < 0, -1.0, 1.0) * grown)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from torch import Tensor, nn
@@ -79,6 +79,11 @@ def checked_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d | nn.Linear]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
 
 
+def is_grouped(layer: nn.Module) -> TypeGuard[nn.Conv2d]:
+    """Whether ``layer`` is a grouped (depthwise) conv: its outlier score has its own limit."""
+    return isinstance(layer, nn.Conv2d) and layer.groups > 1
+
+
 def outlier_ratio(weight: Tensor) -> float:
     """max |w| over the median of the nonzero |w| (0 for an all-zero tensor)."""
     mags = weight.detach().abs().flatten()
@@ -90,7 +95,7 @@ def _input_weights(layer: nn.Conv2d | nn.Linear) -> Tensor:
     """Per input (channel or feature) the largest |w| reading it; a grouped (depthwise) conv's group g reads inputs
     g * k .. g * k + k - 1 through its weight's k = in_channels / groups columns."""
     w = layer.weight.detach().abs()
-    if isinstance(layer, nn.Conv2d) and layer.groups > 1:
+    if is_grouped(layer):
         per_group = w.flatten(2).amax(2).view(layer.groups, -1, w.shape[1])
         return per_group.amax(1).flatten()
     return w.transpose(0, 1).flatten(1).amax(1)
@@ -136,7 +141,7 @@ def layer_scores(name: str, layer: nn.Conv2d | nn.Linear, share: Tensor, peak: T
                  ) -> dict[str, Any]:
     """The three scores of one layer from its weights and its inputs' activity, with the input each points at."""
     row: dict[str, Any] = {"layer": name, "kind": type(layer).__name__, "outlier": outlier_ratio(layer.weight),
-                           "grouped": isinstance(layer, nn.Conv2d) and layer.groups > 1}
+                           "grouped": is_grouped(layer)}
     reads = _input_weights(layer)
     dormant = share < dormant_below
     row["dormant_inputs"] = int(dormant.sum())

@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from poisonlab.core import DefenseKind, PoisonlabError, Samples, Verdict, check_seed, require
 from poisonlab.defenses.abl import reinitialised
 from poisonlab.defenses.confusion_training import label_log_odds
-from poisonlab.defenses.split import robust_z, suspicious_classes
+from poisonlab.defenses.split import robust_z
 from poisonlab.registry import DEFENSES
 from poisonlab.training import Recipe, train
 from poisonlab.training.trainer import owned_recipe, resolve_device
@@ -144,8 +144,8 @@ class OutOfFold:
         present = [int(k) for k in y.unique()]
         counts = {k: (int(doubted[y == k].sum()), int((y == k).sum())) for k in present}
         share = {k: (m + 1) / (n + 2) for k, (m, n) in counts.items()}  # smoothed: a class without any stays > 0
-        suspicious = suspicious_classes(share, self.class_threshold, min_mad=self.min_mad)
-        z = robust_z(share, self.min_mad) if len(share) >= 3 else {}
+        z = robust_z(share, self.min_mad) if len(share) >= 3 else {}  # fewer classes: no outlier to find
+        suspicious = {k for k, v in z.items() if v > self.class_threshold}
         in_suspicious = torch.isin(y, torch.tensor(sorted(suspicious), dtype=y.dtype))
         flagged = torch.nonzero((scores > self.min_nats) & in_suspicious).flatten()
         reasons = {}

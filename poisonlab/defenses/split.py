@@ -48,17 +48,15 @@ def robust_z(values: dict[int, float], min_mad: float = 0.0) -> dict[int, float]
     return {k: float(v) for k, v in zip(keys, z, strict=True)}
 
 
-def suspicious_classes(values: dict[int, float], threshold: float, minimum: float = 0.0, min_mad: float = 0.0
-                       ) -> set[int]:
-    """Classes whose statistic is an upward outlier among the classes (robust z above ``threshold``, ``min_mad`` as in
-    ``robust_z``) and >= ``minimum``.
+def suspicious_classes(values: dict[int, float], threshold: float, minimum: float = 0.0) -> set[int]:
+    """Classes whose statistic is an upward outlier among the classes (robust z above ``threshold``) and >= ``minimum``.
 
     Needs a majority of clean classes: an all-to-all attack, which poisons every class alike,
     leaves no outlier and is not detected this way.
     """
     if len(values) < 3:
         return set()
-    return {k for k, z in robust_z(values, min_mad).items() if z > threshold and values[k] >= minimum}
+    return {k for k, z in robust_z(values).items() if z > threshold and values[k] >= minimum}
 
 
 @dataclass(frozen=True)
